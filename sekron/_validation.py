@@ -1,0 +1,192 @@
+"""Argument checks used at sekron's public boundary.
+
+Every public function validates its arguments here, once; the messages follow one
+pattern: the argument's name, what was expected, and what was received. Nothing here
+modifies its input: arrays are converted into new arrays when a conversion is needed.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import DTypeError, NonFiniteError, RankError, ShapeError
+
+__all__ = [
+    "as_float_array",
+    "check_finite",
+    "as_shape",
+    "as_shapes",
+    "as_positive_int",
+    "as_generator",
+    "check_bits",
+    "check_tol",
+]
+
+_FLOAT_DTYPES = (np.float32, np.float64)
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, np.ndarray):
+        return f"array of shape {x.shape} and dtype {x.dtype}"
+    return f"{type(x).__name__} {x!r}"
+
+
+def as_float_array(
+    x: Any,
+    name: str,
+    *,
+    ndim: int | None = None,
+    min_ndim: int | None = None,
+    finite: bool = True,
+) -> np.ndarray:
+    """Return ``x`` as a float32 or float64 ndarray, validated.
+
+    float32 and float64 inputs keep their dtype; integer and boolean inputs become
+    float64; float16 becomes float32. Complex, object and string data are rejected.
+    The input is never modified (a view is returned only when no conversion happens,
+    and sekron never writes into it).
+    """
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # pragma: no cover - exotic array-likes
+        raise DTypeError(f"{name}: expected a numeric array, got {_describe(x)}") from exc
+    kind = arr.dtype.kind
+    if kind == "f":
+        if arr.dtype == np.float16:
+            arr = arr.astype(np.float32)
+        elif arr.dtype not in _FLOAT_DTYPES:
+            arr = arr.astype(np.float64)
+    elif kind in "iub":
+        arr = arr.astype(np.float64)
+    else:
+        raise DTypeError(
+            f"{name}: expected a real numeric array (float32, float64 or integer), "
+            f"got dtype {arr.dtype}"
+        )
+    if ndim is not None and arr.ndim != ndim:
+        raise ShapeError(f"{name}: expected a {ndim}-d array, got shape {arr.shape}")
+    if min_ndim is not None and arr.ndim < min_ndim:
+        raise ShapeError(
+            f"{name}: expected an array with at least {min_ndim} dimensions, got shape {arr.shape}"
+        )
+    if finite:
+        check_finite(arr, name)
+    return arr
+
+
+def check_finite(arr: np.ndarray, name: str) -> None:
+    """Raise :class:`NonFiniteError` if ``arr`` holds NaN or infinity."""
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        n_bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        raise NonFiniteError(
+            f"{name}: expected finite values, got {n_bad} NaN or infinite entries "
+            f"in an array of shape {arr.shape}"
+        )
+
+
+def as_positive_int(x: Any, name: str, *, minimum: int = 1) -> int:
+    """Return ``x`` as a Python int ``>= minimum`` (bools are rejected)."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Integral):
+        raise TypeError(f"{name}: expected an integer >= {minimum}, got {_describe(x)}")
+    value = int(x)
+    if value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+    return value
+
+
+def as_shape(x: Any, name: str) -> tuple[int, ...]:
+    """Return ``x`` (an int or a sequence of ints, each >= 1) as a tuple of ints."""
+    if isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_)):
+        x = (x,)
+    if isinstance(x, np.ndarray):
+        x = x.tolist()
+    if not isinstance(x, Sequence) or isinstance(x, str):
+        raise ShapeError(f"{name}: expected a shape (a sequence of positive ints), got {_describe(x)}")
+    out = []
+    for i, d in enumerate(x):
+        if isinstance(d, (bool, np.bool_)) or not isinstance(d, numbers.Integral) or int(d) < 1:
+            raise ShapeError(
+                f"{name}: expected a shape of positive ints, got {tuple(x)!r} "
+                f"(entry {i} is {d!r})"
+            )
+        out.append(int(d))
+    if not out:
+        raise ShapeError(f"{name}: expected a non-empty shape, got ()")
+    return tuple(out)
+
+
+def as_shapes(x: Any, name: str, *, target: tuple[int, ...] | None = None) -> tuple[tuple[int, ...], ...]:
+    """Validate a list of S >= 2 factor shapes of equal ndim.
+
+    With ``target`` given, the per-mode products must equal ``target``.
+    """
+    if isinstance(x, np.ndarray):
+        x = x.tolist()
+    if not isinstance(x, Sequence) or isinstance(x, str) or len(x) < 2:
+        raise ShapeError(f"{name}: expected a sequence of at least 2 factor shapes, got {x!r}")
+    shapes = tuple(as_shape(s, f"{name}[{k}]") for k, s in enumerate(x))
+    nd = {len(s) for s in shapes}
+    if len(nd) != 1:
+        raise ShapeError(
+            f"{name}: expected factor shapes of equal ndim, got {shapes!r} "
+            f"(ndims {[len(s) for s in shapes]})"
+        )
+    if target is not None:
+        if len(shapes[0]) != len(target):
+            raise ShapeError(
+                f"{name}: expected factor shapes with {len(target)} modes to factor a tensor of "
+                f"shape {target}, got {shapes!r}"
+            )
+        prod = tuple(int(np.prod([s[n] for s in shapes])) for n in range(len(target)))
+        if prod != tuple(target):
+            raise ShapeError(
+                f"{name}: per-mode products of the factor shapes must equal the tensor shape "
+                f"{tuple(target)}, got {shapes!r} whose products are {prod}"
+            )
+    return shapes
+
+
+def as_generator(random_state: Any) -> np.random.Generator:
+    """Turn ``None``, an int, a ``Generator`` or a ``RandomState`` into a ``Generator``."""
+    if random_state is None:
+        return np.random.default_rng()
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    if isinstance(random_state, np.random.RandomState):
+        return np.random.default_rng(random_state.randint(0, 2**31 - 1))
+    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+        if int(random_state) < 0:
+            raise ValueError(f"random_state: expected a non-negative int, got {random_state}")
+        return np.random.default_rng(int(random_state))
+    raise TypeError(
+        f"random_state: expected None, an int, a numpy Generator or RandomState, got {_describe(random_state)}"
+    )
+
+
+def check_bits(bits: Any, name: str = "bits") -> int:
+    """Return ``bits`` as an int in 2..16 (sign bit included)."""
+    if isinstance(bits, (bool, np.bool_)) or not isinstance(bits, numbers.Integral):
+        raise TypeError(f"{name}: expected an int in 2..16, got {_describe(bits)}")
+    if not 2 <= int(bits) <= 16:
+        raise ValueError(f"{name}: expected an int in 2..16, got {int(bits)}")
+    return int(bits)
+
+
+def check_tol(tol: Any, name: str = "tol") -> float:
+    """Return ``tol`` as a float in [0, 1) (a relative Frobenius error target)."""
+    if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, numbers.Real):
+        raise TypeError(f"{name}: expected a float in [0, 1), got {_describe(tol)}")
+    t = float(tol)
+    if not (0.0 <= t < 1.0) or not np.isfinite(t):
+        raise ValueError(f"{name}: expected a relative error in [0, 1), got {t}")
+    return t
+
+
+def rank_error(name: str, rank: Any, maximum: int, detail: str = "") -> RankError:
+    """Build the :class:`RankError` for a rank outside ``1..maximum``."""
+    extra = f" ({detail})" if detail else ""
+    return RankError(f"{name}: expected a rank in 1..{maximum}{extra}, got {rank!r}")

@@ -1,0 +1,403 @@
+"""Fitting sums and sequences of Kronecker products: NKP/GKPD and SeKron.
+
+Everything happens on the rearranged tensor ``T = rearrange(W, shapes)`` (DESIGN.md
+2.2), where a sum of Kronecker products becomes a sum of outer products:
+
+* :func:`nkp` is the truncated SVD of the matrix ``T`` (Van Loan–Pitsianis), globally
+  optimal in Frobenius norm by Eckart–Young;
+* :func:`sekron` repeats it level by level on every branch's remainder, keeping the left
+  factors orthonormal so that the squared error is the sum of every discarded σ², and can
+  then lower the error with alternating least squares.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ._validation import as_float_array, as_generator, as_positive_int, as_shape, as_shapes, check_tol, rank_error
+from .errors import RankError, ShapeError
+from ._kron import rearrange
+from .structure import Structure
+from .svd import truncated_svd
+from .tensor import SeKronTensor
+from .typing import RandomState, SVDMethod
+
+__all__ = ["nkp", "sekron"]
+
+
+def _complement_shape(shape: tuple[int, ...], shape_a: tuple[int, ...], name: str) -> tuple[int, ...]:
+    if len(shape_a) != len(shape):
+        raise ShapeError(f"{name}: expected {len(shape)} modes to factor W of shape {shape}, got {shape_a}")
+    out = []
+    for n, (w, a) in enumerate(zip(shape, shape_a)):
+        if w % a:
+            raise ShapeError(f"{name}: mode {n} of W has size {w}, which {a} does not divide (got {shape_a})")
+        out.append(w // a)
+    return tuple(out)
+
+
+def _rank_from_spectrum(s: np.ndarray, norm_sq: float, tol: float, max_rank: int) -> int:
+    """Smallest rank whose discarded energy is within ``tol² ||W||²``."""
+    tail = np.concatenate([np.cumsum((s.astype(np.float64) ** 2)[::-1])[::-1], [0.0]])
+    budget = tol * tol * norm_sq
+    ok = np.nonzero(tail <= budget)[0]
+    r = int(ok[0]) if ok.size else len(s)
+    return int(min(max(r, 1), max_rank))
+
+
+def nkp(
+    W: Any,
+    shape_a: Sequence[int] | int,
+    shape_b: Sequence[int] | int | None = None,
+    rank: int | None = None,
+    *,
+    tol: float | None = None,
+    method: SVDMethod = "auto",
+    random_state: RandomState = None,
+) -> SeKronTensor:
+    r"""Nearest sum of Kronecker products ``W ≈ Σ_r A_r ⊗ B_r`` (Van Loan–Pitsianis, GKPD).
+
+    Parameters
+    ----------
+    W : array_like, shape ``(w_1, ..., w_N)``
+        A real matrix or N-d tensor (a conv kernel ``(F, C, Kh, Kw)`` for GKPD).
+    shape_a : sequence of N ints
+        Shape of the factors ``A_r``; must divide ``W.shape`` mode by mode.
+    shape_b : sequence of N ints, optional
+        Shape of the factors ``B_r``; defaults to ``W.shape / shape_a``.
+    rank : int, optional
+        Number of Kronecker terms R, ``1 <= R <= min(|a|, |b|)``. Default 1; with
+        ``tol`` it is an upper limit instead.
+    tol : float, optional
+        Choose the smallest rank whose relative Frobenius error is at most ``tol``.
+    method : {"auto", "full", "arpack", "randomized"}
+        Truncated-SVD solver (see :func:`sekron.svd.truncated_svd`); ``tol`` needs the
+        whole spectrum and always uses ``"full"``.
+    random_state : None, int or Generator
+        Seed of the randomized and ARPACK solvers.
+
+    Returns
+    -------
+    SeKronTensor
+        Two factors: ``A`` of shape ``(R, *shape_a)`` and ``B`` of shape ``(R, *shape_b)``,
+        each term scaled by ``sqrt(σ_r)``. ``error_bound`` is
+        ``sqrt(||W||² − Σ_{r<=R} σ_r²)``, the exact error.
+
+    Raises
+    ------
+    ShapeError
+        If the factor shapes do not multiply to ``W.shape``.
+    RankError
+        If ``rank`` is outside ``1..min(|a|, |b|)``.
+    NonFiniteError, DTypeError
+        For non-finite or non-numeric ``W``.
+
+    Notes
+    -----
+    With :math:`\mathcal{R}(W) = U \Sigma V^T` the rearrangement of ``W``,
+    :math:`A_r = \mathrm{unvec}_a(\sqrt{\sigma_r} u_r)` and
+    :math:`B_r = \mathrm{unvec}_b(\sqrt{\sigma_r} v_r)` minimize
+    :math:`\|W - \sum_{r \le R} A_r \otimes B_r\|_F` over all factors of those shapes,
+    and the squared error is :math:`\sum_{r > R} \sigma_r^2`.
+
+    References
+    ----------
+    C. F. Van Loan and N. Pitsianis, "Approximation with Kronecker products", 1993.
+    M. G. A. Hameed et al., "Convolutional neural network compression through
+    generalized Kronecker product decomposition", AAAI 2022.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import sekron as sk
+    >>> rng = np.random.default_rng(0)
+    >>> A, B = rng.normal(size=(3, 4)), rng.normal(size=(5, 2))
+    >>> t = sk.nkp(np.kron(A, B), (3, 4))
+    >>> np.allclose(t.to_dense(), np.kron(A, B)), t.error_bound < 1e-12
+    (True, True)
+    >>> sk.nkp(rng.normal(size=(16, 16)), (4, 4), tol=0.5).structure.ranks[0] <= 16
+    True
+    """
+    W = as_float_array(W, "W", min_ndim=1)
+    a = as_shape(shape_a, "shape_a")
+    b = _complement_shape(W.shape, a, "shape_a")
+    if shape_b is not None:
+        b_given = as_shape(shape_b, "shape_b")
+        if b_given != b:
+            raise ShapeError(
+                f"shape_b: expected {b} so that shape_a {a} times shape_b gives W's shape {W.shape}, got {b_given}"
+            )
+    size_a, size_b = math.prod(a), math.prod(b)
+    max_rank = min(size_a, size_b)
+    if rank is not None:
+        try:
+            rank = as_positive_int(rank, "rank")
+        except (TypeError, ValueError) as exc:
+            raise RankError(str(exc)) from None
+        if rank > max_rank:
+            raise rank_error("rank", rank, max_rank, f"min(|a|, |b|) for shapes {a} and {b}")
+    T = rearrange(W, [a, b]).reshape(size_a, size_b)
+    norm_sq = float(np.linalg.norm(T.ravel().astype(np.float64)) ** 2)
+    if tol is not None:
+        tol = check_tol(tol)
+        U, s, Vt = truncated_svd(T, max_rank, method="full")
+        r = _rank_from_spectrum(s, norm_sq, tol, max_rank if rank is None else rank)
+        discarded = float(np.sum(s[r:].astype(np.float64) ** 2))
+        U, s, Vt = U[:, :r], s[:r], Vt[:r]
+    else:
+        r = 1 if rank is None else rank
+        if r == max_rank or method == "full" or (method == "auto" and min(T.shape) <= 512):
+            U, s, Vt = truncated_svd(T, max_rank, method="full")
+            discarded = float(np.sum(s[r:].astype(np.float64) ** 2))
+            U, s, Vt = U[:, :r], s[:r], Vt[:r]
+        else:
+            U, s, Vt = truncated_svd(T, r, method=method, random_state=random_state)
+            discarded = max(norm_sq - float(np.sum(s.astype(np.float64) ** 2)), 0.0)
+    root = np.sqrt(s).astype(T.dtype)
+    A = (U * root).T.reshape((r, *a))
+    B = (Vt * root[:, None]).reshape((r, *b))
+    return SeKronTensor([A, B], error_bound=math.sqrt(discarded), reference_norm=math.sqrt(norm_sq))
+
+
+def _batched_svd(M: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Thin SVD of a stack ``(P, m, n)`` with the sign convention of :mod:`sekron.svd`."""
+    if M.shape[0] == 1 and min(M.shape[1:]) > 512:
+        U, s, Vt = truncated_svd(M[0], min(M.shape[1:]), method="full")
+        return U[None], s[None], Vt[None]
+    U, s, Vt = np.linalg.svd(M, full_matrices=False)
+    idx = np.argmax(np.abs(U), axis=1)  # (P, k)
+    signs = np.sign(np.take_along_axis(U, idx[:, None, :], axis=1))[:, 0, :]
+    signs[signs == 0] = 1
+    return U * signs[:, None, :], s, Vt * signs[:, :, None]
+
+
+def _resolve_structure(W_shape: tuple[int, ...], shapes_or_structure: Any, ranks: Any) -> tuple[Structure, bool]:
+    """Return the structure to fit and whether the ranks were given (vs chosen)."""
+    if isinstance(shapes_or_structure, Structure):
+        st = shapes_or_structure
+        if ranks is not None and st.with_ranks(ranks).ranks != st.ranks:
+            raise RankError(f"ranks: given both a Structure with ranks {st.ranks} and ranks={ranks!r}")
+        if st.shape != W_shape:
+            raise ShapeError(f"shapes_or_structure: expected a structure of shape {W_shape}, got {st.shape}")
+        return st, True
+    shapes = as_shapes(shapes_or_structure, "shapes_or_structure", target=W_shape)
+    return Structure(shapes, ranks), ranks is not None
+
+
+def sekron(
+    W: Any,
+    shapes_or_structure: Any,
+    ranks: Any = None,
+    *,
+    tol: float | None = None,
+    refine: int = 0,
+    method: SVDMethod = "auto",
+    random_state: RandomState = None,
+) -> SeKronTensor:
+    r"""Fit a sequence of Kronecker products (SeKron) to ``W``, level by level.
+
+    Parameters
+    ----------
+    W : array_like, shape ``(w_1, ..., w_N)``
+    shapes_or_structure : Structure or sequence of S >= 2 factor shapes
+        Factor shapes ``a^(1..S)`` with ``prod_k a^(k)_n = w_n``; a :class:`Structure`
+        also fixes the ranks.
+    ranks : int or sequence of S−1 ints, optional
+        Ranks ``R_1..R_{S−1}``. With neither ``ranks`` nor ``tol``: the largest useful
+        ranks, which reproduce ``W`` exactly. With ``tol``: upper limits.
+    tol : float, optional
+        Target relative Frobenius error. Each of the S−1 levels gets an equal share
+        ``tol² ||W||² / (S−1)`` of the squared-error budget, and its rank is the smallest
+        whose discarded energy (summed over branches) fits that share; the certificate
+        is then at most ``tol · ||W||``.
+    refine : int, default 0
+        Sweeps of alternating least squares over the factors after the recursive fit.
+        Each sweep never increases the error; the result is the best iterate.
+    method : {"auto", "full", "arpack", "randomized"}
+        SVD solver for the first level (the only large one); later levels use batched
+        LAPACK on the small remainders.
+    random_state : None, int or Generator
+        Seed of the randomized solvers.
+
+    Returns
+    -------
+    SeKronTensor
+        With ``error_bound`` the Frobenius error: the root of the discarded σ² summed
+        over levels and branches (no refinement), or the directly computed error (after
+        refinement).
+
+    Raises
+    ------
+    ShapeError, RankError, NonFiniteError, DTypeError
+
+    Notes
+    -----
+    Level 1 is the NKP of ``W`` with shapes ``(a^(1), rest)``; its left factors are
+    orthonormal and the σ go into the remainders. Every remainder (one per prefix
+    ``r_1..r_{k−1}``) is then split the same way with ``R_k`` terms, and the last
+    remainders are the last factor. Orthogonality makes the discarded parts of all levels
+    mutually orthogonal, so their energies add up to the squared error exactly. Each
+    step is optimal but for S >= 3 the whole is not (like TT-SVD); ``refine`` improves
+    it, for instance on "tree" tensors whose branches have their own later factors.
+
+    References
+    ----------
+    M. G. A. Hameed et al., "SeKron: a decomposition method supporting many
+    factorization structures", 2022.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import sekron as sk
+    >>> rng = np.random.default_rng(0)
+    >>> W = sk.kron(rng.normal(size=(2, 3)), rng.normal(size=(4, 2)), rng.normal(size=(2, 2)))
+    >>> t = sk.sekron(W, [(2, 3), (4, 2), (2, 2)], ranks=(1, 1))
+    >>> t.structure.n_params, t.relative_error_bound < 1e-12
+    (18, True)
+    >>> exact = sk.sekron(rng.normal(size=(8, 8)), [(2, 2), (2, 2), (2, 2)])
+    >>> exact.relative_error_bound < 1e-12
+    True
+    """
+    W = as_float_array(W, "W", min_ndim=1)
+    base, ranks_given = _resolve_structure(W.shape, shapes_or_structure, ranks)
+    refine = as_positive_int(refine, "refine", minimum=0)
+    if tol is not None:
+        tol = check_tol(tol)
+    S, sizes = base.n_factors, base.sizes
+    cap = base.ranks if ranks_given else base.max_ranks
+    T = rearrange(W, base.shapes).reshape(sizes)
+    norm_sq = float(np.sum(T.astype(np.float64) ** 2))
+    level_budget = None if tol is None else tol * tol * norm_sq / (S - 1)
+
+    factors: list[np.ndarray] = []
+    chosen: list[int] = []
+    discarded = 0.0
+    # Remainders of every branch, stacked: (P_{k-1}, |a^(k)| * prod_{j>k} |a^(j)|)
+    rem = T.reshape(1, -1)
+    for k in range(S - 1):
+        P = rem.shape[0]
+        tail = math.prod(sizes[k + 1 :])
+        M = rem.reshape(P, sizes[k], tail)
+        if P == 1 and tol is None and method != "full" and min(M.shape[1:]) > 512 and cap[k] < min(M.shape[1:]):
+            U1, s1, Vt1 = truncated_svd(M[0], cap[k], method=method, random_state=random_state)
+            U, s, Vt = U1[None], s1[None], Vt1[None]
+            full_s = None
+        else:
+            U, s, Vt = _batched_svd(M)
+            full_s = s
+        if tol is not None and full_s is not None:
+            energy = (full_s.astype(np.float64) ** 2).sum(axis=0)  # per rank, summed over branches
+            assert level_budget is not None
+            r = _rank_from_spectrum(np.sqrt(energy), level_budget, 1.0, cap[k])
+        else:
+            r = cap[k]
+        chosen.append(r)
+        if full_s is not None:
+            discarded += float(np.sum(full_s[:, r:].astype(np.float64) ** 2))
+        else:
+            discarded += max(float(np.sum(M[0].astype(np.float64) ** 2)) - float(np.sum(s[0].astype(np.float64) ** 2)), 0.0)
+        U, s, Vt = U[:, :, :r], s[:, :r], Vt[:, :r, :]
+        prefix = tuple(chosen[:k])
+        factors.append(np.ascontiguousarray(U.transpose(0, 2, 1)).reshape(prefix + (r,) + base.shapes[k]))
+        rem = (s[:, :, None] * Vt).reshape(P * r, tail)
+    factors.append(rem.reshape(tuple(chosen) + base.shapes[-1]))
+    norm = math.sqrt(norm_sq)
+    out = SeKronTensor(factors, error_bound=math.sqrt(discarded), reference_norm=norm)
+    if refine:
+        out = _refine(T, out, refine)
+    return out
+
+
+def _error(T: np.ndarray, t: SeKronTensor) -> float:
+    return float(np.linalg.norm((T - t.rearranged()).ravel().astype(np.float64)))
+
+
+def _tails(factors: Sequence[np.ndarray], ranks: tuple[int, ...], sizes: tuple[int, ...], k: int) -> np.ndarray:
+    """``Tail[r_1..r_k, i_{k+1}..i_S] = Σ_{r_{k+1}..} Π_{j>k} A_j``, shape ``(P_k, prod_{j>k}|a_j|)``."""
+    S = len(factors)
+    Y = factors[-1].reshape(ranks + (sizes[-1],))
+    for j in range(S - 2, k, -1):
+        P = math.prod(ranks[:j])
+        A = factors[j].reshape(P, ranks[j], sizes[j])
+        Y = np.matmul(A.transpose(0, 2, 1), Y.reshape(P, ranks[j], -1)).reshape(ranks[:j] + (-1,))
+    return Y.reshape(math.prod(ranks[: min(k + 1, S - 1)]), -1)
+
+
+def _refine(T: np.ndarray, start: SeKronTensor, sweeps: int) -> SeKronTensor:
+    """Alternating least squares over the factors; returns the best iterate."""
+    st = start.structure
+    S, sizes, ranks = st.n_factors, st.sizes, st.ranks
+    dtype = start.dtype
+    work = T.astype(np.float64)
+    factors = [f.astype(np.float64) for f in start.factors]
+    best, best_err = start, _error(T, start)
+    norm = float(np.linalg.norm(work.ravel()))
+    eps = np.finfo(dtype).eps
+    for _ in range(sweeps):
+        for k in range(S):
+            factors[k] = _solve_factor(work, factors, ranks, sizes, k, eps)
+        cand = SeKronTensor([f.astype(dtype) for f in factors], reference_norm=start.reference_norm)
+        err = _error(T, cand)
+        if err >= best_err:  # converged (up to rounding): further sweeps cannot help
+            break
+        best, best_err = cand, err
+        if best_err <= 10 * eps * norm:  # exact to working precision
+            break
+    return SeKronTensor(list(best.factors), error_bound=best_err, reference_norm=start.reference_norm)
+
+
+def _solve_factor(
+    T: np.ndarray, factors: list[np.ndarray], ranks: tuple[int, ...], sizes: tuple[int, ...], k: int, eps: float
+) -> np.ndarray:
+    """Least-squares update of factor k with the others fixed.
+
+    The model is ``T_(k) = A_k^T H`` with ``H[p] = Prefix[p] ⊗ Tail[p]`` for each rank
+    prefix p of factor k, so ``H H^T`` is the Hadamard product of the two Gram matrices
+    and ``T_(k) H^T`` is a chain of small contractions; ``H`` is never formed.
+    """
+    S = len(factors)
+    n_rank = min(k + 1, S - 1)
+    P = math.prod(ranks[:n_rank])
+    # X[r_<k, i_k.., ] = T contracted with factors 0..k-1 over their modes
+    X = T.reshape(1, -1)
+    gram_prefix = np.ones((1, 1))
+    for j in range(k):
+        Pj_prev = X.shape[0]
+        A = factors[j].reshape(Pj_prev, ranks[j], sizes[j])
+        X = np.matmul(A, X.reshape(Pj_prev, sizes[j], -1)).reshape(Pj_prev * ranks[j], -1)
+        gram_prefix = _grow_gram(gram_prefix, A)
+    rest = X.shape[1] // sizes[k]
+    Xk = X.reshape(-1, sizes[k], rest)  # (P_{k-1} or P_k-prefix, |a_k|, rest)
+    if k < S - 1:
+        Tail = _tails(factors, ranks, sizes, k)  # (P_k, rest)
+        Pk_prev = Xk.shape[0]
+        Tail3 = Tail.reshape(Pk_prev, ranks[k], rest)
+        rhs = np.matmul(Tail3, Xk.transpose(0, 2, 1)).reshape(P, sizes[k])  # (P_k, |a_k|)
+        gram_tail = Tail @ Tail.T
+        gram = _expand_prefix(gram_prefix, ranks[k]) * gram_tail
+    else:
+        rhs = Xk.reshape(P, sizes[k])
+        gram = gram_prefix
+    # Solve gram @ A = rhs; pinv handles rank-deficient Grams (still a minimizer).
+    cutoff = eps * P * max(float(np.abs(gram).max()), 1e-300)
+    w, V = np.linalg.eigh(gram)
+    inv = np.where(w > cutoff, 1.0 / np.where(w > cutoff, w, 1.0), 0.0)
+    A = (V * inv) @ (V.T @ rhs)
+    return A.reshape(ranks[:n_rank] + tuple(factors[k].shape[n_rank:]))
+
+
+def _grow_gram(gram: np.ndarray, A: np.ndarray) -> np.ndarray:
+    """Gram of prefix products after one more level: ``G[(p,r),(p',r')] = G[p,p'] <A[p,r],A[p',r']>``."""
+    Pp, R, n = A.shape
+    inner = np.einsum("pri,qsi->prqs", A, A)
+    return (gram[:, None, :, None] * inner).reshape(Pp * R, Pp * R)
+
+
+def _expand_prefix(gram: np.ndarray, r: int) -> np.ndarray:
+    """Broadcast a Gram over prefixes ``r_<k`` to prefixes ``(r_<k, r_k)``."""
+    P = gram.shape[0]
+    return np.broadcast_to(gram[:, None, :, None], (P, r, P, r)).reshape(P * r, P * r)

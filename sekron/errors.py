@@ -1,0 +1,46 @@
+"""Exceptions raised by sekron.
+
+Every error derives from :class:`SekronError` and also from the builtin exception a
+user would naturally catch (``ValueError``, ``OverflowError``), so ``except ValueError``
+keeps working in code that does not know about sekron.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SekronError",
+    "ShapeError",
+    "RankError",
+    "OverflowRiskError",
+    "NonFiniteError",
+    "FormatError",
+    "DTypeError",
+]
+
+
+class SekronError(Exception):
+    """Base class of every error sekron raises on purpose."""
+
+
+class ShapeError(SekronError, ValueError):
+    """A shape, ndim or per-mode factorization does not match what was expected."""
+
+
+class RankError(SekronError, ValueError):
+    """A rank is below 1 or above the largest useful rank."""
+
+
+class OverflowRiskError(SekronError, OverflowError):
+    """An integer accumulator could wrap around for the requested operation."""
+
+
+class NonFiniteError(SekronError, ValueError):
+    """An input holds NaN or infinity where finite values are required."""
+
+
+class FormatError(SekronError, ValueError):
+    """A file, or a tensor in another format, is malformed or foreign."""
+
+
+class DTypeError(SekronError, TypeError):
+    """An array has a dtype sekron does not compute with (object, string, complex...)."""

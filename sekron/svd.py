@@ -1,0 +1,173 @@
+"""Truncated singular value decompositions: full LAPACK, ARPACK and randomized.
+
+All three return the leading ``rank`` triplets in descending order with one sign
+convention (the largest-magnitude entry of every left singular vector is positive), so
+results do not depend on which solver ran. The randomized solver follows Halko,
+Martinsson and Tropp (2011): a Gaussian range finder with oversampling and power
+iterations re-orthonormalized by QR; it accepts any operator with ``matmat`` and
+``rmatmat`` so that a rearranged matrix never has to be formed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse.linalg
+
+from ._validation import as_generator, as_positive_int
+from .errors import RankError
+from .typing import RandomState, SVDMethod
+
+__all__ = ["truncated_svd", "choose_method", "MatrixOperator"]
+
+
+class MatrixOperator(Protocol):
+    """The part of a linear operator the randomized solver needs."""
+
+    shape: tuple[int, int]
+    dtype: np.dtype
+
+    def matmat(self, X: np.ndarray) -> np.ndarray: ...
+
+    def rmatmat(self, X: np.ndarray) -> np.ndarray: ...
+
+
+def _fix_signs(U: np.ndarray, Vt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Make the largest-magnitude entry of every column of U positive (flipping Vt too)."""
+    if U.shape[1] == 0:
+        return U, Vt
+    idx = np.argmax(np.abs(U), axis=0)
+    signs = np.sign(U[idx, np.arange(U.shape[1])])
+    signs[signs == 0] = 1
+    return U * signs, Vt * signs[:, None]
+
+
+def choose_method(shape: tuple[int, int], rank: int) -> str:
+    """The solver ``method="auto"`` picks for a ``shape`` matrix and a target ``rank``.
+
+    Full LAPACK below 512 on the short side or when the rank is a sizeable fraction of
+    it; the randomized range finder otherwise (a few GEMM passes over the matrix).
+    """
+    k = min(shape)
+    if k <= 512 or rank > k // 10:
+        return "full"
+    return "randomized"
+
+
+def _full(M: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    try:
+        U, s, Vt = scipy.linalg.svd(M, full_matrices=False, lapack_driver="gesdd", check_finite=False)
+    except np.linalg.LinAlgError:  # pragma: no cover - gesdd rarely fails to converge
+        U, s, Vt = scipy.linalg.svd(M, full_matrices=False, lapack_driver="gesvd", check_finite=False)
+    return U[:, :rank], s[:rank], Vt[:rank]
+
+
+def _arpack(M: np.ndarray, rank: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if rank >= min(M.shape):
+        return _full(M, rank)
+    v0 = rng.standard_normal(min(M.shape)).astype(M.dtype)
+    U, s, Vt = scipy.sparse.linalg.svds(M, k=rank, v0=v0, solver="arpack")
+    order = np.argsort(s)[::-1]
+    return U[:, order], s[order], Vt[order]
+
+
+def _apply(M: Any, X: np.ndarray) -> np.ndarray:
+    return M @ X if isinstance(M, np.ndarray) else M.matmat(X)
+
+
+def _apply_t(M: Any, X: np.ndarray) -> np.ndarray:
+    return M.T @ X if isinstance(M, np.ndarray) else M.rmatmat(X)
+
+
+def _randomized(
+    M: Any, rank: int, rng: np.random.Generator, n_oversamples: int, n_iter: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    m, n = M.shape
+    ell = min(rank + n_oversamples, m, n)
+    dtype = M.dtype
+    Omega = rng.standard_normal((n, ell)).astype(dtype, copy=False)
+    Q, _ = np.linalg.qr(_apply(M, Omega))
+    for _ in range(n_iter):
+        Z, _ = np.linalg.qr(_apply_t(M, Q))
+        Q, _ = np.linalg.qr(_apply(M, Z))
+    B = _apply_t(M, Q).T  # (ell, n) = Q^T M
+    Ub, s, Vt = scipy.linalg.svd(B, full_matrices=False, lapack_driver="gesdd", check_finite=False)
+    U = Q @ Ub[:, :rank]
+    return U, s[:rank], Vt[:rank]
+
+
+def truncated_svd(
+    M: Any,
+    rank: int,
+    *,
+    method: SVDMethod = "auto",
+    random_state: RandomState = None,
+    n_oversamples: int = 10,
+    n_iter: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Leading ``rank`` singular triplets of a matrix.
+
+    Parameters
+    ----------
+    M : ndarray, shape ``(m, n)``, or an operator with ``shape``, ``dtype``, ``matmat``, ``rmatmat``
+        The matrix. Operators are only accepted by the randomized solver.
+    rank : int
+        Number of triplets, ``1 <= rank <= min(m, n)``.
+    method : {"auto", "full", "arpack", "randomized"}
+        ``"full"`` is LAPACK gesdd, ``"arpack"`` is ``scipy.sparse.linalg.svds``,
+        ``"randomized"`` the range finder; ``"auto"`` uses :func:`choose_method`.
+    random_state : None, int or Generator
+        Seeds the randomized and ARPACK solvers.
+    n_oversamples : int, default 10
+        Extra columns of the randomized range finder.
+    n_iter : int, optional
+        Power iterations of the randomized solver (default 4 when the rank is below 5 %
+        of the short side, else 7).
+
+    Returns
+    -------
+    U : ndarray, shape ``(m, rank)``
+    s : ndarray, shape ``(rank,)``, descending
+    Vt : ndarray, shape ``(rank, n)``
+
+    Raises
+    ------
+    RankError
+        If ``rank`` is outside ``1..min(m, n)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sekron.svd import truncated_svd
+    >>> M = np.diag([3.0, 2.0, 1.0])
+    >>> U, s, Vt = truncated_svd(M, 2)
+    >>> s
+    array([3., 2.])
+    """
+    m, n = M.shape
+    try:
+        rank = as_positive_int(rank, "rank")
+    except (TypeError, ValueError) as exc:
+        raise RankError(str(exc)) from None
+    if rank > min(m, n):
+        raise RankError(f"rank: expected a rank in 1..{min(m, n)} for a {m}×{n} matrix, got {rank}")
+    if method == "auto":
+        # an implicit operator can only be used through products
+        method = choose_method((m, n), rank) if isinstance(M, np.ndarray) else "randomized"  # type: ignore[assignment]
+    if method not in ("full", "arpack", "randomized"):
+        raise ValueError(f"method: expected 'auto', 'full', 'arpack' or 'randomized', got {method!r}")
+    if method != "randomized" and not isinstance(M, np.ndarray):
+        raise TypeError(f"M: method {method!r} needs an ndarray, got {type(M).__name__}")
+    rng = as_generator(random_state)
+    if method == "full":
+        U, s, Vt = _full(M, rank)
+    elif method == "arpack":
+        U, s, Vt = _arpack(M, rank, rng)
+    else:
+        if n_iter is None:
+            n_iter = 4 if rank < 0.05 * min(m, n) else 7
+        U, s, Vt = _randomized(M, rank, rng, n_oversamples, n_iter)
+    U, Vt = _fix_signs(U, Vt)
+    return U, s, Vt

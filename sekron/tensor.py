@@ -1,0 +1,348 @@
+"""SeKronTensor: a tensor stored as a sequence of Kronecker factors.
+
+Factor k is one array of shape ``(R_1, ..., R_{min(k, S−1)}, *a^(k))``; the dense tensor
+is the nested sum of DESIGN.md section 2.4. Containers check themselves once, when
+built, and trust their invariants afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ._validation import as_float_array
+from .errors import FormatError, ShapeError
+from ._kron import unrearrange
+from .structure import Structure
+
+__all__ = ["SeKronTensor", "load", "FILE_FORMAT", "FILE_VERSION"]
+
+FILE_FORMAT = "sekron.SeKronTensor"
+FILE_VERSION = 1
+
+
+def _infer_structure(factors: Sequence[np.ndarray]) -> Structure:
+    S = len(factors)
+    n_modes = factors[0].ndim - 1
+    if n_modes < 1:
+        raise ShapeError(
+            f"factors[0]: expected shape (R_1, *a^(1)) with at least one mode, got {factors[0].shape}"
+        )
+    ranks = tuple(int(r) for r in factors[-1].shape[: S - 1])
+    if factors[-1].ndim != S - 1 + n_modes:
+        raise ShapeError(
+            f"factors[{S - 1}]: expected {S - 1} rank axes and {n_modes} modes "
+            f"(ndim {S - 1 + n_modes}), got shape {factors[-1].shape}"
+        )
+    shapes = []
+    for k, f in enumerate(factors):
+        n_rank = min(k + 1, S - 1)
+        if f.ndim != n_rank + n_modes or tuple(f.shape[:n_rank]) != ranks[:n_rank]:
+            raise ShapeError(
+                f"factors[{k}]: expected shape (ranks {ranks[:n_rank]}, then {n_modes} modes), "
+                f"got {f.shape}"
+            )
+        shapes.append(tuple(int(d) for d in f.shape[n_rank:]))
+    try:
+        return Structure(shapes, ranks)
+    except Exception as exc:
+        raise ShapeError(f"factors: shapes {shapes} with ranks {ranks} are not a valid structure: {exc}") from None
+
+
+class SeKronTensor:
+    """A tensor held as a sequence of Kronecker factors (a SeKron decomposition).
+
+    Parameters
+    ----------
+    factors : sequence of S >= 2 arrays
+        Factor k has shape ``(R_1, ..., R_{min(k, S−1)}, *a^(k))`` (k counted from 1).
+        They are converted to one common float dtype (float32 or float64) and copied.
+    structure : Structure, optional
+        If given, it must match the factors' shapes.
+    error_bound : float, optional
+        A certified Frobenius-norm distance to the tensor this decomposition approximates
+        (set by :func:`sekron.sekron` and :func:`sekron.nkp`).
+    reference_norm : float, optional
+        Frobenius norm of that tensor, so that a relative error can be reported.
+
+    Attributes
+    ----------
+    factors : tuple of ndarray
+    structure : Structure
+    shape, dtype, ndim, n_params, compression_ratio, error_bound, relative_error_bound
+
+    Raises
+    ------
+    ShapeError
+        If the factors' shapes do not form a structure.
+    NonFiniteError, DTypeError
+        For non-finite or non-numeric factors.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import sekron as sk
+    >>> A, B = np.arange(4.0).reshape(1, 2, 2), np.ones((1, 3, 3))
+    >>> t = sk.SeKronTensor([A, B])
+    >>> t.shape, t.n_params
+    ((6, 6), 13)
+    >>> np.array_equal(t.to_dense(), np.kron(A[0], B[0]))
+    True
+    """
+
+    __slots__ = ("_factors", "_structure", "_error_bound", "_reference_norm")
+
+    def __init__(
+        self,
+        factors: Sequence[Any],
+        structure: Structure | None = None,
+        *,
+        error_bound: float | None = None,
+        reference_norm: float | None = None,
+    ):
+        if isinstance(factors, np.ndarray) or not isinstance(factors, Sequence) or len(factors) < 2:
+            raise ShapeError(f"factors: expected a sequence of at least 2 arrays, got {type(factors).__name__}")
+        arrays = [as_float_array(f, f"factors[{k}]", min_ndim=2) for k, f in enumerate(factors)]
+        dtype = np.result_type(*arrays)
+        arrays = [np.array(a, dtype=dtype, copy=True) for a in arrays]
+        for a in arrays:
+            a.flags.writeable = False
+        inferred = _infer_structure(arrays)
+        if structure is not None and structure != inferred:
+            raise ShapeError(f"structure: expected {inferred!r} (from the factors), got {structure!r}")
+        self._factors = tuple(arrays)
+        self._structure = inferred
+        self._error_bound = None if error_bound is None else float(error_bound)
+        self._reference_norm = None if reference_norm is None else float(reference_norm)
+
+    # -- facts --------------------------------------------------------------------------
+    @property
+    def factors(self) -> tuple[np.ndarray, ...]:
+        """The factor arrays (read-only)."""
+        return self._factors
+
+    @property
+    def structure(self) -> Structure:
+        return self._structure
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._structure.shape
+
+    @property
+    def ndim(self) -> int:
+        return self._structure.ndim
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._factors[0].dtype
+
+    @property
+    def n_params(self) -> int:
+        return self._structure.n_params
+
+    @property
+    def compression_ratio(self) -> float:
+        return self._structure.compression_ratio
+
+    @property
+    def error_bound(self) -> float | None:
+        """Certified Frobenius distance to the tensor that was fitted (None if unknown)."""
+        return self._error_bound
+
+    @property
+    def reference_norm(self) -> float | None:
+        return self._reference_norm
+
+    @property
+    def relative_error_bound(self) -> float | None:
+        """``error_bound / ||W||_F`` (None if either is unknown; 0 for a zero tensor)."""
+        if self._error_bound is None or self._reference_norm is None:
+            return None
+        if self._reference_norm == 0.0:
+            return 0.0
+        return self._error_bound / self._reference_norm
+
+    # -- dense -------------------------------------------------------------------------
+    def rearranged(self) -> np.ndarray:
+        """The S-way rearranged tensor ``T`` (DESIGN.md 2.2), shape ``(|a^(1)|, ..., |a^(S)|)``.
+
+        Contracted from the last factor backwards: level k is a batched GEMM over the
+        prefix ranks ``(r_1..r_{k−1})``, summing ``r_k``.
+        """
+        st = self._structure
+        S, sizes, ranks = st.n_factors, st.sizes, st.ranks
+        # Y holds sum over r_k.. of the tail, indexed by (r_1..r_{k-1}, prefix-free tail)
+        Y = self._factors[-1].reshape(ranks + (sizes[-1],))
+        for k in range(S - 2, -1, -1):
+            A = self._factors[k].reshape(ranks[:k] + (ranks[k], sizes[k]))
+            # Y: (*ranks[:k], R_k, tail) ; A: (*ranks[:k], R_k, |a^k|)
+            P = int(np.prod(ranks[:k], dtype=np.int64))
+            tail = Y.shape[-1]
+            Y = np.matmul(
+                A.reshape(P, ranks[k], sizes[k]).transpose(0, 2, 1),
+                Y.reshape(P, ranks[k], tail),
+            ).reshape(ranks[:k] + (sizes[k] * tail,))
+        return Y.reshape(sizes)
+
+    def to_dense(self) -> np.ndarray:
+        """Build the dense tensor (shape :attr:`shape`, dtype :attr:`dtype`).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import sekron as sk
+        >>> rng = np.random.default_rng(0)
+        >>> A, B = rng.normal(size=(2, 3, 2)), rng.normal(size=(2, 4, 5))
+        >>> t = sk.SeKronTensor([A, B])
+        >>> np.allclose(t.to_dense(), np.kron(A[0], B[0]) + np.kron(A[1], B[1]))
+        True
+        """
+        return np.ascontiguousarray(unrearrange(self.rearranged(), self._structure.shapes))
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        dense = self.to_dense()
+        return dense if dtype is None else dense.astype(dtype)
+
+    def norm(self) -> float:
+        """Frobenius norm of the dense tensor (computed without the inverse rearrangement)."""
+        return float(np.linalg.norm(self.rearranged().ravel()))
+
+    # -- algebra -----------------------------------------------------------------------
+    def transpose(self, axes: Sequence[int] | None = None) -> SeKronTensor:
+        """Permute the modes of every factor (a mode-wise Kronecker product commutes with it).
+
+        ``axes=None`` reverses the modes, so for a 2-D operator this is the transpose.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import sekron as sk
+        >>> t = sk.SeKronTensor([np.ones((1, 2, 3)), np.arange(20.0).reshape(1, 4, 5)])
+        >>> np.array_equal(t.T.to_dense(), t.to_dense().T)
+        True
+        """
+        N = self.ndim
+        perm = tuple(range(N))[::-1] if axes is None else tuple(int(a) for a in axes)
+        if sorted(perm) != list(range(N)):
+            raise ShapeError(f"axes: expected a permutation of range({N}), got {axes!r}")
+        S = self._structure.n_factors
+        new = []
+        for k, f in enumerate(self._factors):
+            nr = min(k + 1, S - 1)
+            new.append(f.transpose(tuple(range(nr)) + tuple(nr + p for p in perm)))
+        return SeKronTensor(new, error_bound=self._error_bound, reference_norm=self._reference_norm)
+
+    @property
+    def T(self) -> SeKronTensor:
+        return self.transpose()
+
+    def astype(self, dtype: Any) -> SeKronTensor:
+        """Return a copy with factors cast to ``dtype`` (float32 or float64)."""
+        return SeKronTensor(
+            [f.astype(dtype) for f in self._factors],
+            error_bound=self._error_bound,
+            reference_norm=self._reference_norm,
+        )
+
+    def __matmul__(self, other: Any) -> np.ndarray:
+        from .ops import matmul
+
+        return matmul(self, other)
+
+    def __rmatmul__(self, other: Any) -> np.ndarray:
+        from .ops import rmatmul
+
+        return rmatmul(other, self)
+
+    def __repr__(self) -> str:
+        eb = "" if self._error_bound is None else f", error_bound={self._error_bound:.3g}"
+        return f"SeKronTensor(shape={self.shape}, structure={self._structure}, dtype={self.dtype}{eb})"
+
+    # -- files ---------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Save to a versioned ``.npz`` file, readable by :func:`sekron.load` without pickle.
+
+        Examples
+        --------
+        >>> import numpy as np, tempfile, os
+        >>> import sekron as sk
+        >>> t = sk.SeKronTensor([np.ones((1, 2, 2)), np.ones((1, 3, 3))])
+        >>> path = os.path.join(tempfile.mkdtemp(), "t.npz")
+        >>> t.save(path)
+        >>> np.array_equal(sk.load(path).to_dense(), t.to_dense())
+        True
+        """
+        arrays: dict[str, Any] = {
+            "format": np.array(FILE_FORMAT),
+            "version": np.array(FILE_VERSION, dtype=np.int64),
+            "n_factors": np.array(len(self._factors), dtype=np.int64),
+            "error_bound": np.array(np.nan if self._error_bound is None else self._error_bound),
+            "reference_norm": np.array(np.nan if self._reference_norm is None else self._reference_norm),
+        }
+        for k, f in enumerate(self._factors):
+            arrays[f"factor_{k}"] = f
+        np.savez(path, **arrays)
+
+
+def load(path: str | os.PathLike[str]) -> SeKronTensor:
+    """Load a :class:`SeKronTensor` saved by :meth:`SeKronTensor.save`.
+
+    The file is read with ``allow_pickle=False``; anything but a well-formed sekron file
+    of a known version raises :class:`FormatError`.
+
+    Parameters
+    ----------
+    path : str or path-like
+
+    Returns
+    -------
+    SeKronTensor
+
+    Raises
+    ------
+    FormatError
+        If the file is not a sekron file, is of an unknown version, or is corrupted.
+    FileNotFoundError
+        If there is no such file.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> import sekron as sk
+    >>> path = os.path.join(tempfile.mkdtemp(), "w.npz")
+    >>> sk.nkp(np.eye(4), (2, 2), rank=2).save(path)
+    >>> sk.load(path).shape
+    (4, 4)
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"path: no such file {os.fspath(path)!r}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            contents = {k: data[k] for k in data.files}
+    except Exception as exc:
+        raise FormatError(f"path: expected a sekron .npz file, could not read {os.fspath(path)!r}: {exc}") from None
+    fmt = contents.get("format")
+    if fmt is None or fmt.shape != () or str(fmt) != FILE_FORMAT:
+        raise FormatError(f"path: expected a file with format {FILE_FORMAT!r}, got {None if fmt is None else str(fmt)!r}")
+    try:
+        version = int(contents["version"])
+        n = int(contents["n_factors"])
+        factors = [contents[f"factor_{k}"] for k in range(n)]
+        eb = float(contents["error_bound"])
+        rn = float(contents["reference_norm"])
+    except Exception as exc:
+        raise FormatError(f"path: sekron file is missing or has malformed entries: {exc}") from None
+    if version != FILE_VERSION:
+        raise FormatError(f"path: expected file version {FILE_VERSION}, got {version}")
+    try:
+        return SeKronTensor(
+            factors,
+            error_bound=None if np.isnan(eb) else eb,
+            reference_norm=None if np.isnan(rn) else rn,
+        )
+    except Exception as exc:
+        raise FormatError(f"path: sekron file holds invalid factors: {exc}") from None

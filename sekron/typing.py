@@ -1,0 +1,16 @@
+"""Type aliases shared by sekron's public signatures."""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence, Union
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["Shape", "ShapeLike", "RandomState", "SVDMethod", "ArrayLike"]
+
+Shape = tuple[int, ...]
+ShapeLike = Union[int, Sequence[int]]
+RandomState = Union[None, int, np.random.Generator, np.random.RandomState]
+SVDMethod = Literal["auto", "full", "arpack", "randomized"]
+ArrayLike = npt.ArrayLike
