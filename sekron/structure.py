@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 from collections.abc import Iterator, Sequence
 from typing import Any
+
+import numpy as np
 
 from ._validation import as_positive_int, as_shape, as_shapes, rank_error
 from .errors import RankError, ShapeError
@@ -83,8 +86,10 @@ class Structure:
         n = len(max_ranks)
         if ranks is None:
             return max_ranks
-        if isinstance(ranks, int) and not isinstance(ranks, bool):
-            ranks = (ranks,) * n
+        if isinstance(ranks, np.ndarray):
+            ranks = ranks.tolist()
+        if isinstance(ranks, numbers.Integral) and not isinstance(ranks, (bool, np.bool_)):
+            ranks = (int(ranks),) * n
         if isinstance(ranks, str) or not isinstance(ranks, Sequence):
             raise RankError(f"ranks: expected None, an int or a sequence of {n} ints, got {ranks!r}")
         if len(ranks) != n:
