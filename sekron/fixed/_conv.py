@@ -1,0 +1,237 @@
+"""Integer 2-d convolution (NCHW) lowered to the exact integer GEMM by im2col."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from .._validation import check_bits
+from ..errors import ShapeError
+from ._gemm import Method, check_operand, gemm_nt, plan_gemm
+from ._tensor import (
+    FixedTensor,
+    Rounding,
+    Seed,
+    _describe,
+    bits_for_bound,
+    map_grad,
+    requantize,
+    resolve_seed,
+)
+
+__all__ = ["conv2d", "conv2d_backward"]
+
+
+def _pair(x: Any, name: str, minimum: int) -> tuple[int, int]:
+    vals = (x, x) if isinstance(x, numbers.Integral) else x
+    try:
+        p = tuple(vals)
+    except TypeError:
+        p = ()
+    if len(p) != 2 or any(
+        isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or int(v) < minimum
+        for v in p
+    ):
+        raise ValueError(f"{name}: expected an int >= {minimum} or a pair of them, got {_describe(x)}")
+    return int(p[0]), int(p[1])
+
+
+def _per_tensor(t: FixedTensor, name: str) -> int:
+    if not t.per_tensor:
+        raise ShapeError(f"{name}: expected a per-tensor exponent, got one of shape {np.shape(t.exponent)}")
+    return int(t.exponent)  # type: ignore[arg-type]
+
+
+def _geometry(x_shape, w_shape, stride, padding, dilation):  # type: ignore[no-untyped-def]
+    n, c, h, w = x_shape
+    f, cw, kh, kw = w_shape
+    if c != cw:
+        raise ShapeError(f"weight: expected {c} input channels to match x of shape {x_shape}, got shape {w_shape}")
+    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    if ho < 1 or wo < 1:
+        raise ShapeError(
+            f"x: input of shape {x_shape} is smaller than the dilated kernel {w_shape} "
+            f"with padding {padding} and dilation {dilation}"
+        )
+    return n, c, h, w, f, kh, kw, ho, wo
+
+
+def im2col(xq: np.ndarray, kh: int, kw: int, ho: int, wo: int, stride, padding, dilation) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Columns (N*Ho*Wo, C*kh*kw) of the padded integer input (exact copy)."""
+    n, c = xq.shape[:2]
+    xp = np.pad(xq, ((0, 0), (0, 0), (padding[0], padding[0]), (padding[1], padding[1])))
+    cols = np.empty((n, ho, wo, c, kh, kw), dtype=xq.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            r0, c0 = i * dilation[0], j * dilation[1]
+            patch = xp[:, :, r0 : r0 + stride[0] * (ho - 1) + 1 : stride[0], c0 : c0 + stride[1] * (wo - 1) + 1 : stride[1]]
+            cols[:, :, :, :, i, j] = patch.transpose(0, 2, 3, 1)
+    return cols.reshape(n * ho * wo, c * kh * kw)
+
+
+def col2im(dcols: np.ndarray, x_shape, kh, kw, ho, wo, stride, padding, dilation) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Scatter-add columns back onto the input grid in int64 (exact; each input pixel
+    receives at most kh*kw terms)."""
+    n, c, h, w = x_shape
+    d = dcols.reshape(n, ho, wo, c, kh, kw).astype(np.int64)
+    xp = np.zeros((n, c, h + 2 * padding[0], w + 2 * padding[1]), dtype=np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            r0, c0 = i * dilation[0], j * dilation[1]
+            xp[:, :, r0 : r0 + stride[0] * (ho - 1) + 1 : stride[0], c0 : c0 + stride[1] * (wo - 1) + 1 : stride[1]] += d[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+    return xp[:, :, padding[0] : padding[0] + h, padding[1] : padding[1] + w]
+
+
+def conv2d(
+    x: FixedTensor,
+    weight: FixedTensor,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    out_bits: int | None = None,
+    *,
+    method: Method = "auto",
+    acc_dtype: Any = None,
+    rounding: Rounding = "stochastic",
+    seed: Seed = None,
+) -> FixedTensor:
+    """Exact integer 2-d cross-correlation (NCHW), lowered to the integer GEMM.
+
+    Parameters
+    ----------
+    x : FixedTensor, shape (N, C, H, W)
+        Per-tensor exponent.
+    weight : FixedTensor, shape (F, C, kh, kw)
+        Per-tensor exponent.
+    stride, padding, dilation : int or pair of int
+        As in ``torch.nn.functional.conv2d`` (zero padding).
+    out_bits : int or None
+        None returns the exact accumulator; 2..16 requantizes it.
+    method, acc_dtype :
+        As in :func:`matmul`; the reduction length is ``C * kh * kw``.
+    rounding, seed :
+        Rounding of the requantization (with ``out_bits`` only).
+
+    Returns
+    -------
+    FixedTensor, shape (N, F, Ho, Wo)
+        Exponent ``x.exponent + weight.exponent``.
+
+    Raises
+    ------
+    ShapeError
+        If channels differ, ranks are not 4, the kernel does not fit, or an exponent is
+        per-slice.
+    OverflowRiskError
+        If a pinned accumulator cannot hold ``C*kh*kw * m_x * m_w``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sekron.fixed import to_fixed, conv2d
+    >>> x = to_fixed(np.arange(16.0).reshape(1, 1, 4, 4), bits=8, rounding="nearest")
+    >>> w = to_fixed(np.ones((1, 1, 2, 2)), bits=8, rounding="nearest")
+    >>> conv2d(x, w, stride=2).to_float()
+    array([[[[10., 18.], [42., 50.]]]])
+    """
+    x = check_operand(x, "x", 4)
+    weight = check_operand(weight, "weight", 4)
+    st, pd, dl = _pair(stride, "stride", 1), _pair(padding, "padding", 0), _pair(dilation, "dilation", 1)
+    ex, ew = _per_tensor(x, "x"), _per_tensor(weight, "weight")
+    n, c, _, _, f, kh, kw, ho, wo = _geometry(x.shape, weight.shape, st, pd, dl)
+    plan = plan_gemm(c * kh * kw, x.bits, weight.bits, method=method, acc_dtype=acc_dtype)
+    cols = im2col(x.mantissa, kh, kw, ho, wo, st, pd, dl)
+    acc = gemm_nt(cols, weight.mantissa.reshape(f, -1), plan)
+    out_q = np.ascontiguousarray(acc.reshape(n, ho, wo, f).transpose(0, 3, 1, 2))
+    out = FixedTensor._trusted(out_q, ex + ew, bits_for_bound(plan.bound))
+    return out if out_bits is None else requantize(out, out_bits, rounding, seed)
+
+
+def conv2d_backward(
+    x: FixedTensor,
+    weight: FixedTensor,
+    grad_out: Any,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    bits: int | None = None,
+    *,
+    method: Method = "auto",
+    rounding: Rounding = "stochastic",
+    seed: Seed = None,
+) -> tuple[FixedTensor, FixedTensor]:
+    """Gradients of :func:`conv2d` with respect to ``x`` and ``weight``, as integer GEMMs.
+
+    ``grad_out`` is mapped to ``bits`` twice with independent stochastic draws, once for
+    each product: ``dcols = dY @ W`` followed by an exact integer col2im gives dX;
+    ``dW = dY^T @ cols(X)`` reuses the forward mantissas of X.
+
+    Parameters
+    ----------
+    x, weight : FixedTensor
+        The forward operands, shapes (N, C, H, W) and (F, C, kh, kw).
+    grad_out : array_like of float or FixedTensor, shape (N, F, Ho, Wo)
+        Gradient of the loss with respect to the convolution's output.
+    stride, padding, dilation : int or pair of int
+        As in the forward call.
+    bits : int or None
+        Bit-width of the mapped gradient (default: the weight's bits).
+    method : {"auto", "numba", "blas"}
+        GEMM path.
+    rounding : {"stochastic", "nearest"}
+        Mapping of ``grad_out``.
+    seed : int, numpy Generator or None
+        Key of the two mapping draws (streams 1 and 2).
+
+    Returns
+    -------
+    dx : FixedTensor, shape (N, C, H, W)
+        Exact accumulator (int64), exponent ``e_dY + e_W``.
+    dweight : FixedTensor, shape (F, C, kh, kw)
+        Exact accumulator, exponent ``e_dY + e_X``.
+
+    Raises
+    ------
+    ShapeError
+        If ``grad_out`` does not have the forward output's shape.
+    NonFiniteError
+        If ``grad_out`` holds NaN or infinity.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sekron.fixed import to_fixed, conv2d_backward
+    >>> x = to_fixed(np.ones((1, 1, 3, 3)), 8, rounding="nearest")
+    >>> w = to_fixed(np.ones((1, 1, 2, 2)), 8, rounding="nearest")
+    >>> dx, dw = conv2d_backward(x, w, np.ones((1, 1, 2, 2)), rounding="nearest")
+    >>> dx.to_float()[0, 0]
+    array([[1., 2., 1.], [2., 4., 2.], [1., 2., 1.]])
+    >>> dw.to_float()[0, 0]
+    array([[4., 4.], [4., 4.]])
+    """
+    x = check_operand(x, "x", 4)
+    weight = check_operand(weight, "weight", 4)
+    st, pd, dl = _pair(stride, "stride", 1), _pair(padding, "padding", 0), _pair(dilation, "dilation", 1)
+    ex, ew = _per_tensor(x, "x"), _per_tensor(weight, "weight")
+    n, c, _, _, f, kh, kw, ho, wo = _geometry(x.shape, weight.shape, st, pd, dl)
+    b = weight.bits if bits is None else check_bits(bits)
+    key = resolve_seed(seed)
+    g1 = map_grad(grad_out, (n, f, ho, wo), b, rounding, key, 1)
+    g2 = map_grad(grad_out, (n, f, ho, wo), b, rounding, key, 2)
+    eg1, eg2 = _per_tensor(g1, "grad_out"), _per_tensor(g2, "grad_out")
+    g1_mat = g1.mantissa.transpose(0, 2, 3, 1).reshape(-1, f)  # (N*Ho*Wo, F)
+    g2_mat = g2.mantissa.transpose(0, 2, 3, 1).reshape(-1, f)
+    w_mat = weight.mantissa.reshape(f, -1)  # (F, C*kh*kw)
+    plan_x = plan_gemm(f, g1.bits, weight.bits, method=method, acc_dtype=np.int64)
+    dcols = gemm_nt(g1_mat, np.ascontiguousarray(w_mat.T), plan_x)
+    dx_q = col2im(dcols, x.shape, kh, kw, ho, wo, st, pd, dl)
+    dx = FixedTensor._trusted(np.ascontiguousarray(dx_q), eg1 + ew, bits_for_bound(plan_x.bound * kh * kw))
+    cols = im2col(x.mantissa, kh, kw, ho, wo, st, pd, dl)  # (N*Ho*Wo, C*kh*kw)
+    plan_w = plan_gemm(n * ho * wo, g2.bits, x.bits, method=method)
+    dw_q = gemm_nt(np.ascontiguousarray(g2_mat.T), np.ascontiguousarray(cols.T), plan_w)
+    dw = FixedTensor._trusted(dw_q.reshape(weight.shape), eg2 + ex, bits_for_bound(plan_w.bound))
+    return dx, dw
+

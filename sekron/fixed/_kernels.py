@@ -1,0 +1,190 @@
+"""numba kernels of the fixed-point engine.
+
+Every kernel takes arrays and scalars only, writes into an output the caller allocated,
+and is self-contained within this file (``cache=True`` keys the cache on this file, so a
+helper from another module could change without the cache noticing). Callers in
+``_mapping.py``, ``_gemm.py`` and ``_ops.py`` validate, choose integer widths and check
+every overflow bound *before* a kernel runs: the kernels themselves wrap silently.
+Each kernel has a pure-numpy twin in ``_reference.py`` that the tests compare against.
+
+Random bits come from a counter-based generator: element ``i`` of a draw keyed by
+``key`` gets ``splitmix64(key + (i + 1) * GAMMA)``. The bits depend only on the key and
+the element's index, never on the thread that computes it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+# splitmix64 constants (Steele, Lea & Flood 2014)
+GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_S30 = np.uint64(30)
+_S27 = np.uint64(27)
+_S31 = np.uint64(31)
+_S11 = np.uint64(11)
+_TWO_M53 = 2.0**-53
+
+
+
+@njit(cache=True, inline="always")
+def _mix64(z: np.uint64) -> np.uint64:
+    z = (z ^ (z >> _S30)) * _M1
+    z = (z ^ (z >> _S27)) * _M2
+    return z ^ (z >> _S31)
+
+
+@njit(cache=True, parallel=True)
+def round_stochastic(y, key, qmax, out):  # pragma: no cover - compiled
+    """``out[i] = clamp(floor(y[i]) + [u_i < frac(y[i])], -qmax, qmax)``.
+
+    ``y`` is a flat float64 array (already scaled by a power of two, so exact), ``u_i``
+    is uniform on the 2^53-point grid of [0, 1) drawn from ``key`` and ``i``. The floor
+    and the fraction are exact in float64, so the result is unbiased up to 2^-53.
+    """
+    n = y.size
+    for i in prange(n):
+        v = y[i]
+        f = np.floor(v)
+        h = _mix64(key + np.uint64(i + 1) * GAMMA)
+        u = np.float64(h >> _S11) * _TWO_M53
+        q = np.int64(f)
+        if u < v - f:
+            q += 1
+        if q > qmax:
+            q = qmax
+        elif q < -qmax:
+            q = -qmax
+        out[i] = q
+
+
+@njit(cache=True, parallel=True)
+def shift_stochastic(x, shift, key, out):  # pragma: no cover - compiled
+    """Unbiased stochastic right shift ``out[i] = SR(x[i] / 2^shift[i])``.
+
+    ``x`` and ``shift`` are flat int64 arrays of equal length. For ``0 < s <= 62`` this is
+    ``(x + r) >> s`` with ``r`` the top ``s`` bits of the hash (uniform in [0, 2^s)), an
+    arithmetic shift: exact in expectation for negative ``x`` too. The caller keeps
+    ``|x| < 2^62`` so ``x + r`` cannot wrap. For ``s >= 63`` the result is
+    ``sign(x) * Bernoulli(|x| / 2^s)``, still unbiased. ``s <= 0`` is a left shift the
+    caller has checked to fit.
+    """
+    n = x.size
+    for i in prange(n):
+        v = x[i]
+        s = shift[i]
+        if s <= 0:
+            out[i] = v << (-s)
+        elif s <= 62:
+            h = _mix64(key + np.uint64(i + 1) * GAMMA)
+            r = np.int64(h >> np.uint64(64 - s))
+            out[i] = (v + r) >> s
+        else:
+            h = _mix64(key + np.uint64(i + 1) * GAMMA)
+            mag = np.uint64(-v) if v < 0 else np.uint64(v)
+            if s == 63:
+                thr = mag << np.uint64(1)
+            elif s - 64 >= 63:
+                thr = np.uint64(0)
+            else:
+                thr = mag >> np.uint64(s - 64)
+            bit = np.int64(1) if h < thr else np.int64(0)
+            out[i] = -bit if v < 0 else bit
+
+
+@njit(cache=True, parallel=True)
+def gemm_acc32(a, bt, out):  # pragma: no cover - compiled
+    """``out = a @ bt.T`` with int32 accumulation; ``a`` (M, K), ``bt`` (N, K) int8/int16.
+
+    Overflow bound: every partial sum is at most K * max|a| * max|b| in magnitude; the
+    caller only launches this kernel when that bound is <= 2^31 - 1. The explicit int32
+    truncation keeps numba from widening the product to int64, which lets LLVM emit
+    vpmaddwd/vpdpwssd (pairwise int16 products summed into int32, exact under the same
+    bound). A 2 x 2 register block: larger blocks stop LLVM from vectorizing over k.
+    """
+    m, k = a.shape
+    n = bt.shape[0]
+    for ib in prange((m + 1) // 2):
+        i = 2 * ib
+        if i + 1 < m:
+            j = 0
+            while j + 1 < n:
+                c00 = np.int32(0)
+                c01 = np.int32(0)
+                c10 = np.int32(0)
+                c11 = np.int32(0)
+                for p in range(k):
+                    a0 = np.int32(a[i, p])
+                    a1 = np.int32(a[i + 1, p])
+                    b0 = np.int32(bt[j, p])
+                    b1 = np.int32(bt[j + 1, p])
+                    c00 = np.int32(c00 + a0 * b0)
+                    c01 = np.int32(c01 + a0 * b1)
+                    c10 = np.int32(c10 + a1 * b0)
+                    c11 = np.int32(c11 + a1 * b1)
+                out[i, j] = c00
+                out[i, j + 1] = c01
+                out[i + 1, j] = c10
+                out[i + 1, j + 1] = c11
+                j += 2
+            if j < n:
+                c0 = np.int32(0)
+                c1 = np.int32(0)
+                for p in range(k):
+                    b0 = np.int32(bt[j, p])
+                    c0 = np.int32(c0 + np.int32(a[i, p]) * b0)
+                    c1 = np.int32(c1 + np.int32(a[i + 1, p]) * b0)
+                out[i, j] = c0
+                out[i + 1, j] = c1
+        else:
+            for jj in range(n):
+                c = np.int32(0)
+                for p in range(k):
+                    c = np.int32(c + np.int32(a[i, p]) * np.int32(bt[jj, p]))
+                out[i, jj] = c
+
+
+@njit(cache=True, parallel=True)
+def gemm_acc64(a, bt, out):  # pragma: no cover - compiled
+    """``out = a @ bt.T`` with int64 accumulation (bound K * max|a| * max|b| <= 2^62)."""
+    m, k = a.shape
+    n = bt.shape[0]
+    for ib in prange((m + 1) // 2):
+        i = 2 * ib
+        i1 = min(i + 1, m - 1)
+        for j in range(0, n, 2):
+            j1 = min(j + 1, n - 1)
+            c00 = np.int64(0)
+            c01 = np.int64(0)
+            c10 = np.int64(0)
+            c11 = np.int64(0)
+            for p in range(k):
+                a0 = np.int64(a[i, p])
+                a1 = np.int64(a[i1, p])
+                b0 = np.int64(bt[j, p])
+                b1 = np.int64(bt[j1, p])
+                c00 += a0 * b0
+                c01 += a0 * b1
+                c10 += a1 * b0
+                c11 += a1 * b1
+            out[i, j] = c00
+            out[i, j1] = c01
+            out[i1, j] = c10
+            out[i1, j1] = c11
+
+
+@njit(cache=True)
+def scatter_add_rows(ids, rows, out):  # pragma: no cover - compiled
+    """``out[ids[t]] += rows[t]`` for every t, in the integer width of ``out``.
+
+    Overflow bound: a row of ``out`` receives at most count(ids == v) rows, so
+    max_count * max|rows| must fit ``out``'s dtype (checked by the caller).
+    Sequential on purpose: rows with equal ids would race under prange.
+    """
+    n, d = rows.shape
+    for t in range(n):
+        v = ids[t]
+        for j in range(d):
+            out[v, j] += rows[t, j]

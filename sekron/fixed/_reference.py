@@ -1,0 +1,88 @@
+"""Pure-numpy twins of the numba kernels in ``_kernels.py``.
+
+They compute the same bits (same hash, same rounding, same integer widths) in the plainest
+numpy, so the tests can compare each kernel against them exactly. They are slow and meant
+for testing, and also for the counter-based key derivation used by the wrappers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "MASK64",
+    "stream_key",
+    "hash_stream",
+    "round_stochastic_ref",
+    "shift_stochastic_ref",
+    "gemm_ref",
+    "scatter_add_rows_ref",
+]
+
+MASK64 = (1 << 64) - 1
+_GAMMA = 0x9E3779B97F4A7C15
+_M1 = 0xBF58476D1CE4E5B9
+_M2 = 0x94D049BB133111EB
+
+
+def _mix64_int(z: int) -> int:
+    z &= MASK64
+    z = ((z ^ (z >> 30)) * _M1) & MASK64
+    z = ((z ^ (z >> 27)) * _M2) & MASK64
+    return z ^ (z >> 31)
+
+
+def stream_key(seed: int, stream: int) -> np.uint64:
+    """The 64-bit key of random stream ``stream`` under ``seed`` (Python ints, any size)."""
+    return np.uint64(_mix64_int(_mix64_int(seed + _GAMMA) ^ ((stream * _M2 + _GAMMA) & MASK64)))
+
+
+def hash_stream(key: np.uint64, n: int) -> np.ndarray:
+    """The ``n`` uint64 random words ``splitmix64(key + (i + 1) * GAMMA)``, i = 0..n-1."""
+    idx = np.arange(1, n + 1, dtype=np.uint64)
+    z = np.uint64(key) + idx * np.uint64(_GAMMA)  # uint64 arrays wrap modulo 2^64
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(_M1)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(_M2)
+    return z ^ (z >> np.uint64(31))
+
+
+def round_stochastic_ref(y: np.ndarray, key: np.uint64, qmax: int) -> np.ndarray:
+    """Reference of ``_kernels.round_stochastic``: flat float64 in, int64 out."""
+    y = np.asarray(y, dtype=np.float64).ravel()
+    f = np.floor(y)
+    u = (hash_stream(key, y.size) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    q = f.astype(np.int64) + (u < (y - f)).astype(np.int64)
+    return np.clip(q, -qmax, qmax)
+
+
+def shift_stochastic_ref(x: np.ndarray, shift: np.ndarray, key: np.uint64) -> np.ndarray:
+    """Reference of ``_kernels.shift_stochastic``: flat int64 ``x`` and ``shift``."""
+    x = np.asarray(x, dtype=np.int64).ravel()
+    shift = np.asarray(shift, dtype=np.int64).ravel()
+    h = hash_stream(key, x.size)
+    out = np.empty_like(x)
+    left = shift <= 0
+    out[left] = x[left] << (-shift[left])
+    mid = (shift > 0) & (shift <= 62)
+    s = shift[mid]
+    r = (h[mid] >> (np.uint64(64) - s.astype(np.uint64))).astype(np.int64)
+    out[mid] = (x[mid] + r) >> s
+    big = shift > 62
+    for i in np.flatnonzero(big):  # rare: exponent gaps wider than 62 bits
+        v, si = int(x[i]), int(shift[i])
+        thr = (abs(v) << 1) if si == 63 else (abs(v) >> (si - 64) if si - 64 < 63 else 0)
+        bit = 1 if int(h[i]) < thr else 0
+        out[i] = -bit if v < 0 else bit
+    return out
+
+
+def gemm_ref(a: np.ndarray, bt: np.ndarray) -> np.ndarray:
+    """Exact integer ``a @ bt.T`` in int64 (the oracle of every GEMM path)."""
+    return np.asarray(a, dtype=np.int64) @ np.asarray(bt, dtype=np.int64).T
+
+
+def scatter_add_rows_ref(ids: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarray:
+    """Reference of ``_kernels.scatter_add_rows`` into a fresh int64 array."""
+    out = np.zeros((n_rows, rows.shape[1]), dtype=np.int64)
+    np.add.at(out, np.asarray(ids, dtype=np.int64), np.asarray(rows, dtype=np.int64))
+    return out

@@ -1,0 +1,152 @@
+"""SGD with momentum and weight decay on fixed-point operands (DESIGN 2.7, notes A5)."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+
+from .._validation import as_float_array, check_bits
+from ..errors import ShapeError
+from ._ops import add, mul
+from ._tensor import (
+    FixedTensor,
+    Rounding,
+    Seed,
+    _describe,
+    check_rounding,
+    requantize,
+    resolve_seed,
+    to_fixed,
+)
+
+__all__ = ["SGDState", "sgd_step"]
+
+Mode = Literal["master", "integer"]
+
+
+class SGDState(NamedTuple):
+    """Optimizer state of one parameter: the fixed-point velocity and the step count."""
+
+    velocity: FixedTensor | None = None
+    step: int = 0
+
+
+def _hyper(v: Any, name: str, low: float, high: float | None = None) -> float:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name}: expected a float, got {_describe(v)}")
+    f = float(v)
+    if not np.isfinite(f) or f < low or (high is not None and f >= high):
+        rng = f"[{low}, {high})" if high is not None else f">= {low}"
+        raise ValueError(f"{name}: expected a finite float {rng}, got {f}")
+    return f
+
+
+def _scalar(v: float, bits: int) -> FixedTensor:
+    return to_fixed(np.array(v), bits, "nearest")
+
+
+def sgd_step(
+    weight: Any,
+    grad: Any,
+    state: SGDState | None = None,
+    *,
+    lr: float,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    bits: int = 16,
+    mode: Mode = "master",
+    rounding: Rounding = "stochastic",
+    seed: Seed = None,
+) -> tuple[Any, SGDState]:
+    """One SGD step with momentum and weight decay, every product an integer product.
+
+    ``g' = g + wd * w``, ``v = mu * v + g'``, ``w = w - lr * v``: the gradient, weight,
+    velocity and the three scalars are mapped to ``bits``; products are exact integer
+    products, sums align exponents with stochastic rounding and are requantized to
+    ``bits``.
+
+    Parameters
+    ----------
+    weight : ndarray of float (mode "master") or FixedTensor (mode "integer")
+        "master": a wide float32/float64 master copy; the integer step ``lr * v`` is added
+        to it in float (the one float operation), so small updates are not lost.
+        "integer": ``bits``-bit fixed-point weights updated in integers only; updates
+        smaller than a unit survive only in expectation (stochastic rounding).
+        Not modified.
+    grad : array_like of float or FixedTensor, same shape
+        The gradient (an exact accumulator is fine; it is requantized).
+    state : SGDState or None
+        The previous state (None on the first step).
+    lr, momentum, weight_decay : float
+        Learning rate (> 0), momentum in [0, 1), weight decay >= 0.
+    bits : int
+        Bit-width of the mapped operands and of the velocity, 2..16.
+    mode : {"master", "integer"}
+    rounding : {"stochastic", "nearest"}
+    seed : int, numpy Generator or None
+
+    Returns
+    -------
+    weight : ndarray or FixedTensor
+        The new weights (a new object, same kind as the input).
+    state : SGDState
+
+    Raises
+    ------
+    ShapeError
+        If ``grad`` and ``weight`` shapes differ.
+    ValueError, TypeError
+        For bad hyper-parameters, modes or operand kinds.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sekron.fixed import sgd_step
+    >>> w, state = sgd_step(np.ones(2, np.float32), np.array([1.0, -1.0]), lr=0.5,
+    ...                     bits=8, rounding="nearest")
+    >>> w
+    array([0.5, 1.5], dtype=float32)
+    """
+    b = check_bits(bits)
+    rounding_ = check_rounding(rounding)
+    lr_ = _hyper(lr, "lr", 0.0)
+    if lr_ == 0.0:
+        raise ValueError("lr: expected a positive float, got 0.0")
+    mu = _hyper(momentum, "momentum", 0.0, 1.0)
+    wd = _hyper(weight_decay, "weight_decay", 0.0)
+    if mode not in ("master", "integer"):
+        raise ValueError(f"mode: expected 'master' or 'integer', got {mode!r}")
+    state = SGDState() if state is None else state
+    if not isinstance(state, SGDState):
+        raise TypeError(f"state: expected an SGDState or None, got {_describe(state)}")
+    key = resolve_seed(seed)
+    if mode == "master":
+        if isinstance(weight, FixedTensor):
+            raise TypeError("weight: mode='master' expects a float master copy, got a FixedTensor")
+        w_master = as_float_array(weight, "weight")
+        wq = to_fixed(w_master, b, rounding_, key, stream=1)
+    else:
+        if not isinstance(weight, FixedTensor):
+            raise TypeError(f"weight: mode='integer' expects a FixedTensor, got {_describe(weight)}")
+        wq = weight
+    if isinstance(grad, FixedTensor):
+        gq = requantize(grad, b, rounding_, key, stream=2)
+    else:
+        gq = to_fixed(grad, b, rounding_, key, stream=2)
+    if gq.shape != wq.shape:
+        raise ShapeError(f"grad: expected shape {wq.shape} to match weight, got {gq.shape}")
+    if wd:
+        gq = add(gq, mul(_scalar(wd, b), wq), b, rounding=rounding_, seed=key + 3)
+    v = gq
+    if mu and state.velocity is not None:
+        if state.velocity.shape != gq.shape:
+            raise ShapeError(f"state: velocity of shape {state.velocity.shape} does not match {gq.shape}")
+        v = add(mul(_scalar(mu, b), state.velocity), gq, b, rounding=rounding_, seed=key + 4)
+    step = mul(_scalar(lr_, b), v)  # exact: exponent e_lr + e_v
+    new_state = SGDState(v if mu else None, state.step + 1)
+    if mode == "master":
+        return (w_master - step.to_float()).astype(w_master.dtype), new_state
+    neg = FixedTensor._trusted(-step.mantissa, step.exponent, step.bits)
+    return add(wq, neg, b, rounding=rounding_, seed=key + 5), new_state

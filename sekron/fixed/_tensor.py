@@ -1,0 +1,418 @@
+"""Dynamic fixed point: the :class:`FixedTensor` container, mapping and re-mapping.
+
+A fixed-point tensor is an integer mantissa array ``q`` with a shared power-of-two
+exponent and a bit-width ``b`` (sign included): ``value = q * 2**exponent`` and
+``|q| <= 2**(b-1) - 1`` (DESIGN 2.7). The exponent is one int per tensor, or an int
+array with one entry per slice along chosen axes (it broadcasts against ``q``).
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any, Literal, Union, cast
+
+import numpy as np
+
+from .._validation import as_float_array, check_bits
+from ..errors import DTypeError, OverflowRiskError, ShapeError
+from . import _kernels
+from ._reference import MASK64, stream_key
+
+__all__ = ["FixedTensor", "to_fixed", "requantize", "Rounding", "Seed"]
+
+Rounding = Literal["stochastic", "nearest"]
+Seed = Union[None, int, np.random.Generator]
+Exponent = Union[int, np.ndarray]
+
+# |mantissa| < 2^62 everywhere, so a stochastic shift (x + r) >> s never wraps int64
+_MAX_WIDE_BITS = 63
+
+
+def mantissa_dtype(bits: int) -> np.dtype:
+    """The narrowest signed integer dtype holding ``bits``-bit mantissas."""
+    for dt in (np.int8, np.int16, np.int32, np.int64):
+        if bits <= np.iinfo(dt).bits:
+            return np.dtype(dt)
+    raise OverflowRiskError(f"bits: expected at most 64, got {bits}")
+
+
+def bits_for_bound(bound: int) -> int:
+    """The bit-width ``b`` (sign included) with ``bound <= 2**(b-1) - 1``."""
+    return max(2, int(bound).bit_length() + 1)
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, np.ndarray):
+        return f"array of shape {x.shape} and dtype {x.dtype}"
+    return f"{type(x).__name__} {x!r}"
+
+
+class FixedTensor:
+    """An integer mantissa array with a shared power-of-two exponent.
+
+    Parameters
+    ----------
+    mantissa : ndarray of signed integers, shape (...)
+        int8 for ``bits <= 8``, int16 for ``bits <= 16``; int32/int64 hold wide
+        accumulators. Any signed integer dtype wide enough for ``bits`` is accepted.
+    exponent : int or ndarray of int, broadcastable to ``mantissa.shape``
+        ``value = mantissa * 2**exponent``. An array must have ``mantissa.ndim``
+        dimensions, each 1 or equal to the mantissa's (one exponent per slice).
+    bits : int
+        Bit-width including the sign, 2..63: ``|mantissa| <= 2**(bits-1) - 1``.
+
+    Raises
+    ------
+    DTypeError
+        If the mantissa is not a signed integer array.
+    ShapeError
+        If the exponent does not broadcast along whole axes.
+    OverflowRiskError
+        If a mantissa exceeds ``2**(bits-1) - 1`` in magnitude or the dtype is too narrow.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sekron.fixed import FixedTensor
+    >>> t = FixedTensor(np.array([3, -5], dtype=np.int8), exponent=-2, bits=4)
+    >>> t.to_float()
+    array([ 0.75, -1.25])
+    """
+
+    __slots__ = ("mantissa", "exponent", "bits")
+
+    mantissa: np.ndarray
+    exponent: Exponent
+    bits: int
+
+    def __init__(self, mantissa: Any, exponent: Any, bits: int) -> None:
+        q = np.asarray(mantissa)
+        if q.dtype.kind != "i":
+            raise DTypeError(
+                f"mantissa: expected a signed integer array, got {_describe(q)}"
+            )
+        if isinstance(bits, (bool, np.bool_)) or not isinstance(bits, numbers.Integral):
+            raise TypeError(f"bits: expected an int in 2..{_MAX_WIDE_BITS}, got {_describe(bits)}")
+        bits = int(bits)
+        if not 2 <= bits <= _MAX_WIDE_BITS:
+            raise ValueError(f"bits: expected an int in 2..{_MAX_WIDE_BITS}, got {bits}")
+        if q.dtype.itemsize * 8 < bits:
+            raise OverflowRiskError(
+                f"mantissa: dtype {q.dtype} cannot hold {bits}-bit values; "
+                f"expected {mantissa_dtype(bits)} or wider"
+            )
+        exp = _check_exponent(exponent, q.shape)
+        m = (1 << (bits - 1)) - 1
+        if q.size and int(np.max(np.abs(q.astype(np.int64)))) > m:
+            raise OverflowRiskError(
+                f"mantissa: expected |values| <= 2**{bits - 1} - 1 = {m} for bits={bits}, "
+                f"got max |value| {int(np.max(np.abs(q.astype(np.int64))))}"
+            )
+        self.mantissa = q
+        self.exponent = exp
+        self.bits = bits
+
+    @classmethod
+    def _trusted(cls, mantissa: np.ndarray, exponent: Exponent, bits: int) -> FixedTensor:
+        """Build without checks (for results whose invariants the engine proved)."""
+        t = object.__new__(cls)
+        t.mantissa = mantissa
+        # a single exponent, whatever its array shape, is a per-tensor exponent
+        e = np.asarray(exponent, np.int64)
+        t.exponent = int(e.reshape(-1)[0]) if e.size == 1 else e
+        t.bits = int(bits)
+        return t
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the mantissa array."""
+        return tuple(self.mantissa.shape)
+
+    @property
+    def ndim(self) -> int:
+        """Number of dimensions."""
+        return int(self.mantissa.ndim)
+
+    @property
+    def per_tensor(self) -> bool:
+        """True when one exponent is shared by the whole tensor."""
+        return isinstance(self.exponent, int)
+
+    @property
+    def max_mantissa(self) -> int:
+        """The largest magnitude the bit-width allows, ``2**(bits-1) - 1``."""
+        return (1 << (self.bits - 1)) - 1
+
+    def to_float(self, dtype: Any = np.float64) -> np.ndarray:
+        """Return ``mantissa * 2**exponent`` as a float array (a new array).
+
+        Exact in float64 while ``|mantissa| < 2**53``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sekron.fixed import FixedTensor
+        >>> FixedTensor(np.array([1, 2], dtype=np.int8), exponent=3, bits=3).to_float(np.float32)
+        array([ 8., 16.], dtype=float32)
+        """
+        out = np.ldexp(self.mantissa.astype(np.float64), np.asarray(self.exponent, np.int64))
+        return np.asarray(out, dtype=dtype)
+
+    def __repr__(self) -> str:
+        exp = self.exponent if self.per_tensor else f"array{np.shape(self.exponent)}"
+        return (
+            f"FixedTensor(shape={self.shape}, bits={self.bits}, exponent={exp}, "
+            f"dtype={self.mantissa.dtype})"
+        )
+
+
+def _check_exponent(exponent: Any, shape: tuple[int, ...]) -> Exponent:
+    if isinstance(exponent, numbers.Integral) and not isinstance(exponent, (bool, np.bool_)):
+        return int(exponent)
+    e = np.asarray(exponent)
+    if e.size == 1 and e.dtype.kind in "iu" and e.ndim <= len(shape):
+        return int(e.reshape(-1)[0])
+    if e.dtype.kind not in "iu":
+        raise DTypeError(f"exponent: expected an int or an integer array, got {_describe(e)}")
+    if e.ndim != len(shape) or any(d not in (1, s) for d, s in zip(e.shape, shape, strict=True)):
+        raise ShapeError(
+            f"exponent: expected an int or an array of ndim {len(shape)} whose axes are 1 or "
+            f"match the mantissa shape {shape}, got shape {e.shape}"
+        )
+    return e.astype(np.int64)
+
+
+def resolve_seed(seed: Seed, name: str = "seed") -> int:
+    """Turn ``None``, an int >= 0 or a Generator into a 64-bit seed."""
+    if seed is None:
+        return int(np.random.SeedSequence().generate_state(1, np.uint64)[0])
+    if isinstance(seed, np.random.Generator):
+        return int(seed.integers(0, 1 << 64, dtype=np.uint64))
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, (bool, np.bool_)):
+        if int(seed) < 0:
+            raise ValueError(f"{name}: expected a non-negative int, got {int(seed)}")
+        return int(seed) & MASK64
+    raise TypeError(f"{name}: expected None, an int or a numpy Generator, got {_describe(seed)}")
+
+
+def check_rounding(rounding: Any) -> Rounding:
+    if rounding not in ("stochastic", "nearest"):
+        raise ValueError(f"rounding: expected 'stochastic' or 'nearest', got {rounding!r}")
+    return cast(Rounding, rounding)
+
+
+def _kept_axes(axis: Any, ndim: int) -> tuple[int, ...]:
+    if axis is None:
+        return ()
+    axes = (axis,) if isinstance(axis, numbers.Integral) else axis
+    if not isinstance(axes, Sequence) or isinstance(axes, str):
+        raise TypeError(f"axis: expected None, an int or a tuple of ints, got {_describe(axis)}")
+    out = []
+    for a in axes:
+        if isinstance(a, (bool, np.bool_)) or not isinstance(a, numbers.Integral):
+            raise TypeError(f"axis: expected ints, got {_describe(axis)}")
+        if not -ndim <= int(a) < ndim:
+            raise ShapeError(f"axis: expected axes in [-{ndim}, {ndim}) for a {ndim}-d array, got {axis!r}")
+        out.append(int(a) % ndim)
+    return tuple(sorted(set(out)))
+
+
+def _cell_max(mag: np.ndarray, exponent_shape: tuple[int, ...] | None) -> np.ndarray:
+    """max of ``mag`` over every axis along which the exponent is shared (keepdims)."""
+    if exponent_shape is None:
+        return np.asarray(mag.max(initial=0)).reshape((1,) * mag.ndim)
+    red = tuple(i for i, d in enumerate(exponent_shape) if d == 1)
+    return mag.max(axis=red, keepdims=True, initial=0) if red else mag.copy()
+
+
+def round_scaled(y: np.ndarray, qmax: int, rounding: str, seed: Seed, stream: int) -> np.ndarray:
+    """Round the float64 array ``y`` (already scaled) to int64, clamped to ``±qmax``."""
+    if rounding == "nearest":
+        return np.clip(np.floor(y + 0.5), -qmax, qmax).astype(np.int64)
+    flat = np.ascontiguousarray(y, dtype=np.float64).ravel()
+    out = np.empty(flat.size, dtype=np.int64)
+    if flat.size:
+        _kernels.round_stochastic(flat, stream_key(resolve_seed(seed), stream), np.int64(qmax), out)
+    return out.reshape(y.shape)
+
+
+def to_fixed(
+    x: Any,
+    bits: int,
+    rounding: Rounding = "stochastic",
+    seed: Seed = None,
+    axis: int | Sequence[int] | None = None,
+    *,
+    stream: int = 0,
+) -> FixedTensor:
+    """Map a float array to dynamic fixed point with ``bits`` bits (DESIGN 2.7).
+
+    Parameters
+    ----------
+    x : array_like of float, shape (...)
+        Finite values; not modified.
+    bits : int
+        Bit-width including the sign, 2..16. Mantissas are int8 for ``bits <= 8``,
+        int16 otherwise.
+    rounding : {"stochastic", "nearest"}
+        Stochastic rounding is unbiased (``E[q * 2**e] = x``); nearest rounds half up.
+    seed : int, numpy Generator or None
+        Key of the counter-based random bits (stochastic rounding only). The same seed
+        and ``stream`` give the same bits whatever the thread count; a Generator is
+        asked for one 64-bit seed; None draws fresh entropy.
+    axis : int, tuple of int or None
+        None shares one exponent over the tensor; otherwise one exponent per slice
+        along these axes (e.g. ``axis=0`` for one exponent per row).
+    stream : int, keyword-only
+        Stream id mixed into the key, to draw independent bits from one seed.
+
+    Returns
+    -------
+    FixedTensor
+        ``exponent = floor(log2 max|x|) - (bits - 2)`` per exponent cell, so the largest
+        magnitude uses ``bits - 1`` bits; mantissas clamped to ``±(2**(bits-1) - 1)``.
+        An all-zero cell gets mantissas 0 and exponent 0.
+
+    Raises
+    ------
+    NonFiniteError
+        If ``x`` holds NaN or infinity.
+    ValueError, TypeError
+        If ``bits`` is outside 2..16, ``rounding`` unknown, ``seed`` or ``axis`` invalid.
+    DTypeError
+        If ``x`` is not real numeric.
+
+    Examples
+    --------
+    >>> from sekron.fixed import to_fixed
+    >>> t = to_fixed([0.5, -1.5, 3.0], bits=4, rounding="nearest")
+    >>> t.mantissa, t.exponent
+    (array([ 1, -3,  6], dtype=int8), -1)
+    >>> t.to_float()
+    array([ 0.5, -1.5,  3. ])
+    """
+    b = check_bits(bits)
+    rounding_ = check_rounding(rounding)
+    arr = as_float_array(x, "x").astype(np.float64)
+    kept = _kept_axes(axis, arr.ndim)
+    exp_shape = None if not kept else tuple(s if i in kept else 1 for i, s in enumerate(arr.shape))
+    amax = _cell_max(np.abs(arr), exp_shape)
+    e_max = np.frexp(amax)[1].astype(np.int64) - 1
+    exponent = np.where(amax > 0, e_max - (b - 2), 0).astype(np.int64)
+    y = np.ldexp(arr, -exponent)  # exact: a power-of-two scaling
+    q = round_scaled(y, (1 << (b - 1)) - 1, rounding_, seed, stream)
+    exp_out: Exponent = int(exponent.reshape(-1)[0]) if exp_shape is None else exponent
+    return FixedTensor._trusted(q.astype(mantissa_dtype(b)), exp_out, b)
+
+
+def bit_length(v: np.ndarray) -> np.ndarray:
+    """Exact bit length of non-negative int64 values (0 for 0), elementwise."""
+    v = np.asarray(v, dtype=np.int64)
+    e = np.frexp(v.astype(np.float64))[1].astype(np.int64)
+    # float64 rounding can carry 2^k - 1 up to 2^k for values past 2^53: correct it
+    high = e >= 1
+    too_big = np.zeros(high.shape, dtype=bool)
+    too_big[high] = (np.int64(1) << (e[high] - 1)) > v[high]
+    return np.where(too_big, e - 1, e)
+
+
+def shift_round(
+    q: np.ndarray, shift: np.ndarray, rounding: str, seed: Seed, stream: int
+) -> np.ndarray:
+    """``q / 2**shift`` rounded (int64), ``shift`` broadcast against ``q``; ``<= 0`` shifts left."""
+    q64 = np.asarray(q, dtype=np.int64)
+    s = np.broadcast_to(np.asarray(shift, dtype=np.int64), q64.shape)
+    if rounding == "nearest":
+        out = np.empty(q64.shape, dtype=np.int64)
+        left = s <= 0
+        out[left] = q64[left] << (-s[left])
+        right = ~left
+        sr = np.minimum(s[right], 63)
+        half = np.int64(1) << (sr - 1)
+        out[right] = np.where(sr >= 63, 0, (q64[right] + half) >> np.minimum(sr, 62))
+        return out
+    flat = np.ascontiguousarray(q64).ravel()
+    out = np.empty(flat.size, dtype=np.int64)
+    if flat.size:
+        key = stream_key(resolve_seed(seed), stream)
+        _kernels.shift_stochastic(flat, np.ascontiguousarray(s).ravel(), key, out)
+    return out.reshape(q64.shape)
+
+
+def requantize(
+    t: FixedTensor,
+    bits: int,
+    rounding: Rounding = "stochastic",
+    seed: Seed = None,
+    *,
+    stream: int = 0,
+) -> FixedTensor:
+    """Re-map a (wide) fixed-point tensor to ``bits`` bits with integer shifts only.
+
+    The shift is ``bitlength(max|q|) - (bits - 1)`` per exponent cell; the exponent moves
+    by the same amount, so the largest magnitude again uses ``bits - 1`` bits (a negative
+    shift is an exact left shift). This equals :func:`to_fixed` of the exact value.
+
+    Parameters
+    ----------
+    t : FixedTensor
+        Typically an accumulator (int32/int64 mantissa); not modified.
+    bits : int
+        Target bit-width, 2..16.
+    rounding : {"stochastic", "nearest"}
+        Stochastic: ``(q + r) >> s`` with ``r`` uniform in ``[0, 2**s)``, unbiased.
+        Nearest: ``(q + 2**(s-1)) >> s`` (half up), within half a unit.
+    seed : int, numpy Generator or None
+        Key of the random bits (see :func:`to_fixed`).
+    stream : int, keyword-only
+        Stream id mixed into the key.
+
+    Returns
+    -------
+    FixedTensor
+        int8/int16 mantissas, exponents ``t.exponent + shift``.
+
+    Raises
+    ------
+    TypeError
+        If ``t`` is not a FixedTensor.
+    ValueError
+        If ``bits`` is outside 2..16 or ``rounding`` is unknown.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sekron.fixed import FixedTensor, requantize
+    >>> acc = FixedTensor(np.array([1000, -300], dtype=np.int32), exponent=-10, bits=12)
+    >>> r = requantize(acc, bits=4, rounding="nearest")
+    >>> r.mantissa, r.exponent
+    (array([ 7, -2], dtype=int8), -3)
+    """
+    if not isinstance(t, FixedTensor):
+        raise TypeError(f"t: expected a FixedTensor, got {_describe(t)}")
+    b = check_bits(bits)
+    rounding_ = check_rounding(rounding)
+    q = t.mantissa.astype(np.int64)
+    exp_shape = None if t.per_tensor else np.shape(t.exponent)
+    length = bit_length(_cell_max(np.abs(q), exp_shape))
+    shift = np.where(length > 0, length - (b - 1), 0)
+    new_q = np.clip(shift_round(q, shift, rounding_, seed, stream), -((1 << (b - 1)) - 1), (1 << (b - 1)) - 1)
+    new_exp = np.asarray(t.exponent, np.int64) + shift
+    new_exp = np.where(length > 0, new_exp, 0)
+    exp_out: Exponent = int(new_exp.reshape(-1)[0]) if exp_shape is None else new_exp
+    return FixedTensor._trusted(new_q.astype(mantissa_dtype(b)), exp_out, b)
+
+
+def map_grad(g: Any, shape: tuple[int, ...], bits: int, rounding: Rounding, key: int, stream: int) -> FixedTensor:
+    """Map a float gradient freshly (one independent draw per stream), or requantize one."""
+    if isinstance(g, FixedTensor):
+        if g.shape != shape:
+            raise ShapeError(f"grad_out: expected shape {shape}, got {g.shape}")
+        if g.bits <= bits and g.per_tensor:
+            return g
+        return requantize(g, bits, rounding, key, stream=stream)
+    t = to_fixed(g, bits, rounding, key, stream=stream)
+    if t.shape != shape:
+        raise ShapeError(f"grad_out: expected shape {shape}, got {t.shape}")
+    return t
