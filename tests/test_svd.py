@@ -1,0 +1,113 @@
+"""Truncated SVD solvers: agreement, sign convention, determinism, argument checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sekron.errors import RankError
+from sekron.svd import choose_method, truncated_svd
+
+METHODS = ["full", "arpack", "randomized"]
+
+
+def _known_spectrum(m, n, seed, dtype=np.float64, ratio=0.5):
+    """A matrix with singular values 1, ratio, ratio², ... (well separated)."""
+    rng = np.random.default_rng(seed)
+    k = min(m, n)
+    U, _ = np.linalg.qr(rng.standard_normal((m, k)))
+    V, _ = np.linalg.qr(rng.standard_normal((n, k)))
+    s = ratio ** np.arange(k)
+    return ((U * s) @ V.T).astype(dtype), s
+
+
+class _Operator:
+    """Only products: what the randomized solver accepts for an implicit matrix."""
+
+    def __init__(self, M):
+        self._M, self.shape, self.dtype = M, M.shape, M.dtype
+
+    def matmat(self, X):
+        return self._M @ X
+
+    def rmatmat(self, X):
+        return self._M.T @ X
+
+
+@settings(deadline=None, max_examples=30)
+@given(st.integers(4, 40), st.integers(4, 40), st.integers(1, 3), st.integers(0, 2**32 - 1))
+def test_solvers_agree_on_well_separated_spectra(m, n, rank, seed):
+    M, s_true = _known_spectrum(m, n, seed)
+    eps = np.finfo(np.float64).eps
+    tol = 100 * eps * max(m, n)
+    # singular vectors are determined up to sign to within eps / gap, gap = 1/2 of σ_rank here
+    vec_tol = tol / (s_true[rank - 1] - s_true[rank])
+    ref_U, ref_s, ref_Vt = truncated_svd(M, rank, method="full")
+    np.testing.assert_allclose(ref_s, s_true[:rank], rtol=0, atol=tol)
+    for method in METHODS[1:]:
+        U, s, Vt = truncated_svd(M, rank, method=method, random_state=seed)
+        assert U.shape == (m, rank) and s.shape == (rank,) and Vt.shape == (rank, n)
+        np.testing.assert_allclose(s, ref_s, rtol=0, atol=tol)
+        np.testing.assert_allclose(U, ref_U, rtol=0, atol=vec_tol)
+        np.testing.assert_allclose(Vt, ref_Vt, rtol=0, atol=vec_tol)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sign_convention_and_orthonormality(method, dtype):
+    M, _ = _known_spectrum(30, 20, 1, dtype=dtype)
+    U, s, Vt = truncated_svd(M, 4, method=method, random_state=0)
+    eps = np.finfo(dtype).eps
+    idx = np.argmax(np.abs(U), axis=0)
+    assert np.all(U[idx, np.arange(4)] > 0)
+    assert np.all(np.diff(s) <= 0)
+    np.testing.assert_allclose(U.T @ U, np.eye(4), rtol=0, atol=100 * eps * 30)
+    np.testing.assert_allclose(Vt @ Vt.T, np.eye(4), rtol=0, atol=100 * eps * 30)
+    # the sign does not depend on the sign of the input's factorization
+    U2, _, Vt2 = truncated_svd(-M, 4, method=method, random_state=0)
+    np.testing.assert_allclose(U2, U, rtol=0, atol=1e3 * eps * 30)
+    np.testing.assert_allclose(Vt2, -Vt, rtol=0, atol=1e3 * eps * 30)
+
+
+@pytest.mark.parametrize("method", ["arpack", "randomized"])
+def test_same_seed_same_bits(method):
+    M, _ = _known_spectrum(50, 40, 3)
+    a = truncated_svd(M, 3, method=method, random_state=7)
+    b = truncated_svd(M, 3, method=method, random_state=7)
+    c = truncated_svd(M, 3, method=method, random_state=np.random.default_rng(7))
+    for x, y, z in zip(a, b, c, strict=True):
+        assert np.array_equal(x, y) and np.array_equal(x, z)
+
+
+def test_randomized_solver_accepts_an_operator():
+    M, _ = _known_spectrum(40, 30, 4)
+    U, s, Vt = truncated_svd(_Operator(M), 3, random_state=0)
+    U0, s0, Vt0 = truncated_svd(M, 3, method="full")
+    eps = np.finfo(np.float64).eps
+    np.testing.assert_allclose(s, s0, rtol=0, atol=1e3 * eps)
+    np.testing.assert_allclose(U, U0, rtol=0, atol=1e4 * eps)
+    with pytest.raises(TypeError, match="M"):
+        truncated_svd(_Operator(M), 3, method="full")
+
+
+def test_full_rank_and_auto():
+    M, s_true = _known_spectrum(6, 9, 5)
+    for method in ["auto", *METHODS]:
+        U, s, Vt = truncated_svd(M, 6, method=method, random_state=0)
+        np.testing.assert_allclose((U * s) @ Vt, M, rtol=0, atol=100 * np.finfo(float).eps * 9)
+    assert choose_method((100, 100), 3) == "full"
+    assert choose_method((2000, 1000), 3) == "randomized"
+    assert choose_method((2000, 1000), 500) == "full"
+
+
+@pytest.mark.parametrize("rank", [0, -1, 5, 2.0, True, "1"])
+def test_bad_rank(rank):
+    with pytest.raises(RankError, match="rank"):
+        truncated_svd(np.ones((4, 4)), rank)
+
+
+def test_bad_method():
+    with pytest.raises(ValueError, match="method"):
+        truncated_svd(np.ones((4, 4)), 1, method="lanczos")
