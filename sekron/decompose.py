@@ -336,7 +336,7 @@ def _refine(T: np.ndarray, start: SeKronTensor, sweeps: int) -> SeKronTensor:
     factors = [f.astype(np.float64) for f in start.factors]
     best, best_err = start, _error(T, start)
     norm = float(np.linalg.norm(work.ravel()))
-    eps = np.finfo(dtype).eps
+    eps = float(np.finfo(dtype).eps)  # a Python float: a float32 eps times a huge Gram overflows
     for _ in range(sweeps):
         for k in range(S):
             factors[k] = _solve_factor(work, factors, ranks, sizes, k, eps)
