@@ -22,7 +22,7 @@ from ._validation import as_float_array, as_generator, as_positive_int, as_shape
 from .errors import RankError, ShapeError
 from ._kron import rearrange
 from .structure import Structure
-from .svd import truncated_svd
+from .svd import _squared_norm, truncated_svd
 from .tensor import SeKronTensor
 from .typing import RandomState, SVDMethod
 
@@ -140,8 +140,8 @@ def nkp(
             raise RankError(str(exc)) from None
         if rank > max_rank:
             raise rank_error("rank", rank, max_rank, f"min(|a|, |b|) for shapes {a} and {b}")
-    T = rearrange(W, [a, b]).reshape(size_a, size_b)
-    norm_sq = float(np.linalg.norm(T.ravel().astype(np.float64)) ** 2)
+    T = np.ascontiguousarray(rearrange(W, [a, b]).reshape(size_a, size_b))
+    norm_sq = _squared_norm(T)
     if tol is not None:
         tol = check_tol(tol)
         U, s, Vt = truncated_svd(T, max_rank, method="full")
@@ -270,7 +270,7 @@ def sekron(
     S, sizes = base.n_factors, base.sizes
     cap = base.ranks if ranks_given else base.max_ranks
     T = rearrange(W, base.shapes).reshape(sizes)
-    norm_sq = float(np.sum(T.astype(np.float64) ** 2))
+    norm_sq = _squared_norm(T)
     level_budget = None if tol is None else tol * tol * norm_sq / (S - 1)
 
     factors: list[np.ndarray] = []
@@ -299,7 +299,7 @@ def sekron(
         if full_s is not None:
             discarded += float(np.sum(full_s[:, r:].astype(np.float64) ** 2))
         else:
-            discarded += max(float(np.sum(M[0].astype(np.float64) ** 2)) - float(np.sum(s[0].astype(np.float64) ** 2)), 0.0)
+            discarded += max(_squared_norm(M[0]) - float(np.sum(s[0].astype(np.float64) ** 2)), 0.0)
         U, s, Vt = U[:, :, :r], s[:, :r], Vt[:, :r, :]
         prefix = tuple(chosen[:k])
         factors.append(np.ascontiguousarray(U.transpose(0, 2, 1)).reshape(prefix + (r,) + base.shapes[k]))

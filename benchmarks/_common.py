@@ -1,0 +1,49 @@
+"""Shared helpers of the benchmark scripts: timing with warm-up, BLAS report."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def best_time(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> float:
+    """Best wall time of ``repeat`` calls after ``warmup`` untimed calls (JIT, caches)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def median_time(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def blas_report() -> str:
+    """One line on the BLAS numpy runs (threadpoolctl) and the OpenBLAS variables."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:  # pragma: no cover
+        return "threadpoolctl not installed"
+    parts = []
+    for info in threadpool_info():
+        if info.get("user_api") == "blas":
+            parts.append(
+                f"{info.get('internal_api')} {info.get('version')} "
+                f"({info.get('architecture')}, {info.get('num_threads')} threads)"
+            )
+    env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    return "BLAS: " + "; ".join(parts) + f"; env {env}"
