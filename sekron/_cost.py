@@ -1,0 +1,279 @@
+"""Multiply-add counts of the structured compute paths of ``sekron.ops``.
+
+Pure integer arithmetic on a :class:`~sekron.structure.Structure`; no arrays are built.
+The counts are those of the algorithms in ``sekron.ops``, stage by stage, using the real
+output size of every stage (the shrinking "valid" convolutions included), so a test can
+compare them with the multiply-adds the executed plan actually issues.
+
+Matrix case (DESIGN.md 2.6), ``W`` of shape ``(m, n)`` with factor shapes
+``(m_k, n_k)``, ``Q_k = P_k`` instances of factor k, and ``c`` columns:
+
+* innermost factor first:  ``sum_k Q_k m_k n_k (prod_{j<k} n_j)(prod_{j>k} m_j) c``
+* outermost factor first:  ``sum_k Q_k m_k n_k (prod_{j<k} m_j)(prod_{j>k} n_j) c``
+
+``sekron.ops.matmul`` runs the cheaper of the two; the dense count is ``m n c``.
+
+Convolution (DESIGN.md 2.6), factor k of shape ``(F_k, C_k, Kh_k, Kw_k)``: stage k is a
+valid grouped convolution with ``groups = P(k) = prod_{j<k} R_j``, a batch of
+``(prod_{j<k} C_j)(prod_{j>k} F_j)`` images, ``P(k) F_k`` output channels and a reduction
+of length ``R_k C_k Kh_k Kw_k`` (the last factor: ``P_S F_S`` outputs, reduction
+``C_S Kh_S Kw_S``). Its count is the product of these with the stage's output size.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .structure import Structure
+
+from .errors import ShapeError
+
+__all__ = ["macs_matmul", "macs_conv2d", "matmul_level_costs", "ConvStage", "conv_stages", "as_pair"]
+
+
+def _prod(xs: Any) -> int:
+    return math.prod(int(x) for x in xs)
+
+
+def matmul_level_costs(structure: Structure, n_cols: int) -> dict[str, tuple[int, ...]]:
+    """Per-level multiply-adds of the two contraction orders of ``W @ X``.
+
+    Returns ``{"inner": (cost of factor 0, ..., factor S-1), "outer": (...)}`` where
+    "inner" processes the last factor first and "outer" the first factor first.
+    """
+    ms = [s[0] for s in structure.shapes]
+    ns = [s[1] for s in structure.shapes]
+    q = structure.instances
+    S = len(ms)
+    inner = tuple(
+        q[k] * ms[k] * ns[k] * _prod(ns[:k]) * _prod(ms[k + 1 :]) * n_cols for k in range(S)
+    )
+    outer = tuple(
+        q[k] * ms[k] * ns[k] * _prod(ms[:k]) * _prod(ns[k + 1 :]) * n_cols for k in range(S)
+    )
+    return {"inner": inner, "outer": outer}
+
+
+def macs_matmul(structure: Structure, n_cols: int = 1) -> dict[str, int]:
+    """Multiply-adds of ``W @ X`` (``X`` with ``n_cols`` columns): structured and dense.
+
+    Parameters
+    ----------
+    structure : Structure
+        A 2-D structure (factor shapes ``(m_k, n_k)``).
+    n_cols : int, default 1
+        Number of columns of ``X`` (rows of ``X`` for ``X @ W.T``).
+
+    Returns
+    -------
+    dict
+        ``{"sekron": int, "dense": int}``; "sekron" is the cheaper of the two contraction
+        orders (the one :func:`sekron.ops.matmul` runs).
+
+    Raises
+    ------
+    ShapeError
+        If the structure is not 2-D.
+    ValueError, TypeError
+        If ``n_cols`` is not a positive int.
+
+    Examples
+    --------
+    >>> import sekron as sk
+    >>> sk.Structure([(64, 64), (64, 64)], ranks=1).macs_matmul(256)
+    {'sekron': 134217728, 'dense': 4294967296}
+    """
+    from ._validation import as_positive_int
+
+    if structure.ndim != 2:
+        raise ShapeError(f"structure: expected a 2-D (matrix) structure, got shape {structure.shape}")
+    c = as_positive_int(n_cols, "n_cols")
+    costs = matmul_level_costs(structure, c)
+    m, n = structure.shape
+    return {"sekron": min(sum(costs["inner"]), sum(costs["outer"])), "dense": m * n * c}
+
+
+def as_pair(value: Any, name: str, minimum: int) -> tuple[int, int]:
+    """Return an int or a pair of ints, each ``>= minimum``, as a pair."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        items: Any = (value, value)
+    else:
+        items = value
+    try:
+        pair = tuple(items)
+    except TypeError:
+        raise TypeError(f"{name}: expected an int or a pair of ints, got {value!r}") from None
+    if len(pair) != 2 or any(
+        isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in pair
+    ):
+        raise TypeError(f"{name}: expected an int or a pair of ints, got {value!r}")
+    if any(int(v) < minimum for v in pair):
+        raise ValueError(f"{name}: expected values >= {minimum}, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+@dataclass(frozen=True)
+class ConvStage:
+    """Geometry of one stage of the staged SeKron convolution.
+
+    ``factor`` is 0-based; stages are listed in execution order (last factor first).
+    Sizes are per image; ``macs`` counts multiply-adds per image.
+    """
+
+    factor: int
+    groups: int
+    batch: int
+    in_channels: int
+    out_channels: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    in_hw: tuple[int, int]
+    out_hw: tuple[int, int]
+    macs: int
+
+
+def _stride_stage(kernels: list[int], dil: list[int], s: int) -> tuple[int, list[int]]:
+    """Earliest-executed stage that may carry stride ``s`` along one axis.
+
+    Stages run from factor S-1 down to 0. Stride can move to stage t when every later
+    stage j < t has extent 1, or a dilation divisible by ``s`` (then it runs at
+    dilation ``D_j / s`` on the subsampled grid). Returns t and the new dilations.
+    """
+    S = len(kernels)
+    t = 0
+    for cand in range(S - 1, -1, -1):
+        if all(kernels[j] == 1 or dil[j] % s == 0 for j in range(cand)):
+            t = cand
+            break
+    new = list(dil)
+    for j in range(t):
+        new[j] = 1 if kernels[j] == 1 else dil[j] // s
+    return t, new
+
+
+def conv_stages(
+    structure: Structure,
+    h: int,
+    w: int,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+) -> tuple[tuple[int, int], tuple[ConvStage, ...]]:
+    """Padding and stage geometry of the staged SeKron convolution.
+
+    Returns ``((pad_h, pad_w), stages)``; ``stages`` in execution order. Raises
+    :class:`ShapeError` for a non-4-D structure or a kernel larger than the padded image.
+    """
+    from ._validation import as_positive_int
+
+    if structure.ndim != 4:
+        raise ShapeError(
+            f"structure: expected a 4-D (F, C, Kh, Kw) structure, got shape {structure.shape}"
+        )
+    h = as_positive_int(h, "h")
+    w = as_positive_int(w, "w")
+    st = as_pair(stride, "stride", 1)
+    pad = as_pair(padding, "padding", 0)
+    dl = as_pair(dilation, "dilation", 1)
+    shapes, ranks = structure.shapes, structure.ranks
+    S = len(shapes)
+    F = [s[0] for s in shapes]
+    C = [s[1] for s in shapes]
+    K = [[s[2] for s in shapes], [s[3] for s in shapes]]
+    # stage k dilates by the layer's dilation times the extent of all inner factors
+    dils = [[dl[a] * _prod(K[a][k + 1 :]) for k in range(S)] for a in range(2)]
+    at: list[int] = []
+    for a in range(2):
+        t, dils[a] = _stride_stage(K[a], dils[a], st[a])
+        at.append(t)
+    size = [h + 2 * pad[0], w + 2 * pad[1]]
+    Kh, Kw = structure.shape[2], structure.shape[3]
+    for a, (n, kk) in enumerate(zip(size, (Kh, Kw), strict=True)):
+        if n < dl[a] * (kk - 1) + 1:
+            axis = "height" if a == 0 else "width"
+            raise ShapeError(
+                f"x: padded {axis} {n} is smaller than the dilated kernel extent "
+                f"{dl[a] * (kk - 1) + 1} (kernel {kk}, dilation {dl[a]})"
+            )
+    stages = []
+    for k in range(S - 1, -1, -1):
+        strides = (st[0] if at[0] == k else 1, st[1] if at[1] == k else 1)
+        dk = (dils[0][k], dils[1][k])
+        out = [
+            (size[a] - dk[a] * (K[a][k] - 1) - 1) // strides[a] + 1 for a in range(2)
+        ]
+        groups = _prod(ranks[:k])
+        if k == S - 1:
+            out_ch, red = _prod(ranks) * F[k], C[k]
+        else:
+            out_ch, red = groups * F[k], ranks[k] * C[k]
+        batch = _prod(C[:k]) * _prod(F[k + 1 :])
+        macs = batch * out_ch * red * K[0][k] * K[1][k] * out[0] * out[1]
+        stages.append(
+            ConvStage(
+                factor=k,
+                groups=groups if k < S - 1 else 1,
+                batch=batch,
+                in_channels=(groups * red) if k < S - 1 else red,
+                out_channels=out_ch,
+                kernel=(K[0][k], K[1][k]),
+                stride=strides,
+                dilation=dk,
+                in_hw=(size[0], size[1]),
+                out_hw=(out[0], out[1]),
+                macs=macs,
+            )
+        )
+        size = out
+    return pad, tuple(stages)
+
+
+def macs_conv2d(
+    structure: Structure,
+    h: int,
+    w: int,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+) -> dict[str, int]:
+    """Multiply-adds of convolving one ``h × w`` image: staged SeKron and dense.
+
+    Parameters
+    ----------
+    structure : Structure
+        A 4-D structure, factor shapes ``(F_k, C_k, Kh_k, Kw_k)``.
+    h, w : int
+        Input height and width (before padding).
+    stride, padding, dilation : int or pair of ints
+        As in :func:`sekron.ops.conv2d`.
+
+    Returns
+    -------
+    dict
+        ``{"sekron": int, "dense": int}`` per image; "sekron" sums the stages of
+        :func:`sekron.ops.conv2d_plan` with their real (shrinking) output sizes, "dense"
+        is ``F C Kh Kw Ho Wo``.
+
+    Raises
+    ------
+    ShapeError
+        If the structure is not 4-D or the kernel does not fit the padded image.
+    ValueError, TypeError
+        For a stride or dilation < 1 or a negative padding.
+
+    Examples
+    --------
+    >>> import sekron as sk
+    >>> s = sk.Structure([(8, 8, 3, 1), (8, 8, 1, 3)], ranks=1)
+    >>> s.macs_conv2d(32, 32, padding=1)
+    {'sekron': 3244032, 'dense': 37748736}
+    """
+    pad, stages = conv_stages(structure, h, w, stride, padding, dilation)
+    F, C, Kh, Kw = structure.shape
+    Ho, Wo = stages[-1].out_hw
+    return {"sekron": sum(s.macs for s in stages), "dense": F * C * Kh * Kw * Ho * Wo}
