@@ -26,7 +26,9 @@ import sekron as sk  # noqa: E402
 from sekron.svd import truncated_svd  # noqa: E402
 
 
-def make_matrix(rng: np.random.Generator, n_comp: int = 64, tail: float = 1e-4) -> tuple[np.ndarray, float]:
+def make_matrix(
+    rng: np.random.Generator, n_comp: int = 64, tail: float = 1e-4
+) -> tuple[np.ndarray, float]:
     """W (4096×4096 float32) and the optimal rank-8 error of its rearrangement."""
     m = 4096
     U, _ = np.linalg.qr(rng.standard_normal((m, n_comp)))
@@ -72,9 +74,19 @@ def main() -> None:
     fit = run_nkp()
     err_nkp = float(np.linalg.norm((W - fit.to_dense()).astype(np.float64)))
     _, s_svds, _ = run_svds()
-    err_svds = math.sqrt(max(float(np.sum(R.astype(np.float64) ** 2)) - float(np.sum(s_svds.astype(np.float64) ** 2)), 0))
-    print(f"nkp (randomized, rank 8):  {t_nkp * 1e3:8.1f} ms   error {err_nkp:.6e} (certificate {fit.error_bound:.6e})")
-    print(f"  of which rearrangement:  {t_rearr * 1e3:8.1f} ms   ({100 * t_rearr / t_svd:.1f}% of the SVD it feeds)")
+    err_svds = math.sqrt(
+        max(
+            float(np.sum(R.astype(np.float64) ** 2))
+            - float(np.sum(s_svds.astype(np.float64) ** 2)),
+            0,
+        )
+    )
+    print(
+        f"nkp (randomized, rank 8):  {t_nkp * 1e3:8.1f} ms   error {err_nkp:.6e} (certificate {fit.error_bound:.6e})"
+    )
+    print(
+        f"  of which rearrangement:  {t_rearr * 1e3:8.1f} ms   ({100 * t_rearr / t_svd:.1f}% of the SVD it feeds)"
+    )
     print(f"  randomized SVD alone:    {t_svd * 1e3:8.1f} ms")
     print(f"svds (ARPACK, k=8):        {t_svds * 1e3:8.1f} ms   error {err_svds:.6e}")
     print(f"optimal error:             {opt:.6e}")

@@ -11,8 +11,8 @@ import importlib
 from typing import Any
 
 from . import errors
-from .decompose import nkp, sekron
 from ._kron import kron, rearrange, unrearrange
+from .decompose import nkp, sekron
 from .structure import Structure, structures
 from .tensor import SeKronTensor, load
 

@@ -32,7 +32,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
 from .errors import ShapeError
 
-__all__ = ["macs_matmul", "macs_conv2d", "matmul_level_costs", "ConvStage", "conv_stages", "as_pair"]
+__all__ = [
+    "macs_matmul",
+    "macs_conv2d",
+    "matmul_level_costs",
+    "ConvStage",
+    "conv_stages",
+    "as_pair",
+]
 
 
 def _prod(xs: Any) -> int:
@@ -90,7 +97,9 @@ def macs_matmul(structure: Structure, n_cols: int = 1) -> dict[str, int]:
     from ._validation import as_positive_int
 
     if structure.ndim != 2:
-        raise ShapeError(f"structure: expected a 2-D (matrix) structure, got shape {structure.shape}")
+        raise ShapeError(
+            f"structure: expected a 2-D (matrix) structure, got shape {structure.shape}"
+        )
     c = as_positive_int(n_cols, "n_cols")
     costs = matmul_level_costs(structure, c)
     m, n = structure.shape
@@ -204,9 +213,7 @@ def conv_stages(
     for k in range(S - 1, -1, -1):
         strides = (st[0] if at[0] == k else 1, st[1] if at[1] == k else 1)
         dk = (dils[0][k], dils[1][k])
-        out = [
-            (size[a] - dk[a] * (K[a][k] - 1) - 1) // strides[a] + 1 for a in range(2)
-        ]
+        out = [(size[a] - dk[a] * (K[a][k] - 1) - 1) // strides[a] + 1 for a in range(2)]
         groups = _prod(ranks[:k])
         if k == S - 1:
             out_ch, red = _prod(ranks) * F[k], C[k]

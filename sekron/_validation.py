@@ -105,13 +105,14 @@ def as_shape(x: Any, name: str) -> tuple[int, ...]:
     if isinstance(x, np.ndarray):
         x = x.tolist()
     if not isinstance(x, Sequence) or isinstance(x, str):
-        raise ShapeError(f"{name}: expected a shape (a sequence of positive ints), got {_describe(x)}")
+        raise ShapeError(
+            f"{name}: expected a shape (a sequence of positive ints), got {_describe(x)}"
+        )
     out = []
     for i, d in enumerate(x):
         if isinstance(d, (bool, np.bool_)) or not isinstance(d, numbers.Integral) or int(d) < 1:
             raise ShapeError(
-                f"{name}: expected a shape of positive ints, got {tuple(x)!r} "
-                f"(entry {i} is {d!r})"
+                f"{name}: expected a shape of positive ints, got {tuple(x)!r} (entry {i} is {d!r})"
             )
         out.append(int(d))
     if not out:
@@ -119,7 +120,9 @@ def as_shape(x: Any, name: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def as_shapes(x: Any, name: str, *, target: tuple[int, ...] | None = None) -> tuple[tuple[int, ...], ...]:
+def as_shapes(
+    x: Any, name: str, *, target: tuple[int, ...] | None = None
+) -> tuple[tuple[int, ...], ...]:
     """Validate a list of S >= 2 factor shapes of equal ndim.
 
     With ``target`` given, the per-mode products must equal ``target``.

@@ -47,7 +47,9 @@ def kernel_matrix(grid: int = 16, length_scale: float = 3.0) -> np.ndarray:
     return (1.0 / np.sqrt(1.0 + dist2 / length_scale**2)).reshape(grid * grid, grid * grid)
 
 
-def load_tensor(path: str | None, key: str | None = None, builtin: str = "kernel") -> tuple[np.ndarray, str]:
+def load_tensor(
+    path: str | None, key: str | None = None, builtin: str = "kernel"
+) -> tuple[np.ndarray, str]:
     """Load the tensor to analyse and a short description of where it came from.
 
     Parameters
@@ -77,7 +79,10 @@ def load_tensor(path: str | None, key: str | None = None, builtin: str = "kernel
     if path is None:
         if builtin != "digits-mlp":
             raise SekronError(f"--builtin: expected one of {BUILTINS}, got {builtin!r}")
-        with resources.files("sekron.data").joinpath(DEFAULT_TENSOR).open("rb") as fh, np.load(fh) as data:
+        with (
+            resources.files("sekron.data").joinpath(DEFAULT_TENSOR).open("rb") as fh,
+            np.load(fh) as data,
+        ):
             W = np.asarray(data["W1"])
             acc = float(data["test_accuracy"])
         return W, f"built-in: first layer of a 64-256-10 MLP on digits (test accuracy {acc:.3f})"
@@ -125,7 +130,11 @@ def rank_structures(
     results = []
     for S in n_factors:
         cands = structures(
-            W.shape, S, ranks=list(ranks), min_compression=min_compression, min_factor_size=min_factor_size
+            W.shape,
+            S,
+            ranks=list(ranks),
+            min_compression=min_compression,
+            min_factor_size=min_factor_size,
         )
         for st in cands[-max_candidates:]:
             fit = sekron(W, st)
@@ -169,8 +178,10 @@ def _print_table(rows: list[tuple[Structure, float]], out: TextIO) -> None:
         )
         for i, (st, err) in enumerate(rows)
     ]
-    widths = [max(len(h), *(len(r[c]) for r in lines)) if lines else len(h) for c, h in enumerate(header)]
-    fmt = "  ".join("{:<%d}" % w if c in (1, 2) else "{:>%d}" % w for c, w in enumerate(widths))
+    widths = [
+        max(len(h), *(len(r[c]) for r in lines)) if lines else len(h) for c, h in enumerate(header)
+    ]
+    fmt = "  ".join(f"{{:<{w}}}" if c in (1, 2) else f"{{:>{w}}}" for c, w in enumerate(widths))
     print(fmt.format(*header), file=out)
     print("  ".join("-" * w for w in widths), file=out)
     for r in lines:
@@ -196,31 +207,55 @@ def _cmd_structures(args: argparse.Namespace, out: TextIO) -> int:
     print(
         f"fitted {n_fitted} structures (S in {list(args.n_factors)}, ranks {list(args.ranks)}, "
         f"compression >= {args.min_compression}×) in {elapsed:.2f} s; "
-        + ("all, " if args.all else "the Pareto front (no structure has fewer parameters and less error), ")
+        + (
+            "all, "
+            if args.all
+            else "the Pareto front (no structure has fewer parameters and less error), "
+        )
         + "lowest error first:",
         file=out,
     )
     print(file=out)
     if not rows:
-        print("no structure meets the filters; lower --min-compression or --min-factor-size", file=out)
+        print(
+            "no structure meets the filters; lower --min-compression or --min-factor-size", file=out
+        )
         return 1
     _print_table(rows[: args.top], out)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sekron", description="Kronecker decompositions from the command line.")
+    parser = argparse.ArgumentParser(
+        prog="sekron", description="Kronecker decompositions from the command line."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("structures", help="rank candidate SeKron structures of a tensor by certified error")
-    p.add_argument("file", nargs="?", default=None, help=".npy or .npz file (default: an embedded tensor)")
+    p = sub.add_parser(
+        "structures", help="rank candidate SeKron structures of a tensor by certified error"
+    )
+    p.add_argument(
+        "file", nargs="?", default=None, help=".npy or .npz file (default: an embedded tensor)"
+    )
     p.add_argument("--key", default=None, help="array name inside an .npz file")
-    p.add_argument("--builtin", choices=BUILTINS, default="kernel", help="built-in tensor used without FILE")
-    p.add_argument("--n-factors", type=int, nargs="+", default=[2, 3], help="numbers of Kronecker factors S")
-    p.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4, 8], help="uniform ranks to try")
-    p.add_argument("--min-compression", type=float, default=4.0, help="smallest compression ratio shown")
-    p.add_argument("--min-factor-size", type=int, default=4, help="smallest number of entries per factor")
+    p.add_argument(
+        "--builtin", choices=BUILTINS, default="kernel", help="built-in tensor used without FILE"
+    )
+    p.add_argument(
+        "--n-factors", type=int, nargs="+", default=[2, 3], help="numbers of Kronecker factors S"
+    )
+    p.add_argument(
+        "--ranks", type=int, nargs="+", default=[1, 2, 4, 8], help="uniform ranks to try"
+    )
+    p.add_argument(
+        "--min-compression", type=float, default=4.0, help="smallest compression ratio shown"
+    )
+    p.add_argument(
+        "--min-factor-size", type=int, default=4, help="smallest number of entries per factor"
+    )
     p.add_argument("--top", type=int, default=20, help="rows to print")
-    p.add_argument("--all", action="store_true", help="list every fitted structure, not only the Pareto front")
+    p.add_argument(
+        "--all", action="store_true", help="list every fitted structure, not only the Pareto front"
+    )
     p.set_defaults(func=_cmd_structures)
     return parser
 

@@ -18,9 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from ._validation import as_float_array, as_generator, as_positive_int, as_shape, as_shapes, check_tol, rank_error
-from .errors import RankError, ShapeError
 from ._kron import rearrange
+from ._validation import (
+    as_float_array,
+    as_positive_int,
+    as_shape,
+    as_shapes,
+    check_tol,
+    rank_error,
+)
+from .errors import RankError, ShapeError
 from .structure import Structure
 from .svd import _squared_norm, truncated_svd
 from .tensor import SeKronTensor
@@ -29,13 +36,19 @@ from .typing import RandomState, SVDMethod
 __all__ = ["nkp", "sekron"]
 
 
-def _complement_shape(shape: tuple[int, ...], shape_a: tuple[int, ...], name: str) -> tuple[int, ...]:
+def _complement_shape(
+    shape: tuple[int, ...], shape_a: tuple[int, ...], name: str
+) -> tuple[int, ...]:
     if len(shape_a) != len(shape):
-        raise ShapeError(f"{name}: expected {len(shape)} modes to factor W of shape {shape}, got {shape_a}")
+        raise ShapeError(
+            f"{name}: expected {len(shape)} modes to factor W of shape {shape}, got {shape_a}"
+        )
     out = []
-    for n, (w, a) in enumerate(zip(shape, shape_a)):
+    for n, (w, a) in enumerate(zip(shape, shape_a, strict=True)):
         if w % a:
-            raise ShapeError(f"{name}: mode {n} of W has size {w}, which {a} does not divide (got {shape_a})")
+            raise ShapeError(
+                f"{name}: mode {n} of W has size {w}, which {a} does not divide (got {shape_a})"
+            )
         out.append(w // a)
     return tuple(out)
 
@@ -175,14 +188,20 @@ def _batched_svd(M: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return U * signs[:, None, :], s, Vt * signs[:, :, None]
 
 
-def _resolve_structure(W_shape: tuple[int, ...], shapes_or_structure: Any, ranks: Any) -> tuple[Structure, bool]:
+def _resolve_structure(
+    W_shape: tuple[int, ...], shapes_or_structure: Any, ranks: Any
+) -> tuple[Structure, bool]:
     """Return the structure to fit and whether the ranks were given (vs chosen)."""
     if isinstance(shapes_or_structure, Structure):
         st = shapes_or_structure
         if ranks is not None and st.with_ranks(ranks).ranks != st.ranks:
-            raise RankError(f"ranks: given both a Structure with ranks {st.ranks} and ranks={ranks!r}")
+            raise RankError(
+                f"ranks: given both a Structure with ranks {st.ranks} and ranks={ranks!r}"
+            )
         if st.shape != W_shape:
-            raise ShapeError(f"shapes_or_structure: expected a structure of shape {W_shape}, got {st.shape}")
+            raise ShapeError(
+                f"shapes_or_structure: expected a structure of shape {W_shape}, got {st.shape}"
+            )
         return st, True
     shapes = as_shapes(shapes_or_structure, "shapes_or_structure", target=W_shape)
     return Structure(shapes, ranks), ranks is not None
@@ -282,7 +301,13 @@ def sekron(
         P = rem.shape[0]
         tail = math.prod(sizes[k + 1 :])
         M = rem.reshape(P, sizes[k], tail)
-        if P == 1 and tol is None and method != "full" and min(M.shape[1:]) > 512 and cap[k] < min(M.shape[1:]):
+        if (
+            P == 1
+            and tol is None
+            and method != "full"
+            and min(M.shape[1:]) > 512
+            and cap[k] < min(M.shape[1:])
+        ):
             U1, s1, Vt1 = truncated_svd(M[0], cap[k], method=method, random_state=random_state)
             U, s, Vt = U1[None], s1[None], Vt1[None]
             full_s = None
@@ -302,7 +327,9 @@ def sekron(
             discarded += max(_squared_norm(M[0]) - float(np.sum(s[0].astype(np.float64) ** 2)), 0.0)
         U, s, Vt = U[:, :, :r], s[:, :r], Vt[:, :r, :]
         prefix = tuple(chosen[:k])
-        factors.append(np.ascontiguousarray(U.transpose(0, 2, 1)).reshape(prefix + (r,) + base.shapes[k]))
+        factors.append(
+            np.ascontiguousarray(U.transpose(0, 2, 1)).reshape(prefix + (r,) + base.shapes[k])
+        )
         rem = (s[:, :, None] * Vt).reshape(P * r, tail)
     factors.append(rem.reshape(tuple(chosen) + base.shapes[-1]))
     norm = math.sqrt(norm_sq)
@@ -316,7 +343,9 @@ def _error(T: np.ndarray, t: SeKronTensor) -> float:
     return float(np.linalg.norm((T - t.rearranged()).ravel().astype(np.float64)))
 
 
-def _tails(factors: Sequence[np.ndarray], ranks: tuple[int, ...], sizes: tuple[int, ...], k: int) -> np.ndarray:
+def _tails(
+    factors: Sequence[np.ndarray], ranks: tuple[int, ...], sizes: tuple[int, ...], k: int
+) -> np.ndarray:
     """``Tail[r_1..r_k, i_{k+1}..i_S] = Σ_{r_{k+1}..} Π_{j>k} A_j``, shape ``(P_k, prod_{j>k}|a_j|)``."""
     S = len(factors)
     Y = factors[-1].reshape(ranks + (sizes[-1],))
@@ -347,11 +376,18 @@ def _refine(T: np.ndarray, start: SeKronTensor, sweeps: int) -> SeKronTensor:
         best, best_err = cand, err
         if best_err <= 10 * eps * norm:  # exact to working precision
             break
-    return SeKronTensor(list(best.factors), error_bound=best_err, reference_norm=start.reference_norm)
+    return SeKronTensor(
+        list(best.factors), error_bound=best_err, reference_norm=start.reference_norm
+    )
 
 
 def _solve_factor(
-    T: np.ndarray, factors: list[np.ndarray], ranks: tuple[int, ...], sizes: tuple[int, ...], k: int, eps: float
+    T: np.ndarray,
+    factors: list[np.ndarray],
+    ranks: tuple[int, ...],
+    sizes: tuple[int, ...],
+    k: int,
+    eps: float,
 ) -> np.ndarray:
     """Least-squares update of factor k with the others fixed.
 

@@ -75,6 +75,8 @@ class Structure:
     """
 
     __slots__ = ("_shapes", "_ranks")
+    _shapes: tuple[tuple[int, ...], ...]
+    _ranks: tuple[int, ...]
 
     def __init__(self, shapes: Sequence[Sequence[int]], ranks: Any = None, *, clip: bool = False):
         shapes_t = as_shapes(shapes, "shapes")
@@ -91,13 +93,15 @@ class Structure:
         if isinstance(ranks, numbers.Integral) and not isinstance(ranks, (bool, np.bool_)):
             ranks = (int(ranks),) * n
         if isinstance(ranks, str) or not isinstance(ranks, Sequence):
-            raise RankError(f"ranks: expected None, an int or a sequence of {n} ints, got {ranks!r}")
+            raise RankError(
+                f"ranks: expected None, an int or a sequence of {n} ints, got {ranks!r}"
+            )
         if len(ranks) != n:
             raise RankError(
                 f"ranks: expected {n} ranks for {n + 1} factors, got {len(ranks)} ({tuple(ranks)!r})"
             )
         out = []
-        for k, (r, m) in enumerate(zip(ranks, max_ranks)):
+        for k, (r, m) in enumerate(zip(ranks, max_ranks, strict=True)):
             try:
                 r = as_positive_int(r, f"ranks[{k}]")
             except (TypeError, ValueError) as exc:
@@ -167,7 +171,7 @@ class Structure:
 
     @property
     def n_params(self) -> int:
-        return sum(p * s for p, s in zip(self.instances, self.sizes))
+        return sum(p * s for p, s in zip(self.instances, self.sizes, strict=True))
 
     @property
     def compression_ratio(self) -> float:

@@ -60,13 +60,19 @@ def choose_method(shape: tuple[int, int], rank: int) -> str:
 
 def _full(M: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     try:
-        U, s, Vt = scipy.linalg.svd(M, full_matrices=False, lapack_driver="gesdd", check_finite=False)
+        U, s, Vt = scipy.linalg.svd(
+            M, full_matrices=False, lapack_driver="gesdd", check_finite=False
+        )
     except np.linalg.LinAlgError:  # pragma: no cover - gesdd rarely fails to converge
-        U, s, Vt = scipy.linalg.svd(M, full_matrices=False, lapack_driver="gesvd", check_finite=False)
+        U, s, Vt = scipy.linalg.svd(
+            M, full_matrices=False, lapack_driver="gesvd", check_finite=False
+        )
     return U[:, :rank], s[:rank], Vt[:rank]
 
 
-def _arpack(M: np.ndarray, rank: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _arpack(
+    M: np.ndarray, rank: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if rank >= min(M.shape):
         return _full(M, rank)
     v0 = rng.standard_normal(min(M.shape)).astype(M.dtype)
@@ -117,7 +123,9 @@ def _randomized(
             captured = energy
         Q = _orthonormalize(_apply(M, _orthonormalize(Bt)))
         Bt = _apply_t(M, Q)
-    Ub, s, Vt = scipy.linalg.svd(Bt.T, full_matrices=False, lapack_driver="gesdd", check_finite=False)
+    Ub, s, Vt = scipy.linalg.svd(
+        Bt.T, full_matrices=False, lapack_driver="gesdd", check_finite=False
+    )
     U = Q @ Ub[:, :rank]
     return U, s[:rank], Vt[:rank]
 
@@ -194,7 +202,9 @@ def truncated_svd(
         # an implicit operator can only be used through products
         method = choose_method((m, n), rank) if isinstance(M, np.ndarray) else "randomized"  # type: ignore[assignment]
     if method not in ("full", "arpack", "randomized"):
-        raise ValueError(f"method: expected 'auto', 'full', 'arpack' or 'randomized', got {method!r}")
+        raise ValueError(
+            f"method: expected 'auto', 'full', 'arpack' or 'randomized', got {method!r}"
+        )
     if method != "randomized" and not isinstance(M, np.ndarray):
         raise TypeError(f"M: method {method!r} needs an ndarray, got {type(M).__name__}")
     rng = as_generator(random_state)

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from ._kron import unrearrange
 from ._validation import as_float_array
 from .errors import FormatError, ShapeError
-from ._kron import unrearrange
 from .structure import Structure
 
 __all__ = ["SeKronTensor", "load", "FILE_FORMAT", "FILE_VERSION"]
@@ -49,7 +49,9 @@ def _infer_structure(factors: Sequence[np.ndarray]) -> Structure:
     try:
         return Structure(shapes, ranks)
     except Exception as exc:
-        raise ShapeError(f"factors: shapes {shapes} with ranks {ranks} are not a valid structure: {exc}") from None
+        raise ShapeError(
+            f"factors: shapes {shapes} with ranks {ranks} are not a valid structure: {exc}"
+        ) from None
 
 
 class SeKronTensor:
@@ -104,7 +106,9 @@ class SeKronTensor:
         reference_norm: float | None = None,
     ):
         if isinstance(factors, np.ndarray) or not isinstance(factors, Sequence) or len(factors) < 2:
-            raise ShapeError(f"factors: expected a sequence of at least 2 arrays, got {type(factors).__name__}")
+            raise ShapeError(
+                f"factors: expected a sequence of at least 2 arrays, got {type(factors).__name__}"
+            )
         arrays = [as_float_array(f, f"factors[{k}]", min_ndim=2) for k, f in enumerate(factors)]
         dtype = np.result_type(*arrays)
         arrays = [np.array(a, dtype=dtype, copy=True) for a in arrays]
@@ -112,7 +116,9 @@ class SeKronTensor:
             a.flags.writeable = False
         inferred = _infer_structure(arrays)
         if structure is not None and structure != inferred:
-            raise ShapeError(f"structure: expected {inferred!r} (from the factors), got {structure!r}")
+            raise ShapeError(
+                f"structure: expected {inferred!r} (from the factors), got {structure!r}"
+            )
         self._factors = tuple(arrays)
         self._structure = inferred
         self._error_bound = None if error_bound is None else float(error_bound)
@@ -260,7 +266,9 @@ class SeKronTensor:
 
     def __repr__(self) -> str:
         eb = "" if self._error_bound is None else f", error_bound={self._error_bound:.3g}"
-        return f"SeKronTensor(shape={self.shape}, structure={self._structure}, dtype={self.dtype}{eb})"
+        return (
+            f"SeKronTensor(shape={self.shape}, structure={self._structure}, dtype={self.dtype}{eb})"
+        )
 
     # -- files ---------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -281,7 +289,9 @@ class SeKronTensor:
             "version": np.array(FILE_VERSION, dtype=np.int64),
             "n_factors": np.array(len(self._factors), dtype=np.int64),
             "error_bound": np.array(np.nan if self._error_bound is None else self._error_bound),
-            "reference_norm": np.array(np.nan if self._reference_norm is None else self._reference_norm),
+            "reference_norm": np.array(
+                np.nan if self._reference_norm is None else self._reference_norm
+            ),
         }
         for k, f in enumerate(self._factors):
             arrays[f"factor_{k}"] = f
@@ -324,10 +334,14 @@ def load(path: str | os.PathLike[str]) -> SeKronTensor:
         with np.load(path, allow_pickle=False) as data:
             contents = {k: data[k] for k in data.files}
     except Exception as exc:
-        raise FormatError(f"path: expected a sekron .npz file, could not read {os.fspath(path)!r}: {exc}") from None
+        raise FormatError(
+            f"path: expected a sekron .npz file, could not read {os.fspath(path)!r}: {exc}"
+        ) from None
     fmt = contents.get("format")
     if fmt is None or fmt.shape != () or str(fmt) != FILE_FORMAT:
-        raise FormatError(f"path: expected a file with format {FILE_FORMAT!r}, got {None if fmt is None else str(fmt)!r}")
+        raise FormatError(
+            f"path: expected a file with format {FILE_FORMAT!r}, got {None if fmt is None else str(fmt)!r}"
+        )
     try:
         version = int(contents["version"])
         n = int(contents["n_factors"])

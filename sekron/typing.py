@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal, Sequence, Union
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -10,7 +11,7 @@ import numpy.typing as npt
 __all__ = ["Shape", "ShapeLike", "RandomState", "SVDMethod", "ArrayLike"]
 
 Shape = tuple[int, ...]
-ShapeLike = Union[int, Sequence[int]]
-RandomState = Union[None, int, np.random.Generator, np.random.RandomState]
+ShapeLike = int | Sequence[int]
+RandomState = None | int | np.random.Generator | np.random.RandomState
 SVDMethod = Literal["auto", "full", "arpack", "randomized"]
 ArrayLike = npt.ArrayLike
