@@ -1,0 +1,22 @@
+"""Torch adapters: SeKron layers, model compression, integer layers, distillation.
+
+This sub-package is the only part of sekron that imports torch (an optional extra:
+``pip install sekron[torch]``). The decompositions, the cost model and the integer
+kernels stay in the framework-agnostic core; here they are wrapped as ``nn.Module``\\ s
+and ``torch.autograd.Function``\\ s.
+"""
+
+from __future__ import annotations
+
+from ._contract import linear_macs
+from ._conv import TorchBackend, conv_macs
+from .layers import KroneckerEmbedding, SeKronConv2d, SeKronLinear
+
+__all__ = [
+    "SeKronLinear",
+    "SeKronConv2d",
+    "KroneckerEmbedding",
+    "TorchBackend",
+    "linear_macs",
+    "conv_macs",
+]

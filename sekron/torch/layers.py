@@ -1,0 +1,613 @@
+"""Drop-in torch layers whose weight is a SeKron decomposition.
+
+Each layer holds one ``nn.Parameter`` per SeKron factor (factor k has shape
+``(R_1..R_{min(k,S-1)}, *a^(k))``, as in :class:`sekron.SeKronTensor`) and computes
+without rebuilding the dense weight whenever the structured path needs fewer
+multiply-adds; ``to_dense()`` returns the plain torch layer it stands for.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ShapeError
+from ..structure import Structure
+from ..tensor import SeKronTensor
+from ._contract import dense_from_factors, linear_macs, sekron_linear
+from ._conv import conv_geometry, conv_macs, sekron_conv2d
+from ._convert import structure_from_state, structure_state, to_numpy, to_torch
+from ._selection import Selection, select
+
+__all__ = ["SeKronLinear", "SeKronConv2d", "KroneckerEmbedding"]
+
+_PATHS = ("auto", "structured", "dense")
+
+
+def _as_structure(structure: Any, ndim: int, name: str = "structure") -> Structure:
+    if not isinstance(structure, Structure):
+        raise TypeError(f"{name}: expected a sekron.Structure, got {type(structure).__name__}")
+    if structure.ndim != ndim:
+        raise ShapeError(f"{name}: expected {ndim}-d factor shapes, got {structure}")
+    return structure
+
+
+class _SeKronModule(nn.Module):
+    """Shared machinery: factor parameters, structure bookkeeping, state round trips."""
+
+    structure: Structure
+    fit_relative_error: float | None
+
+    def _init_factors(self, structure: Structure, device: Any, dtype: Any) -> None:
+        self.structure = structure
+        self.fit_relative_error = None
+        self.factors = nn.ParameterList(
+            [nn.Parameter(torch.empty(s, device=device, dtype=dtype)) for s in structure.factor_shapes]
+        )
+
+    def _reset_factors(self, fan_in: int) -> None:
+        # Var(W) = P_{S-1} · Π_k σ_k² matches kaiming-uniform(a=√5): 1 / (3 fan_in)
+        target = 1.0 / (3.0 * fan_in)
+        S = self.structure.n_factors
+        std = (target / math.prod(self.structure.ranks)) ** (1.0 / (2 * S))
+        with torch.no_grad():
+            for f in self.factors:
+                f.normal_(0.0, std)
+
+    def _load_fit(self, fit: SeKronTensor, selection: Selection | None = None) -> None:
+        with torch.no_grad():
+            for p, a in zip(self.factors, fit.factors, strict=True):
+                p.copy_(to_torch(a, like=p))
+        rel = fit.relative_error_bound
+        self.fit_relative_error = None if rel is None else float(rel)
+        self.selection = selection
+
+    def dense_weight(self) -> torch.Tensor:
+        """The dense weight built from the factors (differentiable)."""
+        return dense_from_factors(list(self.factors), self.structure)
+
+    def sekron_tensor(self) -> SeKronTensor:
+        """The factors as a (numpy) :class:`sekron.SeKronTensor`."""
+        return SeKronTensor([to_numpy(f) for f in self.factors])
+
+    @property
+    def n_params(self) -> int:
+        """Parameters of the layer (factors and bias)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"structure": structure_state(self.structure)}
+
+    def set_extra_state(self, state: Any) -> None:
+        got = structure_from_state(state["structure"])
+        if got != self.structure:
+            raise ShapeError(
+                f"state_dict: expected a layer of structure {self.structure}, got one of structure {got}"
+            )
+
+
+def _check_path(path: Any) -> str:
+    if path not in _PATHS:
+        raise ValueError(f"path: expected one of {_PATHS}, got {path!r}")
+    return str(path)
+
+
+class SeKronLinear(_SeKronModule):
+    r"""A linear layer ``y = x W^T + b`` with ``W`` a SeKron decomposition.
+
+    Parameters
+    ----------
+    structure : Structure
+        2-D factor shapes ``(m_k, n_k)``: ``W`` has shape ``(out_features, in_features)
+        = (prod m_k, prod n_k)``, as ``nn.Linear.weight``.
+    bias : bool, default True
+    path : {"auto", "structured", "dense"}, default "auto"
+        ``"auto"`` contracts level by level when that needs fewer multiply-adds than the
+        dense product (:func:`sekron.torch.linear_macs`), and otherwise builds ``W``.
+    device, dtype : optional
+        As for ``nn.Linear``.
+
+    Attributes
+    ----------
+    factors : nn.ParameterList
+        One parameter per factor, shapes ``structure.factor_shapes``.
+    bias : nn.Parameter or None, shape (out_features,)
+    fit_relative_error : float or None
+        The certified relative error of the fit (set by :meth:`from_linear`).
+
+    Notes
+    -----
+    Right to left, level k maps ``Z[b, j_<k, j_k, r_<k, r_k, i_>k]`` to
+    ``Σ_{r_k, j_k} A_k[r_<k, r_k, i_k, j_k] Z[...]`` (an einsum that torch runs as a
+    batched GEMM over the prefix ranks); left to right is the mirror image. The cheaper
+    order is used. Random initialization gives ``Var(W) = 1/(3 in_features)``, as the
+    default ``nn.Linear`` initialization.
+
+    Examples
+    --------
+    >>> import torch, sekron as sk
+    >>> from sekron.torch import SeKronLinear
+    >>> _ = torch.manual_seed(0)
+    >>> layer = SeKronLinear(sk.Structure([(4, 8), (4, 8)], ranks=2))
+    >>> layer(torch.randn(3, 64)).shape
+    torch.Size([3, 16])
+    >>> dense = layer.to_dense()
+    >>> x = torch.randn(5, 64)
+    >>> bool(torch.allclose(layer(x), dense(x), atol=1e-5))
+    True
+    """
+
+    def __init__(self, structure: Structure, bias: bool = True, *, path: str = "auto", device: Any = None, dtype: Any = None):
+        super().__init__()
+        st = _as_structure(structure, 2)
+        self.out_features, self.in_features = st.shape
+        self.path = _check_path(path)
+        self._init_factors(st, device, dtype)
+        self.bias = nn.Parameter(torch.empty(self.out_features, device=device, dtype=dtype)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Random factors with the variance of ``nn.Linear``'s default weight."""
+        self._reset_factors(self.in_features)
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.in_features)
+            with torch.no_grad():
+                self.bias.uniform_(-bound, bound)
+
+    def macs(self, n_rows: int = 1) -> dict[str, int]:
+        """Multiply-adds of a forward pass over ``n_rows`` rows: ``"sekron"`` and ``"dense"``."""
+        c = linear_macs(self.structure)
+        return {"sekron": c["sekron"] * n_rows, "dense": c["dense"] * n_rows}
+
+    def uses_structured_path(self) -> bool:
+        """Whether :meth:`forward` contracts the factors instead of building ``W``."""
+        if self.path != "auto":
+            return self.path == "structured"
+        c = linear_macs(self.structure)
+        return c["sekron"] < c["dense"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ShapeError(f"x: expected a last axis of size {self.in_features}, got shape {tuple(x.shape)}")
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        if self.uses_structured_path():
+            y = sekron_linear(x2, list(self.factors), self.structure)
+            if self.bias is not None:
+                y = y + self.bias
+        else:
+            y = F.linear(x2, self.dense_weight(), self.bias)
+        return y.reshape(*lead, self.out_features)
+
+    @classmethod
+    def from_linear(
+        cls,
+        layer: nn.Linear,
+        structure: Any = None,
+        *,
+        ranks: Any = None,
+        ratio: float | None = None,
+        tol: float | None = None,
+        n_factors: int = 2,
+        max_candidates: int = 6,
+        random_state: Any = 0,
+    ) -> SeKronLinear:
+        """Fit a pretrained ``nn.Linear`` with the core's NKP/SeKron fit.
+
+        Parameters
+        ----------
+        layer : nn.Linear
+        structure : Structure or sequence of 2-D factor shapes, optional
+            The structure to fit (``ranks`` completes a list of shapes; None = exact).
+        ratio : float >= 1, optional
+            Choose the structure: the least certified error among the cheapest
+            candidates with ``n_params <= weight size / ratio``.
+        tol : float in [0, 1), optional
+            Choose the structure: the fewest parameters with relative error ``<= tol``.
+        n_factors : int, default 2
+            S, for ``ratio`` and ``tol``.
+        max_candidates : int, default 6
+            How many structures to fit when choosing.
+        random_state : int, Generator or None, default 0
+            Seed of the randomized SVD.
+
+        Returns
+        -------
+        SeKronLinear
+            Same device and dtype as ``layer``; the bias is copied.
+
+        Raises
+        ------
+        TypeError
+            If ``layer`` is not an ``nn.Linear``.
+        ValueError, ShapeError, RankError
+            As :func:`sekron.sekron`; ``ratio < 1``; no structure meets the budget.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from sekron.torch import SeKronLinear
+        >>> _ = torch.manual_seed(0)
+        >>> dense = torch.nn.Linear(32, 16)
+        >>> layer = SeKronLinear.from_linear(dense, ratio=4)
+        >>> layer.structure.n_params * 4 <= 32 * 16, 0 < layer.fit_relative_error < 1
+        (True, True)
+        """
+        if not isinstance(layer, nn.Linear):
+            raise TypeError(f"layer: expected an nn.Linear, got {type(layer).__name__}")
+        W = to_numpy(layer.weight, np.float64)
+        sel = select(
+            W,
+            structure=structure,
+            ranks=ranks,
+            ratio=ratio,
+            tol=tol,
+            n_factors=n_factors,
+            cost=lambda st: linear_macs(st)["sekron"],
+            dense_cost=W.size,
+            max_candidates=max_candidates,
+            random_state=random_state,
+        )
+        w = layer.weight
+        out = cls(sel.structure, bias=layer.bias is not None, device=w.device, dtype=w.dtype)
+        out._load_fit(sel.fit, sel)
+        if layer.bias is not None:
+            with torch.no_grad():
+                out.bias.copy_(layer.bias)  # type: ignore[union-attr]
+        return out
+
+    def to_dense(self) -> nn.Linear:
+        """The equivalent ``nn.Linear`` (weight built from the factors, bias copied)."""
+        w = self.factors[0]
+        out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            out.weight.copy_(self.dense_weight())
+            if self.bias is not None:
+                out.bias.copy_(self.bias)
+        return out
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"structure={self.structure}, bias={self.bias is not None}, "
+            f"compression={self.structure.compression_ratio:.2f}"
+        )
+
+
+class SeKronConv2d(_SeKronModule):
+    r"""A 2-D convolution whose kernel ``(F, C, Kh, Kw)`` is a SeKron decomposition.
+
+    Parameters
+    ----------
+    structure : Structure
+        4-D factor shapes ``(F_k, C_k, Kh_k, Kw_k)``; the kernel is
+        ``(out_channels, in_channels, Kh, Kw) = (prod F_k, prod C_k, prod Kh_k, prod Kw_k)``.
+    stride, padding, dilation : int or pair, default 1, 0, 1
+        As ``nn.Conv2d``; ``padding`` may also be ``"same"`` or ``"valid"``. Zero padding.
+    bias : bool, default True
+    path : {"auto", "structured", "dense"}, default "auto"
+        ``"auto"`` runs the staged convolution when it needs fewer multiply-adds than the
+        dense one for the input's size (:func:`sekron.torch.conv_macs`).
+    device, dtype : optional
+
+    Notes
+    -----
+    The staged convolution pads once, applies the innermost factor first, then every
+    outer factor k on its channel axis with dilation ``d · prod_{j>k} K_j`` as a grouped
+    convolution over the prefix ranks (DESIGN.md 2.6). Per output pixel it costs
+    ``Σ_k P_k (prod_{j>k} F_j)(prod_{j<k} C_j) F_k C_k Kh_k Kw_k`` multiply-adds against
+    ``F C Kh Kw``.
+
+    Examples
+    --------
+    >>> import torch, sekron as sk
+    >>> from sekron.torch import SeKronConv2d
+    >>> _ = torch.manual_seed(0)
+    >>> conv = SeKronConv2d(sk.Structure([(4, 4, 3, 1), (4, 4, 1, 3)], ranks=2), padding=1, stride=2)
+    >>> x = torch.randn(2, 16, 9, 9)
+    >>> conv(x).shape
+    torch.Size([2, 16, 5, 5])
+    >>> bool(torch.allclose(conv(x), conv.to_dense()(x), atol=1e-5))
+    True
+    """
+
+    def __init__(
+        self,
+        structure: Structure,
+        stride: Any = 1,
+        padding: Any = 0,
+        dilation: Any = 1,
+        bias: bool = True,
+        *,
+        path: str = "auto",
+        device: Any = None,
+        dtype: Any = None,
+    ):
+        super().__init__()
+        st = _as_structure(structure, 4)
+        self.out_channels, self.in_channels, kh, kw = st.shape
+        self.kernel_size = (kh, kw)
+        self.stride = _pair(stride, "stride")
+        self.dilation = _pair(dilation, "dilation")
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"padding: expected an int, a pair, 'same' or 'valid', got {padding!r}")
+            if padding == "same" and self.stride != (1, 1):
+                raise ValueError("padding: 'same' needs stride 1, as in nn.Conv2d")
+            self.padding: Any = padding
+        else:
+            self.padding = _pair(padding, "padding", minimum=0)
+        self.path = _check_path(path)
+        self._geometry = conv_geometry(st, self.stride, self.padding, self.dilation)
+        self._init_factors(st, device, dtype)
+        self.bias = nn.Parameter(torch.empty(self.out_channels, device=device, dtype=dtype)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Random factors with the variance of ``nn.Conv2d``'s default kernel."""
+        fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        self._reset_factors(fan_in)
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(fan_in)
+            with torch.no_grad():
+                self.bias.uniform_(-bound, bound)
+
+    def macs(self, in_hw: tuple[int, int]) -> dict[str, int]:
+        """Multiply-adds per image of size ``in_hw``: ``"sekron"`` (staged) and ``"dense"``."""
+        return conv_macs(self.structure, in_hw, self.stride, self.padding, self.dilation)
+
+    def uses_structured_path(self, in_hw: tuple[int, int]) -> bool:
+        """Whether :meth:`forward` runs the staged convolution for images of size ``in_hw``."""
+        if self.path != "auto":
+            return self.path == "structured"
+        c = self.macs(in_hw)
+        return c["sekron"] < c["dense"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ShapeError(
+                f"x: expected shape (n, {self.in_channels}, H, W), got {tuple(x.shape)}"
+            )
+        if self.uses_structured_path((int(x.shape[-2]), int(x.shape[-1]))):
+            y = sekron_conv2d(x, list(self.factors), self.structure, self._geometry)
+            if self.bias is not None:
+                y = y + self.bias[:, None, None]
+            return y
+        return F.conv2d(x, self.dense_weight(), self.bias, self.stride, self.padding, self.dilation)
+
+    @classmethod
+    def from_conv(
+        cls,
+        layer: nn.Conv2d,
+        structure: Any = None,
+        *,
+        ranks: Any = None,
+        ratio: float | None = None,
+        tol: float | None = None,
+        n_factors: int = 2,
+        max_candidates: int = 6,
+        in_hw: tuple[int, int] | None = None,
+        random_state: Any = 0,
+    ) -> SeKronConv2d:
+        """Fit a pretrained ``nn.Conv2d`` (GKPD for two factors, SeKron otherwise).
+
+        Parameters
+        ----------
+        layer : nn.Conv2d
+            ``groups=1`` and ``padding_mode="zeros"``.
+        structure, ranks, ratio, tol, n_factors, max_candidates, random_state
+            As :meth:`SeKronLinear.from_linear`, with 4-D factor shapes.
+        in_hw : pair of ints, optional
+            Input size used to rank candidates by multiply-adds (default 32×32).
+
+        Returns
+        -------
+        SeKronConv2d
+            Stride, padding, dilation and bias kept.
+
+        Raises
+        ------
+        TypeError
+            If ``layer`` is not an ``nn.Conv2d``.
+        ValueError
+            For grouped convolutions or a padding mode other than zeros.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from sekron.torch import SeKronConv2d
+        >>> _ = torch.manual_seed(0)
+        >>> dense = torch.nn.Conv2d(8, 8, 3, padding=1)
+        >>> conv = SeKronConv2d.from_conv(dense, ratio=3)
+        >>> conv.padding, conv.structure.n_params * 3 <= 8 * 8 * 9
+        ((1, 1), True)
+        """
+        if not isinstance(layer, nn.Conv2d):
+            raise TypeError(f"layer: expected an nn.Conv2d, got {type(layer).__name__}")
+        if layer.groups != 1:
+            raise ValueError(f"layer: expected groups=1, got groups={layer.groups}")
+        if layer.padding_mode != "zeros":
+            raise ValueError(f"layer: expected padding_mode='zeros', got {layer.padding_mode!r}")
+        W = to_numpy(layer.weight, np.float64)
+        hw = in_hw or (32, 32)
+        args = (layer.stride, layer.padding, layer.dilation)
+        sel = select(
+            W,
+            structure=structure,
+            ranks=ranks,
+            ratio=ratio,
+            tol=tol,
+            n_factors=n_factors,
+            cost=lambda st: conv_macs(st, hw, *args)["sekron"],
+            dense_cost=conv_macs(Structure([W.shape, (1, 1, 1, 1)]), hw, *args)["dense"],
+            max_candidates=max_candidates,
+            random_state=random_state,
+        )
+        w = layer.weight
+        out = cls(sel.structure, *args, bias=layer.bias is not None, device=w.device, dtype=w.dtype)
+        out._load_fit(sel.fit, sel)
+        if layer.bias is not None:
+            with torch.no_grad():
+                out.bias.copy_(layer.bias)  # type: ignore[union-attr]
+        return out
+
+    def to_dense(self) -> nn.Conv2d:
+        """The equivalent ``nn.Conv2d``."""
+        w = self.factors[0]
+        out = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            bias=self.bias is not None,
+            device=w.device,
+            dtype=w.dtype,
+        )
+        with torch.no_grad():
+            out.weight.copy_(self.dense_weight())
+            if self.bias is not None:
+                out.bias.copy_(self.bias)  # type: ignore[union-attr]
+        return out
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+            f"structure={self.structure}, bias={self.bias is not None}, "
+            f"compression={self.structure.compression_ratio:.2f}"
+        )
+
+
+def _pair(v: Any, name: str, minimum: int = 1) -> tuple[int, int]:
+    vals = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+    if len(vals) != 2 or any(isinstance(u, bool) or not isinstance(u, (int, np.integer)) or u < minimum for u in vals):
+        raise ValueError(f"{name}: expected an int >= {minimum} or a pair of them, got {v!r}")
+    return int(vals[0]), int(vals[1])
+
+
+def _is_embedding_structure(st: Structure) -> bool:
+    return st.n_factors == 2 and st.ndim == 2 and st.shapes[1][0] == 1
+
+
+class KroneckerEmbedding(_SeKronModule):
+    r"""An embedding table ``E = Σ_r A_r ⊗ B_r`` with ``A_r`` a lookup table and ``B_r`` a row.
+
+    As in KroneckerBERT: ``A^E`` of shape ``(v, d/n)`` is indexed by the token, ``B^E`` of
+    shape ``(1, n)`` is shared, and a token's embedding is ``Σ_r A_r[i] ⊗ B_r[0]`` (an
+    outer product flattened in C order), O(R·d) per token.
+
+    Parameters
+    ----------
+    structure : Structure
+        Two 2-D factor shapes ``[(v, d/n), (1, n)]`` and a rank R.
+    padding_idx : int, optional
+        Kept for :meth:`to_dense`; the factors are shared, so the padding row is not
+        frozen during training.
+    device, dtype : optional
+
+    Examples
+    --------
+    >>> import torch, sekron as sk
+    >>> from sekron.torch import KroneckerEmbedding
+    >>> _ = torch.manual_seed(0)
+    >>> emb = KroneckerEmbedding(sk.Structure([(100, 8), (1, 4)], ranks=1))
+    >>> ids = torch.tensor([[1, 2, 3]])
+    >>> emb(ids).shape
+    torch.Size([1, 3, 32])
+    >>> bool(torch.equal(emb(ids), emb.to_dense()(ids)))
+    True
+    """
+
+    def __init__(self, structure: Structure, padding_idx: int | None = None, *, device: Any = None, dtype: Any = None):
+        super().__init__()
+        st = _as_structure(structure, 2)
+        if not _is_embedding_structure(st):
+            raise ShapeError(f"structure: expected two factor shapes [(v, d/n), (1, n)], got {st}")
+        self.num_embeddings, self.embedding_dim = st.shape
+        self.padding_idx = padding_idx
+        self._init_factors(st, device, dtype)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Random factors whose product has unit variance, as ``nn.Embedding``'s N(0, 1)."""
+        R = self.structure.ranks[0]
+        std = (1.0 / R) ** 0.25
+        with torch.no_grad():
+            for f in self.factors:
+                f.normal_(0.0, std)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        R = self.structure.ranks[0]
+        (v, a2), (_, n) = self.structure.shapes
+        table = self.factors[0].permute(1, 0, 2).reshape(v, R * a2)
+        rows = F.embedding(ids, table).reshape(*ids.shape, R, a2)
+        out = torch.einsum("...ri,rj->...ij", rows, self.factors[1].reshape(R, n))
+        return out.reshape(*ids.shape, self.embedding_dim)
+
+    @classmethod
+    def from_embedding(
+        cls,
+        layer: nn.Embedding,
+        structure: Any = None,
+        *,
+        ranks: Any = None,
+        ratio: float | None = None,
+        tol: float | None = None,
+        max_candidates: int = 6,
+        random_state: Any = 0,
+    ) -> KroneckerEmbedding:
+        """Fit a pretrained ``nn.Embedding`` with the NKP (shapes ``[(v, d/n), (1, n)]``).
+
+        Parameters are as in :meth:`SeKronLinear.from_linear`; the candidates are the
+        divisors ``n`` of ``d``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from sekron.torch import KroneckerEmbedding
+        >>> _ = torch.manual_seed(0)
+        >>> emb = KroneckerEmbedding.from_embedding(torch.nn.Embedding(50, 16), ratio=4)
+        >>> emb.structure.n_params * 4 <= 50 * 16
+        True
+        """
+        if not isinstance(layer, nn.Embedding):
+            raise TypeError(f"layer: expected an nn.Embedding, got {type(layer).__name__}")
+        W = to_numpy(layer.weight, np.float64)
+        sel = select(
+            W,
+            structure=structure,
+            ranks=ranks,
+            ratio=ratio,
+            tol=tol,
+            n_factors=2,
+            cost=lambda st: st.ranks[0] * W.shape[1],
+            dense_cost=W.shape[1] + 1,
+            accept=_is_embedding_structure,
+            max_candidates=max_candidates,
+            random_state=random_state,
+        )
+        w = layer.weight
+        out = cls(sel.structure, padding_idx=layer.padding_idx, device=w.device, dtype=w.dtype)
+        out._load_fit(sel.fit, sel)
+        return out
+
+    def to_dense(self) -> nn.Embedding:
+        """The equivalent ``nn.Embedding``."""
+        w = self.factors[0]
+        out = nn.Embedding(self.num_embeddings, self.embedding_dim, padding_idx=self.padding_idx, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            out.weight.copy_(self.dense_weight())
+        return out
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_embeddings}, {self.embedding_dim}, structure={self.structure}, "
+            f"compression={self.structure.compression_ratio:.2f}"
+        )
