@@ -35,6 +35,9 @@ class _Operator:
     def rmatmat(self, X):
         return self._M.T @ X
 
+    def squared_norm(self):
+        return float(np.sum(self._M.astype(np.float64) ** 2))
+
 
 @settings(deadline=None, max_examples=30)
 @given(st.integers(4, 40), st.integers(4, 40), st.integers(1, 3), st.integers(0, 2**32 - 1))
@@ -46,12 +49,27 @@ def test_solvers_agree_on_well_separated_spectra(m, n, rank, seed):
     vec_tol = tol / (s_true[rank - 1] - s_true[rank])
     ref_U, ref_s, ref_Vt = truncated_svd(M, rank, method="full")
     np.testing.assert_allclose(ref_s, s_true[:rank], rtol=0, atol=tol)
-    for method in METHODS[1:]:
-        U, s, Vt = truncated_svd(M, rank, method=method, random_state=seed)
+    # ARPACK converges to working precision; the randomized solver does with a fixed
+    # number of power iterations (its error decays like (σ_{rank+p+1}/σ_rank)^(2q+1))
+    for method, kwargs in (("arpack", {}), ("randomized", {"n_iter": 7})):
+        U, s, Vt = truncated_svd(M, rank, method=method, random_state=seed, **kwargs)
         assert U.shape == (m, rank) and s.shape == (rank,) and Vt.shape == (rank, n)
         np.testing.assert_allclose(s, ref_s, rtol=0, atol=tol)
         np.testing.assert_allclose(U, ref_U, rtol=0, atol=vec_tol)
         np.testing.assert_allclose(Vt, ref_Vt, rtol=0, atol=vec_tol)
+
+
+@settings(deadline=None, max_examples=30)
+@given(st.integers(4, 60), st.integers(4, 60), st.integers(1, 3), st.integers(0, 2**32 - 1))
+def test_adaptive_randomized_solver_is_near_optimal(m, n, rank, seed):
+    """The default (adaptive) iteration stops once the error has settled: near Eckart–Young."""
+    M, s_true = _known_spectrum(m, n, seed, ratio=0.8)
+    U, s, Vt = truncated_svd(M, rank, method="randomized", random_state=seed)
+    eps = np.finfo(np.float64).eps
+    optimal = float(np.sum(s_true[rank:] ** 2))
+    got = float(np.sum((M - (U * s) @ Vt) ** 2))
+    assert got <= optimal * (1 + 1e-2) + 100 * eps * max(m, n)
+    np.testing.assert_allclose(U.T @ U, np.eye(rank), rtol=0, atol=100 * eps * m)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -83,8 +101,12 @@ def test_same_seed_same_bits(method):
 
 def test_randomized_solver_accepts_an_operator():
     M, _ = _known_spectrum(40, 30, 4)
-    U, s, Vt = truncated_svd(_Operator(M), 3, random_state=0)
+    U, s, Vt = truncated_svd(_Operator(M), 3, random_state=0, n_iter=7)
     U0, s0, Vt0 = truncated_svd(M, 3, method="full")
+    # same seed, same bits whether the matrix is explicit or only an operator
+    Ua, sa, Vta = truncated_svd(_Operator(M), 3, random_state=1)
+    Ub, sb, Vtb = truncated_svd(M, 3, method="randomized", random_state=1)
+    assert np.array_equal(Ua, Ub) and np.array_equal(sa, sb) and np.array_equal(Vta, Vtb)
     eps = np.finfo(np.float64).eps
     np.testing.assert_allclose(s, s0, rtol=0, atol=1e3 * eps)
     np.testing.assert_allclose(U, U0, rtol=0, atol=1e4 * eps)
