@@ -9,7 +9,7 @@ and ``torch.autograd.Function``\\ s.
 from __future__ import annotations
 
 from ._contract import linear_macs
-from ._conv import TorchBackend, conv_macs
+from ._conv import TorchBackend
 from .layers import KroneckerEmbedding, SeKronConv2d, SeKronLinear
 
 __all__ = [
@@ -18,5 +18,4 @@ __all__ = [
     "KroneckerEmbedding",
     "TorchBackend",
     "linear_macs",
-    "conv_macs",
 ]

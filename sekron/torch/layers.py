@@ -20,7 +20,7 @@ from ..errors import ShapeError
 from ..structure import Structure
 from ..tensor import SeKronTensor
 from ._contract import dense_from_factors, linear_macs, sekron_linear
-from ._conv import conv_geometry, conv_macs, sekron_conv2d
+from ._conv import conv_cost, same_padding, sekron_conv2d
 from ._convert import structure_from_state, structure_state, to_numpy, to_torch
 from ._selection import Selection, select
 
@@ -292,14 +292,15 @@ class SeKronConv2d(_SeKronModule):
     bias : bool, default True
     path : {"auto", "structured", "dense"}, default "auto"
         ``"auto"`` runs the staged convolution when it needs fewer multiply-adds than the
-        dense one for the input's size (:func:`sekron.torch.conv_macs`).
+        dense one for the input's size (:meth:`sekron.Structure.macs_conv2d`).
     device, dtype : optional
 
     Notes
     -----
-    The staged convolution pads once, applies the innermost factor first, then every
-    outer factor k on its channel axis with dilation ``d · prod_{j>k} K_j`` as a grouped
-    convolution over the prefix ranks (DESIGN.md 2.6). Per output pixel it costs
+    The staged convolution is the core's plan (:func:`sekron.ops.conv2d_plan`) run by
+    :class:`sekron.torch.TorchBackend`: pad once, apply the innermost factor first, then
+    every outer factor k on its channel axis with dilation ``d · prod_{j>k} K_j`` as a
+    grouped convolution over the prefix ranks (DESIGN.md 2.6). Per output pixel it costs
     ``Σ_k P_k (prod_{j>k} F_j)(prod_{j<k} C_j) F_k C_k Kh_k Kw_k`` multiply-adds against
     ``F C Kh Kw``.
 
@@ -343,7 +344,12 @@ class SeKronConv2d(_SeKronModule):
         else:
             self.padding = _pair(padding, "padding", minimum=0)
         self.path = _check_path(path)
-        self._geometry = conv_geometry(st, self.stride, self.padding, self.dilation)
+        if self.padding == "same":
+            self._pads = same_padding((kh, kw), self.dilation)
+        elif self.padding == "valid":
+            self._pads = (0, 0, 0, 0)
+        else:
+            self._pads = (self.padding[0], self.padding[0], self.padding[1], self.padding[1])
         self._init_factors(st, device, dtype)
         self.bias = nn.Parameter(torch.empty(self.out_channels, device=device, dtype=dtype)) if bias else None
         self.reset_parameters()
@@ -359,7 +365,7 @@ class SeKronConv2d(_SeKronModule):
 
     def macs(self, in_hw: tuple[int, int]) -> dict[str, int]:
         """Multiply-adds per image of size ``in_hw``: ``"sekron"`` (staged) and ``"dense"``."""
-        return conv_macs(self.structure, in_hw, self.stride, self.padding, self.dilation)
+        return conv_cost(self.structure, in_hw, self.stride, self._pads, self.dilation)
 
     def uses_structured_path(self, in_hw: tuple[int, int]) -> bool:
         """Whether :meth:`forward` runs the staged convolution for images of size ``in_hw``."""
@@ -374,7 +380,7 @@ class SeKronConv2d(_SeKronModule):
                 f"x: expected shape (n, {self.in_channels}, H, W), got {tuple(x.shape)}"
             )
         if self.uses_structured_path((int(x.shape[-2]), int(x.shape[-1]))):
-            y = sekron_conv2d(x, list(self.factors), self.structure, self._geometry)
+            y = sekron_conv2d(x, list(self.factors), self.structure, self.stride, self._pads, self.dilation)
             if self.bias is not None:
                 y = y + self.bias[:, None, None]
             return y
@@ -436,6 +442,7 @@ class SeKronConv2d(_SeKronModule):
         W = to_numpy(layer.weight, np.float64)
         hw = in_hw or (32, 32)
         args = (layer.stride, layer.padding, layer.dilation)
+        probe = cls(Structure([W.shape, (1, 1, 1, 1)], 1), *args, bias=False)
         sel = select(
             W,
             structure=structure,
@@ -443,8 +450,8 @@ class SeKronConv2d(_SeKronModule):
             ratio=ratio,
             tol=tol,
             n_factors=n_factors,
-            cost=lambda st: conv_macs(st, hw, *args)["sekron"],
-            dense_cost=conv_macs(Structure([W.shape, (1, 1, 1, 1)]), hw, *args)["dense"],
+            cost=lambda st: conv_cost(st, hw, probe.stride, probe._pads, probe.dilation)["sekron"],
+            dense_cost=probe.macs(hw)["dense"],
             max_candidates=max_candidates,
             random_state=random_state,
         )

@@ -237,16 +237,20 @@ def test_conv_same_padding_and_gradcheck():
     x = torch.randn(1, 2, 5, 6, dtype=torch.float64, requires_grad=True)
     torch.testing.assert_close(conv(x), conv.to_dense()(x), atol=1e-12, rtol=0)
     assert torch.autograd.gradcheck(lambda x, *p: conv(x), (x, *conv.factors))
+    even = SeKronConv2d(sk.Structure([(2, 1, 2, 1), (1, 2, 2, 2)], ranks=1), padding="same", path="structured", dtype=torch.float64)
+    torch.testing.assert_close(even(x), even.to_dense()(x), atol=1e-12, rtol=0)
 
 
 def test_conv_macs_counted_and_auto_path():
     s = sk.Structure([(8, 8, 3, 1), (8, 8, 1, 3)], ranks=1)
     conv = SeKronConv2d(s, padding=1)
     c = conv.macs((32, 32))
+    assert c == s.macs_conv2d(32, 32, padding=1)
     assert c["dense"] == 64 * 64 * 9 * 32 * 32
     # stage 2: 8 channel groups × (8·8·3) per pixel on a 34×32 map; stage 1: 8 × (8·8·3) on 32×32
     assert c["sekron"] == 8 * 8 * 8 * 3 * 34 * 32 + 8 * 8 * 8 * 3 * 32 * 32
     assert conv.uses_structured_path((32, 32))
+    assert not SeKronConv2d(sk.Structure([(2, 2, 1, 1), (2, 2, 1, 1)], ranks=4)).uses_structured_path((8, 8))
 
 
 def test_from_conv_equals_core_fit_and_keeps_settings():
