@@ -96,6 +96,9 @@ class SeKronTensor:
     """
 
     __slots__ = ("_factors", "_structure", "_error_bound", "_reference_norm")
+    # numpy must defer ``ndarray @ op`` to __rmatmul__ instead of densifying through
+    # __array__; np.asarray(op) still builds the dense tensor.
+    __array_ufunc__ = None
 
     def __init__(
         self,
