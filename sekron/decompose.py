@@ -21,6 +21,7 @@ import numpy as np
 from ._kron import rearrange
 from ._validation import (
     as_float_array,
+    as_generator,
     as_positive_int,
     as_shape,
     as_shapes,
@@ -51,6 +52,16 @@ def _complement_shape(
             )
         out.append(w // a)
     return tuple(out)
+
+
+def _check_solver(method: Any, random_state: Any) -> None:
+    """Reject a bad solver name or seed up front, also where no solver ends up using them."""
+    if method not in ("auto", "full", "arpack", "randomized"):
+        raise ValueError(
+            f"method: expected 'auto', 'full', 'arpack' or 'randomized', got {method!r}"
+        )
+    if not isinstance(random_state, (np.random.Generator, np.random.RandomState)):
+        as_generator(random_state)  # None or an int >= 0; raises TypeError/ValueError otherwise
 
 
 def _rank_from_spectrum(s: np.ndarray, norm_sq: float, tol: float, max_rank: int) -> int:
@@ -136,6 +147,7 @@ def nkp(
     True
     """
     W = as_float_array(W, "W", min_ndim=1)
+    _check_solver(method, random_state)
     a = as_shape(shape_a, "shape_a")
     b = _complement_shape(W.shape, a, "shape_a")
     if shape_b is not None:
@@ -282,6 +294,7 @@ def sekron(
     True
     """
     W = as_float_array(W, "W", min_ndim=1)
+    _check_solver(method, random_state)
     base, ranks_given = _resolve_structure(W.shape, shapes_or_structure, ranks)
     refine = as_positive_int(refine, "refine", minimum=0)
     if tol is not None:
