@@ -54,7 +54,7 @@ def _chain(x: Any, name: str, core_ndim: int, layout: str, *, loop: bool) -> lis
             raise FormatError(f"{name}: a tensor ring needs at least 2 cores, got 1 of shape {cores[0].shape}")
         if first != last:
             raise FormatError(
-                f"{name}: a tensor ring closes its loop, so core 0's left rank must equal core "
+                f"{name}: a tensor ring closes its loop (r_0 = r_N), so core 0's left rank must equal core "
                 f"{n - 1}'s right rank; got core 0 of shape {cores[0].shape} and core {n - 1} of shape {cores[-1].shape}"
             )
     elif first != 1 or last != 1:
