@@ -1,0 +1,81 @@
+"""SeKron convolution on a ResNet-like layer: batch 32, 64 -> 64 channels, 32×32, 3×3, pad 1.
+
+For several structures (MAC ratio dense/SeKron printed for each) the staged plan is timed
+against the dense path of the same numpy executor (im2col + GEMM on the dense kernel), and
+against torch.nn.functional.conv2d on the dense kernel when torch is installed (for
+scale only). Warm-up first, minimum over repeats (shared machine), ratios within this process; nothing
+asserts a time.
+
+Run: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_conv2d.py
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+import sekron as sk
+
+STRUCTURES = [
+    ([(8, 8, 3, 1), (8, 8, 1, 3)], 1),  # spatially separable GKPD
+    ([(16, 4, 3, 3), (4, 16, 1, 1)], 1),  # 3x3 on few channels, then a 1x1 mix
+    ([(16, 4, 3, 3), (4, 16, 1, 1)], 2),
+    ([(4, 4, 1, 1), (4, 4, 3, 1), (4, 4, 1, 3)], (2, 2)),  # S = 3
+]
+
+
+def timeit(fn, repeat=7):
+    fn()  # warm-up
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def threads_summary():
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "threadpoolctl not installed"
+    return "; ".join(
+        f"{i.get('internal_api')} {i.get('version')} threads={i.get('num_threads')}"
+        for i in threadpool_info()
+    )
+
+
+def main():
+    print("threadpools:", threads_summary())
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 64, 32, 32)).astype(np.float32)
+    dense_kernel = rng.normal(size=(64, 64, 3, 3)).astype(np.float32)
+    t_dense = timeit(lambda: sk.conv2d(x, dense_kernel, padding=1))
+    print(f"dense im2col + GEMM (numpy executor): {t_dense * 1e3:.1f} ms")
+    try:
+        import torch
+        import torch.nn.functional as tF
+
+        xt, wt = torch.from_numpy(x), torch.from_numpy(dense_kernel)
+        with torch.no_grad():
+            t_torch = timeit(lambda: tF.conv2d(xt, wt, padding=1))
+        print(f"torch conv2d, dense kernel (scale only): {t_torch * 1e3:.1f} ms")
+    except ImportError:
+        pass
+    print(f"{'structure':44s} {'MAC ratio':>9s} {'sekron ms':>10s} {'speed-up':>9s} {'target':>7s}")
+    for shapes, ranks in STRUCTURES:
+        st = sk.Structure(shapes, ranks)
+        kernel = sk.SeKronTensor([rng.normal(size=s).astype(np.float32) for s in st.factor_shapes])
+        c = st.macs_conv2d(32, 32, padding=1)
+        ratio = c["dense"] / c["sekron"]
+        y = sk.conv2d(x, kernel, padding=1)
+        ref = sk.conv2d(x, kernel.to_dense(), padding=1)
+        rel = float(np.max(np.abs(y - ref)) / np.max(np.abs(ref)))
+        t = timeit(lambda kernel=kernel: sk.conv2d(x, kernel, padding=1))
+        print(f"{str(st):44s} {ratio:9.2f} {t * 1e3:10.1f} {t_dense / t:8.2f}x {ratio / 2:6.2f}x"
+              f"   (max rel diff {rel:.1e})")
+
+
+if __name__ == "__main__":
+    main()
