@@ -69,7 +69,7 @@ def test_nkp_error_is_the_discarded_spectrum_and_the_true_error(case, data):
     assert math.isclose(t.reference_norm, math.sqrt(norm_sq), rel_tol=16 * _eps(W.dtype))
 
 
-@settings(deadline=None, max_examples=30)
+@settings(deadline=None)
 @given(_matrix_and_split())
 def test_nkp_error_never_grows_with_rank_and_is_exact_at_full_rank(case):
     W, a, b = case
@@ -114,7 +114,7 @@ def test_nkp_recovers_a_sum_of_R_kronecker_products(t):
     assert fit.error_bound <= tol
 
 
-@settings(deadline=None, max_examples=40)
+@settings(deadline=None)
 @given(_matrix_and_split(), st.floats(0.0, 0.99))
 def test_nkp_tol_picks_the_smallest_rank_meeting_the_target(case, tol):
     W, a, b = case
@@ -216,7 +216,7 @@ def test_sekron_certificate_is_the_true_error(case):
     assert math.isclose(t.reference_norm, ref, rel_tol=16 * _eps(W.dtype))
 
 
-@settings(deadline=None, max_examples=40)
+@settings(deadline=None)
 @given(_tensor_and_structure())
 def test_sekron_is_exact_at_full_ranks(case):
     W, s = case
@@ -252,7 +252,7 @@ def test_sekron_error_is_monotone_in_each_rank(case):
             assert sk.sekron(W, s.shapes, tuple(more)).error_bound <= base + slack
 
 
-@settings(deadline=None, max_examples=40)
+@settings(deadline=None)
 @given(_tensor_and_structure(max_size=128), st.floats(0.0, 0.95))
 def test_sekron_tol_meets_its_target(case, tol):
     W, s = case

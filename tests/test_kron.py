@@ -92,6 +92,9 @@ def test_rearrangement_maps_kron_to_outer_product_of_vecs(n_factors, ndim):
     T = sk.rearrange(sk.kron(*factors), shapes)
     assert T.shape == tuple(f.size for f in factors)
     assert np.array_equal(T, _outer_of_vecs(factors))
+    assert np.array_equal(sk.unrearrange(T, shapes), sk.kron(*factors))
+    if n_factors == 2:
+        assert np.array_equal(sk.kron(*factors), np.kron(*factors))
 
 
 @settings(deadline=None)

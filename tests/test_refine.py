@@ -41,7 +41,7 @@ def _tensor_and_structure(draw):
     return W, s
 
 
-@settings(deadline=None, max_examples=40)
+@settings(deadline=None)
 @given(_tensor_and_structure(), st.integers(1, 8))
 def test_refinement_never_increases_the_error(case, sweeps):
     W, s = case

@@ -154,7 +154,7 @@ def test_structures_matches_brute_force_enumeration(shape, S, ranks):
     assert set(got) == _brute_structures(shape, S, ranks)
 
 
-@settings(deadline=None, max_examples=30)
+@settings(deadline=None)
 @given(
     factorable_shapes(n_factors=2, max_size=144),
     st.integers(2, 3),

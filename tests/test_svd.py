@@ -39,7 +39,7 @@ class _Operator:
         return float(np.sum(self._M.astype(np.float64) ** 2))
 
 
-@settings(deadline=None, max_examples=30)
+@settings(deadline=None)
 @given(st.integers(4, 40), st.integers(4, 40), st.integers(1, 3), st.integers(0, 2**32 - 1))
 def test_solvers_agree_on_well_separated_spectra(m, n, rank, seed):
     M, s_true = _known_spectrum(m, n, seed)
@@ -59,7 +59,7 @@ def test_solvers_agree_on_well_separated_spectra(m, n, rank, seed):
         np.testing.assert_allclose(Vt, ref_Vt, rtol=0, atol=vec_tol)
 
 
-@settings(deadline=None, max_examples=30)
+@settings(deadline=None)
 @given(st.integers(4, 60), st.integers(4, 60), st.integers(1, 3), st.integers(0, 2**32 - 1))
 def test_adaptive_randomized_solver_is_near_optimal(m, n, rank, seed):
     """The default (adaptive) iteration stops once the error has settled: near Eckart–Young."""
