@@ -6,7 +6,7 @@ against torch.nn.functional.conv2d on the dense kernel when torch is installed (
 scale only). Warm-up first, minimum over repeats (shared machine), ratios within this process; nothing
 asserts a time.
 
-Run: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_conv2d.py
+Run: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_conv2d.py [--threads N]
 """
 
 from __future__ import annotations
@@ -78,4 +78,13 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    # --threads N: cap the BLAS threads (steadier numbers on a shared machine)
+    if "--threads" in sys.argv:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(int(sys.argv[sys.argv.index("--threads") + 1])):
+            main()
+    else:
+        main()

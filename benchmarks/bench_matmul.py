@@ -5,7 +5,7 @@ Compares sekron.matmul with (1) building the dense Kronecker product then multip
 Every function is called once before timing; times are the minimum over repeats (the machine is shared, so the minimum is the least noisy), reported as
 ratios against baselines measured in this process. Nothing here asserts a time.
 
-Run: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_matmul.py
+Run: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_matmul.py [--threads N]
 """
 
 from __future__ import annotations
@@ -86,4 +86,13 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    # --threads N: cap the BLAS threads (steadier numbers on a shared machine)
+    if "--threads" in sys.argv:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(int(sys.argv[sys.argv.index("--threads") + 1])):
+            main()
+    else:
+        main()
