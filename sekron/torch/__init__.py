@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ._contract import linear_macs
 from ._conv import TorchBackend
+from .compress import CompressionReport, LayerReport, compress
 from .layers import KroneckerEmbedding, SeKronConv2d, SeKronLinear
 
 __all__ = [
@@ -17,5 +18,8 @@ __all__ = [
     "SeKronConv2d",
     "KroneckerEmbedding",
     "TorchBackend",
+    "compress",
+    "CompressionReport",
+    "LayerReport",
     "linear_macs",
 ]

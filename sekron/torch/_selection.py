@@ -7,7 +7,10 @@ Three ways to say what is wanted, exactly one at a time:
   shape that :func:`sekron.structures` enumerates gets the largest uniform rank that
   fits the parameter budget; the candidates are ordered by the layer's cost model
   (multiply-adds), those no cheaper than the dense layer go last, up to
-  ``max_candidates`` are fitted, and the least certified error wins (ties: fewer MACs);
+  ``max_candidates`` are fitted (always including the plain low-rank structure
+  ``(w_1, 1, ..) ⊗ (1, w_2, ..)``, the truncated SVD of the output-mode unfolding, when
+  it fits the budget), and the
+  least certified error wins (ties: fewer MACs);
 * ``tol=``: a relative Frobenius error. Up to ``max_candidates`` factor shapes, spread
   over the enumeration, are fitted with ``tol`` (the core picks their ranks); the one
   with the fewest parameters wins.
@@ -87,6 +90,12 @@ def _largest_uniform_rank(shapes: tuple[tuple[int, ...], ...], budget: float) ->
     return Structure(shapes, lo, clip=True)
 
 
+def _is_low_rank(st: Structure) -> bool:
+    """``(w_1, 1, .., 1) ⊗ (1, w_2, .., w_N)``: the truncated SVD of ``W``'s mode-1 unfolding."""
+    a, b = st.shapes[0], st.shapes[-1]
+    return st.n_factors == 2 and b[0] == 1 and all(d == 1 for d in a[1:])
+
+
 def _spread(items: list[Any], k: int) -> list[Any]:
     if len(items) <= k:
         return items
@@ -148,8 +157,11 @@ def select(
                 f"the best ratio is {W.size / smallest:.3g})"
             )
         cands.sort(key=lambda st: (cost(st) >= dense_cost, cost(st), -st.n_params, st.shapes))
-        best: tuple[Any, ...] | None = None
         tried = cands[:max_candidates]
+        low_rank = [c for c in cands if _is_low_rank(c)]
+        if low_rank and not any(_is_low_rank(c) for c in tried):
+            tried = tried[: max_candidates - 1] + low_rank[:1]
+        best: tuple[Any, ...] | None = None
         for st in tried:
             fit = fit_structure(W, st, random_state=random_state)
             key = (fit.error_bound or 0.0, cost(st))
