@@ -186,9 +186,11 @@ def gemm_nt(a_q: np.ndarray, bt_q: np.ndarray, plan: GemmPlan) -> np.ndarray:
         # exact: every partial sum is an integer below the float's 2**24 / 2**53
         prod = np.matmul(a.astype(ft), bt.astype(ft).T)
         return np.asarray(prod).astype(plan.acc_dtype)
+    big = m * n * k >= _kernels.PARALLEL_MIN_MACS
+    acc32 = _kernels.gemm_acc32 if big else _kernels.gemm_acc32_serial
     if plan.path == "numba-int32":
         out32 = np.empty((m, n), dtype=np.int32)
-        _kernels.gemm_acc32(a, bt, out32)
+        acc32(a, bt, out32)
         return out32 if plan.acc_dtype == np.int32 else out32.astype(plan.acc_dtype)
     out = np.zeros((m, n), dtype=np.int64)
     if plan.path == "numba-int32-chunked":
@@ -197,10 +199,10 @@ def gemm_nt(a_q: np.ndarray, bt_q: np.ndarray, plan: GemmPlan) -> np.ndarray:
         for p0 in range(0, k, plan.chunk):
             a_c = np.ascontiguousarray(a[:, p0 : p0 + plan.chunk])
             b_c = np.ascontiguousarray(bt[:, p0 : p0 + plan.chunk])
-            _kernels.gemm_acc32(a_c, b_c, tmp)
+            acc32(a_c, b_c, tmp)
             out += tmp
     else:
-        _kernels.gemm_acc64(a, bt, out)
+        (_kernels.gemm_acc64 if big else _kernels.gemm_acc64_serial)(a, bt, out)
     return out
 
 

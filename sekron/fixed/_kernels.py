@@ -7,12 +7,21 @@ helper from another module could change without the cache noticing). Callers in
 every overflow bound *before* a kernel runs: the kernels themselves wrap silently.
 Each kernel has a pure-numpy twin in ``_reference.py`` that the tests compare against.
 
+Each element-wise or GEMM kernel exists twice, compiled from one body: a ``prange``
+version for large inputs and a serial one (``*_serial``), since launching a parallel
+region costs tens of microseconds (milliseconds under some OpenMP layers) and the small
+tensors of a training step are faster on one thread. Both give the same bits.
+
 Random bits come from a counter-based generator: element ``i`` of a draw keyed by
 ``key`` gets ``splitmix64(key + (i + 1) * GAMMA)``. The bits depend only on the key and
 the element's index, never on the thread that computes it.
 """
 
 from __future__ import annotations
+
+import types
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from numba import njit, prange
@@ -36,8 +45,7 @@ def _mix64(z: np.uint64) -> np.uint64:
     return z ^ (z >> _S31)
 
 
-@njit(cache=True, parallel=True)
-def round_stochastic(y, key, qmax, out):  # pragma: no cover - compiled
+def _round_stochastic(y, key, qmax, out):  # pragma: no cover - compiled
     """``out[i] = clamp(floor(y[i]) + [u_i < frac(y[i])], -qmax, qmax)``.
 
     ``y`` is a flat float64 array (already scaled by a power of two, so exact), ``u_i``
@@ -60,8 +68,7 @@ def round_stochastic(y, key, qmax, out):  # pragma: no cover - compiled
         out[i] = q
 
 
-@njit(cache=True, parallel=True)
-def shift_stochastic(x, shift, key, out):  # pragma: no cover - compiled
+def _shift_stochastic(x, shift, key, out):  # pragma: no cover - compiled
     """Unbiased stochastic right shift ``out[i] = SR(x[i] / 2^shift[i])``.
 
     ``x`` and ``shift`` are flat int64 arrays of equal length. For ``0 < s <= 62`` this is
@@ -94,8 +101,7 @@ def shift_stochastic(x, shift, key, out):  # pragma: no cover - compiled
             out[i] = -bit if v < 0 else bit
 
 
-@njit(cache=True, parallel=True)
-def gemm_acc32(a, bt, out):  # pragma: no cover - compiled
+def _gemm_acc32(a, bt, out):  # pragma: no cover - compiled
     """``out = a @ bt.T`` with int32 accumulation; ``a`` (M, K), ``bt`` (N, K) int8/int16.
 
     Overflow bound: every partial sum is at most K * max|a| * max|b| in magnitude; the
@@ -146,8 +152,7 @@ def gemm_acc32(a, bt, out):  # pragma: no cover - compiled
                 out[i, jj] = c
 
 
-@njit(cache=True, parallel=True)
-def gemm_acc64(a, bt, out):  # pragma: no cover - compiled
+def _gemm_acc64(a, bt, out):  # pragma: no cover - compiled
     """``out = a @ bt.T`` with int64 accumulation (bound K * max|a| * max|b| <= 2^62)."""
     m, k = a.shape
     n = bt.shape[0]
@@ -188,3 +193,27 @@ def scatter_add_rows(ids, rows, out):  # pragma: no cover - compiled
         v = ids[t]
         for j in range(d):
             out[v, j] += rows[t, j]
+
+
+def _renamed(fn: Callable[..., Any], suffix: str) -> Callable[..., Any]:
+    """A copy of ``fn`` under another qualified name, so each compiled twin gets its own
+    on-disk cache entry (numba names cache files after the function's qualname)."""
+    twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix, fn.__defaults__, fn.__closure__)
+    twin.__qualname__ = fn.__qualname__ + suffix
+    twin.__doc__ = fn.__doc__
+    return twin
+
+
+round_stochastic = njit(cache=True, parallel=True)(_round_stochastic)
+round_stochastic_serial = njit(cache=True)(_renamed(_round_stochastic, "_serial"))
+shift_stochastic = njit(cache=True, parallel=True)(_shift_stochastic)
+shift_stochastic_serial = njit(cache=True)(_renamed(_shift_stochastic, "_serial"))
+gemm_acc32 = njit(cache=True, parallel=True)(_gemm_acc32)
+gemm_acc32_serial = njit(cache=True)(_renamed(_gemm_acc32, "_serial"))
+gemm_acc64 = njit(cache=True, parallel=True)(_gemm_acc64)
+gemm_acc64_serial = njit(cache=True)(_renamed(_gemm_acc64, "_serial"))
+
+# below these sizes the serial twin wins (measured on 2 cores: a parallel launch costs
+# about 50 us with the workqueue layer)
+PARALLEL_MIN_ELEMENTS = 1 << 17
+PARALLEL_MIN_MACS = 1 << 22

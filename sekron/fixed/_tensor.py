@@ -233,7 +233,12 @@ def round_scaled(y: np.ndarray, qmax: int, rounding: str, seed: Seed, stream: in
     flat = np.ascontiguousarray(y, dtype=np.float64).ravel()
     out = np.empty(flat.size, dtype=np.int64)
     if flat.size:
-        _kernels.round_stochastic(flat, stream_key(resolve_seed(seed), stream), np.int64(qmax), out)
+        kernel = (
+            _kernels.round_stochastic
+            if flat.size >= _kernels.PARALLEL_MIN_ELEMENTS
+            else _kernels.round_stochastic_serial
+        )
+        kernel(flat, stream_key(resolve_seed(seed), stream), np.int64(qmax), out)
     return out.reshape(y.shape)
 
 
@@ -336,7 +341,12 @@ def shift_round(
     out = np.empty(flat.size, dtype=np.int64)
     if flat.size:
         key = stream_key(resolve_seed(seed), stream)
-        _kernels.shift_stochastic(flat, np.ascontiguousarray(s).ravel(), key, out)
+        kernel = (
+            _kernels.shift_stochastic
+            if flat.size >= _kernels.PARALLEL_MIN_ELEMENTS
+            else _kernels.shift_stochastic_serial
+        )
+        kernel(flat, np.ascontiguousarray(s).ravel(), key, out)
     return out.reshape(q64.shape)
 
 

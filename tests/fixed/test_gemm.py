@@ -93,13 +93,15 @@ def test_kernels_match_reference_any_shape(m, k, n, bits, seed):
     a = _random(rng, (m, k), bits).astype(dt)
     bt = _random(rng, (n, k), bits).astype(dt)
     ref = R.gemm_ref(a, bt)
-    out64 = np.empty((m, n), np.int64)
-    K.gemm_acc64(a, bt, out64)
-    assert np.array_equal(out64, ref)
+    for kernel in (K.gemm_acc64, K.gemm_acc64_serial):
+        out64 = np.empty((m, n), np.int64)
+        kernel(a, bt, out64)
+        assert np.array_equal(out64, ref)
     if k * (2 ** (bits - 1) - 1) ** 2 <= INT32_MAX:
-        out32 = np.empty((m, n), np.int32)
-        K.gemm_acc32(a, bt, out32)
-        assert np.array_equal(out32, ref)
+        for kernel in (K.gemm_acc32, K.gemm_acc32_serial):
+            out32 = np.empty((m, n), np.int32)
+            kernel(a, bt, out32)
+            assert np.array_equal(out32, ref)
 
 
 def test_chunked_path_exact():

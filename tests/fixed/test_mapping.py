@@ -92,9 +92,10 @@ def test_seed_determinism_and_streams():
 )
 def test_round_stochastic_kernel_matches_reference(y, seed, stream, qmax):
     key = R.stream_key(seed, stream)
-    out = np.empty(y.size, np.int64)
-    K.round_stochastic(y, key, np.int64(qmax), out)
-    assert np.array_equal(out, R.round_stochastic_ref(y, key, qmax))
+    for kernel in (K.round_stochastic, K.round_stochastic_serial):
+        out = np.empty(y.size, np.int64)
+        kernel(y, key, np.int64(qmax), out)
+        assert np.array_equal(out, R.round_stochastic_ref(y, key, qmax))
 
 
 @settings(max_examples=30, deadline=None)
@@ -107,9 +108,10 @@ def test_shift_stochastic_kernel_matches_reference(data, n, seed):
     x = data.draw(hnp.arrays(np.int64, n, elements=st.integers(-(2**61), 2**61)))
     s = data.draw(hnp.arrays(np.int64, n, elements=st.integers(0, 130)))
     key = R.stream_key(seed, 0)
-    out = np.empty(n, np.int64)
-    K.shift_stochastic(x, s, key, out)
-    assert np.array_equal(out, R.shift_stochastic_ref(x, s, key))
+    for kernel in (K.shift_stochastic, K.shift_stochastic_serial):
+        out = np.empty(n, np.int64)
+        kernel(x, s, key, out)
+        assert np.array_equal(out, R.shift_stochastic_ref(x, s, key))
 
 
 def test_shift_stochastic_unbiased_negative():

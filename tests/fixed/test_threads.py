@@ -14,12 +14,12 @@ _SCRIPT = r"""
 import hashlib, numpy as np
 from sekron.fixed import to_fixed, requantize, matmul, conv2d, add
 rng = np.random.default_rng(0)
-x = to_fixed(rng.normal(size=(301, 257)), 8, seed=11)
+x = to_fixed(rng.normal(size=(601, 257)), 8, seed=11)  # past the parallel threshold
 w = to_fixed(rng.normal(size=(257, 129)), 12, seed=12)
 acc = matmul(x, w)
 r = requantize(acc, 8, seed=13)
 c = conv2d(to_fixed(rng.normal(size=(2, 3, 9, 9)), 10, seed=1), to_fixed(rng.normal(size=(5, 3, 3, 3)), 10, seed=2), padding=1)
-s = add(r, to_fixed(rng.normal(size=(301, 129)), 8, seed=3), 8, seed=4)
+s = add(r, to_fixed(rng.normal(size=(601, 129)), 8, seed=3), 8, seed=4)
 h = hashlib.sha256()
 for a in (x.mantissa, acc.mantissa, r.mantissa, c.mantissa, s.mantissa):
     h.update(np.ascontiguousarray(a).tobytes())
