@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from typing import Any, Literal, Union, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -22,8 +22,8 @@ from ._reference import MASK64, stream_key
 __all__ = ["FixedTensor", "to_fixed", "requantize", "Rounding", "Seed"]
 
 Rounding = Literal["stochastic", "nearest"]
-Seed = Union[None, int, np.random.Generator]
-Exponent = Union[int, np.ndarray]
+Seed = None | int | np.random.Generator
+Exponent = int | np.ndarray
 
 # |mantissa| < 2^62 everywhere, so a stochastic shift (x + r) >> s never wraps int64
 _MAX_WIDE_BITS = 63
@@ -338,7 +338,7 @@ def shift_round(
         out[right] = np.where(sr >= 63, 0, (q64[right] + half) >> np.minimum(sr, 62))
         return out
     flat = np.ascontiguousarray(q64).ravel()
-    out = np.empty(flat.size, dtype=np.int64)
+    res = np.empty(flat.size, dtype=np.int64)
     if flat.size:
         key = stream_key(resolve_seed(seed), stream)
         kernel = (
@@ -346,8 +346,8 @@ def shift_round(
             if flat.size >= _kernels.PARALLEL_MIN_ELEMENTS
             else _kernels.shift_stochastic_serial
         )
-        kernel(flat, np.ascontiguousarray(s).ravel(), key, out)
-    return out.reshape(q64.shape)
+        kernel(flat, np.ascontiguousarray(s).ravel(), key, res)
+    return res.reshape(q64.shape)
 
 
 def requantize(
