@@ -11,6 +11,7 @@ from __future__ import annotations
 from ._contract import linear_macs
 from ._conv import TorchBackend
 from .compress import CompressionReport, LayerReport, compress
+from .integer import IntConv2d, IntEmbedding, IntLayerNorm, IntLinear, integerize
 from .layers import KroneckerEmbedding, SeKronConv2d, SeKronLinear
 
 __all__ = [
@@ -19,6 +20,11 @@ __all__ = [
     "KroneckerEmbedding",
     "TorchBackend",
     "compress",
+    "IntLinear",
+    "IntConv2d",
+    "IntLayerNorm",
+    "IntEmbedding",
+    "integerize",
     "CompressionReport",
     "LayerReport",
     "linear_macs",

@@ -1,0 +1,115 @@
+"""Integer layers against the integer engine, and integerize()."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from torch import nn  # noqa: E402
+
+from sekron import fixed  # noqa: E402
+from sekron.torch import IntConv2d, IntEmbedding, IntLayerNorm, IntLinear, integerize  # noqa: E402
+from sekron.torch.integer import _B, _W, _X, _split_seed  # noqa: E402
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+@pytest.mark.parametrize("bits", [4, 8, 12])
+def test_int_linear_equals_engine(bits, rounding):
+    torch.manual_seed(0)
+    layer = IntLinear(6, 5, bits=bits, rounding=rounding, seed=7, dtype=torch.float64)
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    seed = ((layer.seed & 0xFFFFFFFF) << 30) | 0  # next_seed() of call 0
+    y = layer(x)
+    fwd, bwd = _split_seed(seed)
+    xq = fixed.to_fixed(x.detach().numpy(), bits, rounding, fwd, stream=_X)
+    wq = fixed.to_fixed(layer.weight.detach().numpy(), bits, rounding, fwd, stream=_W)
+    bq = fixed.to_fixed(layer.bias.detach().numpy(), bits, rounding, fwd, stream=_B)
+    ref = fixed.linear(xq, wq, bq, rounding=rounding, seed=fwd).to_float()
+    np.testing.assert_array_equal(y.detach().numpy(), ref)
+    g = np.random.default_rng(0).normal(size=(4, 5))
+    y.backward(torch.from_numpy(g))
+    dx, dw, db = fixed.linear_backward(xq, wq, g, bits, rounding=rounding, seed=bwd)
+    np.testing.assert_array_equal(x.grad.numpy(), dx.to_float())
+    np.testing.assert_array_equal(layer.weight.grad.numpy(), dw.to_float())
+    np.testing.assert_array_equal(layer.bias.grad.numpy(), db.to_float())
+    assert layer.calls == 1
+
+
+def test_int_linear_close_to_float_and_unbiased_at_16_bits():
+    torch.manual_seed(1)
+    dense = nn.Linear(16, 8, dtype=torch.float64)
+    layer = IntLinear.from_linear(dense, bits=16)
+    x = torch.randn(32, 16, dtype=torch.float64)
+    ref = dense(x)
+    # 16-bit operands: relative mapping error about 2^-14 per operand
+    err = float((layer(x) - ref).detach().abs().max() / ref.detach().abs().max())
+    assert err < 16 * 2.0**-14 * 16
+
+
+def test_int_conv2d_equals_engine():
+    torch.manual_seed(2)
+    conv = IntConv2d(3, 4, 3, stride=2, padding=1, dilation=1, bits=8, rounding="nearest", dtype=torch.float64)
+    x = torch.randn(2, 3, 7, 7, dtype=torch.float64, requires_grad=True)
+    y = conv(x)
+    xq = fixed.to_fixed(x.detach().numpy(), 8, "nearest")
+    wq = fixed.to_fixed(conv.weight.detach().numpy(), 8, "nearest")
+    ref = fixed.conv2d(xq, wq, (2, 2), (1, 1), (1, 1)).to_float() + conv.bias.detach().numpy()[:, None, None]
+    np.testing.assert_array_equal(y.detach().numpy(), ref)
+    g = np.random.default_rng(1).normal(size=y.shape)
+    y.backward(torch.from_numpy(g))
+    dx, dw = fixed.conv2d_backward(xq, wq, g, (2, 2), (1, 1), (1, 1), 8, rounding="nearest")
+    np.testing.assert_array_equal(x.grad.numpy(), dx.to_float())
+    np.testing.assert_array_equal(conv.weight.grad.numpy(), dw.to_float())
+    np.testing.assert_allclose(conv.bias.grad.numpy(), g.sum(axis=(0, 2, 3)), rtol=1e-12)
+
+
+def test_int_layer_norm_and_embedding_equal_engine():
+    torch.manual_seed(3)
+    ln = IntLayerNorm(8, bits=12, rounding="nearest", dtype=torch.float64)
+    with torch.no_grad():
+        ln.weight.uniform_(0.5, 1.5)
+        ln.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
+    y = ln(x)
+    ref, cache = fixed.layer_norm(x.detach().numpy(), ln.weight.detach().numpy(), ln.bias.detach().numpy(), 12, 1e-5, rounding="nearest")
+    np.testing.assert_array_equal(y.detach().numpy(), ref.to_float())
+    g = np.random.default_rng(2).normal(size=(3, 8))
+    y.backward(torch.from_numpy(g))
+    dx, dgam, dbet = fixed.layer_norm_backward(g, cache, rounding="nearest")
+    np.testing.assert_array_equal(x.grad.numpy(), dx.to_float())
+    np.testing.assert_array_equal(ln.weight.grad.numpy(), dgam.to_float())
+    emb = IntEmbedding(10, 4, bits=8, rounding="nearest", dtype=torch.float64)
+    ids = torch.tensor([[1, 2, 1]])
+    out = emb(ids)
+    tq = fixed.to_fixed(emb.weight.detach().numpy(), 8, "nearest")
+    np.testing.assert_array_equal(out.detach().numpy(), fixed.embedding(tq, ids.numpy()).to_float())
+    ge = np.ones((1, 3, 4))
+    out.backward(torch.from_numpy(ge))
+    np.testing.assert_array_equal(emb.weight.grad.numpy(), fixed.embedding_backward(ge, ids.numpy(), 10, 8, rounding="nearest").to_float())
+
+
+def test_integerize_and_train_step():
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Embedding(20, 8), nn.LayerNorm(8), nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 3))
+    inet = integerize(net, bits=8)
+    assert [type(m).__name__ for m in inet] == ["IntEmbedding", "IntLayerNorm", "IntLinear", "GELU", "IntLinear"]
+    assert inet[1].bits == 16 and inet[2].bits == 8
+    assert type(net[2]) is nn.Linear  # the original is untouched
+    ids = torch.randint(0, 20, (16, 5))
+    target = torch.randint(0, 3, (16, 5))
+    opt = torch.optim.SGD(inet.parameters(), lr=0.1)
+    losses = []
+    for _ in range(15):
+        loss = nn.functional.cross_entropy(inet(ids).reshape(-1, 3), target.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in inet.parameters())
+    assert losses[-1] < losses[0]
+    with pytest.raises(ValueError):
+        integerize(net, bits=1)
+    with pytest.raises(ValueError, match="rounding"):
+        IntLinear(2, 2, rounding="up")
