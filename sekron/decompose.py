@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import scipy.linalg
 
 from ._kron import rearrange
 from ._validation import (
@@ -246,8 +247,12 @@ def sekron(
         whose discarded energy (summed over branches) fits that share; the certificate
         is then at most ``tol · ||W||``.
     refine : int, default 0
-        Sweeps of alternating least squares over the factors after the recursive fit.
-        Each sweep never increases the error; the result is the best iterate.
+        Sweeps of alternating least squares (with extrapolation) over the factors after
+        the recursive fit. For S >= 3 a second start is refined too, in which every
+        branch's basis is changed so that its remainders keep the next level's rank
+        (a generalized-eigenvalue "unmixing", see Notes); the better result is returned.
+        Each sweep never increases the error, so the result is never worse than the
+        plain recursion.
     method : {"auto", "full", "arpack", "randomized"}
         SVD solver for the first level (the only large one); later levels use batched
         LAPACK on the small remainders.
@@ -272,8 +277,19 @@ def sekron(
     ``r_1..r_{k−1}``) is then split the same way with ``R_k`` terms, and the last
     remainders are the last factor. Orthogonality makes the discarded parts of all levels
     mutually orthogonal, so their energies add up to the squared error exactly. Each
-    step is optimal but for S >= 3 the whole is not (like TT-SVD); ``refine`` improves
-    it, for instance on "tree" tensors whose branches have their own later factors.
+    step is optimal but for S >= 3 the whole is not (like TT-SVD).
+
+    The recursion recovers exactly a tensor whose later factors are shared across
+    earlier branches (TT-like), at its ranks, but not a general "tree" tensor whose
+    branches have their own later factors: the orthonormal basis of a level mixes the
+    branches, and mixed remainders have a higher Kronecker rank. With ``refine``, the
+    unmixing start separates the branches again: the remainders of a branch are
+    mixtures of R_k matrices of rank R_{k+1}, and a generalized eigenvalue problem on
+    two random combinations of them (projected on their joint column and row spaces)
+    gives the mixing matrix. It applies when ``R_k R_{k+1} <= min(|a^(k+1)|,
+    prod_{j>k+1} |a^(j)|)``, and then generic tree tensors are recovered at their
+    nominal ranks to working precision. Beyond that bound only ALS, a local method,
+    is left, and it can stop in a local minimum.
 
     References
     ----------
@@ -305,6 +321,48 @@ def sekron(
     norm_sq = _squared_norm(T)
     level_budget = None if tol is None else tol * tol * norm_sq / (S - 1)
 
+    factors, chosen, discarded = _recursive_fit(
+        T, base, cap, level_budget, method, random_state, unmix=False
+    )
+    norm = math.sqrt(norm_sq)
+    out = SeKronTensor(factors, error_bound=math.sqrt(discarded), reference_norm=norm)
+    if refine:
+        starts = [out]
+        if S >= 3:
+            # A second start whose level bases are chosen so that every remainder keeps
+            # the next level's rank ("unmixed" branches); it recovers tree tensors that
+            # the orthonormal recursion cannot, and ALS polishes whichever is better.
+            alt, _, _ = _recursive_fit(
+                T,
+                base.with_ranks(tuple(chosen)),
+                tuple(chosen),
+                None,
+                method,
+                random_state,
+                unmix=True,
+            )
+            starts.append(SeKronTensor(alt, reference_norm=norm))
+        refined = [_refine(T, s0, refine) for s0 in starts]
+        out = min(refined, key=lambda t: t.error_bound if t.error_bound is not None else np.inf)
+    return out
+
+
+def _recursive_fit(
+    T: np.ndarray,
+    base: Structure,
+    cap: tuple[int, ...],
+    level_budget: float | None,
+    method: SVDMethod,
+    random_state: RandomState,
+    *,
+    unmix: bool,
+) -> tuple[list[np.ndarray], list[int], float]:
+    """Branch-wise truncated SVDs, level by level; returns factors, ranks and discarded energy.
+
+    With ``unmix`` each branch's level basis is changed (see :func:`_unmix`) so that its
+    remainders have the next level's rank; the discarded energy is then not a certificate.
+    """
+    S, sizes = base.n_factors, base.sizes
     factors: list[np.ndarray] = []
     chosen: list[int] = []
     discarded = 0.0
@@ -316,7 +374,7 @@ def sekron(
         M = rem.reshape(P, sizes[k], tail)
         if (
             P == 1
-            and tol is None
+            and level_budget is None
             and method != "full"
             and min(M.shape[1:]) > 512
             and cap[k] < min(M.shape[1:])
@@ -327,9 +385,8 @@ def sekron(
         else:
             U, s, Vt = _batched_svd(M)
             full_s = s
-        if tol is not None and full_s is not None:
+        if level_budget is not None and full_s is not None:
             energy = (full_s.astype(np.float64) ** 2).sum(axis=0)  # per rank, summed over branches
-            assert level_budget is not None
             r = _rank_from_spectrum(np.sqrt(energy), level_budget, 1.0, cap[k])
         else:
             r = cap[k]
@@ -338,18 +395,64 @@ def sekron(
             discarded += float(np.sum(full_s[:, r:].astype(np.float64) ** 2))
         else:
             discarded += max(_squared_norm(M[0]) - float(np.sum(s[0].astype(np.float64) ** 2)), 0.0)
-        U, s, Vt = U[:, :, :r], s[:, :r], Vt[:, :r, :]
+        left = np.ascontiguousarray(U[:, :, :r].transpose(0, 2, 1))  # (P, r, |a_k|)
+        right = s[:, :r, None] * Vt[:, :r, :]  # (P, r, tail)
+        if unmix and k + 2 < S and r > 1:
+            for p in range(P):
+                G = _unmix(right[p].reshape(r, sizes[k + 1], -1), cap[k + 1])
+                if G is not None:
+                    left[p] = G.T @ left[p]
+                    right[p] = np.linalg.solve(G, right[p])
         prefix = tuple(chosen[:k])
-        factors.append(
-            np.ascontiguousarray(U.transpose(0, 2, 1)).reshape(prefix + (r,) + base.shapes[k])
-        )
-        rem = (s[:, :, None] * Vt).reshape(P * r, tail)
+        factors.append(left.reshape(prefix + (r,) + base.shapes[k]))
+        rem = right.reshape(P * r, tail)
     factors.append(rem.reshape(tuple(chosen) + base.shapes[-1]))
-    norm = math.sqrt(norm_sq)
-    out = SeKronTensor(factors, error_bound=math.sqrt(discarded), reference_norm=norm)
-    if refine:
-        out = _refine(T, out, refine)
-    return out
+    return factors, chosen, discarded
+
+
+def _unmix(X: np.ndarray, L: int) -> np.ndarray | None:
+    """Basis change ``G`` with ``X_r = Σ_s G[r, s] M_s`` and every ``M_s`` of rank ``L``.
+
+    ``X`` holds R matrices (R, m, n): the remainders of one branch, which the orthonormal
+    basis of the level above mixes. If they are mixtures of R matrices of rank L whose
+    column (row) spaces are independent, projecting on the joint R·L-dimensional column
+    and row spaces gives square matrices ``Y_r``; for two generic combinations
+    ``Z_1, Z_2`` of them, the eigenvectors of ``Z_2^{-1} Z_1`` split into R groups of L
+    (one per ``M_s``) and the coefficients ``G[:, s]`` follow from the group's columns
+    of every ``Y_r V`` (a generalized-eigenvalue method for block-term decompositions).
+    Returns None where it does not apply (nothing to unmix, or too little room).
+    """
+    R, m, n = X.shape
+    K = R * L
+    if R < 2 or K > min(m, n):
+        return None
+    Uc, sc, _ = np.linalg.svd(X.transpose(1, 0, 2).reshape(m, R * n), full_matrices=False)
+    _, sr, Vr = np.linalg.svd(X.reshape(R * m, n), full_matrices=False)
+    if sc[0] == 0 or sc[K - 1] < 1e-6 * sc[0] or sr[K - 1] < 1e-6 * sr[0]:
+        return None  # the remainders already share their spaces: nothing is mixed
+    Y = np.einsum("mk,rmn,ln->rkl", Uc[:, :K], X, Vr[:K])
+    rng = np.random.default_rng(0)
+    alpha, beta = rng.standard_normal(R), rng.standard_normal(R)
+    Z1, Z2 = np.tensordot(alpha, Y, 1), np.tensordot(beta, Y, 1)
+    try:
+        lam, V = scipy.linalg.eig(Z1, Z2)
+    except (np.linalg.LinAlgError, ValueError):
+        return None
+    if not np.all(np.isfinite(lam)) or np.max(np.abs(lam.imag)) > 1e-6 * np.max(np.abs(lam)):
+        return None
+    order = np.argsort(lam.real)
+    V = V[:, order].real
+    G = np.empty((R, R))
+    for s_ in range(R):
+        cols = [np.asarray(Y[r] @ V[:, s_ * L : (s_ + 1) * L]) for r in range(R)]
+        ref = max(cols, key=lambda c: float(np.linalg.norm(c)))
+        denom = float(np.sum(ref * ref))
+        if denom == 0.0:
+            return None
+        G[:, s_] = [float(np.sum(c * ref)) / denom for c in cols]
+    if np.linalg.cond(G) > 1e8:
+        return None
+    return G
 
 
 def _error(T: np.ndarray, t: SeKronTensor) -> float:
@@ -370,28 +473,50 @@ def _tails(
 
 
 def _refine(T: np.ndarray, start: SeKronTensor, sweeps: int) -> SeKronTensor:
-    """Alternating least squares over the factors; returns the best iterate."""
+    """Alternating least squares over the factors, with extrapolation; the best iterate wins.
+
+    After each sweep the step from the previous sweep is extrapolated (a line search
+    along ``new − old``, as in Bro's ALS acceleration for CP) and kept only if it lowers
+    the error, so the error never increases.
+    """
     st = start.structure
     S, sizes, ranks = st.n_factors, st.sizes, st.ranks
     dtype = start.dtype
     work = T.astype(np.float64)
     factors = [f.astype(np.float64) for f in start.factors]
-    best, best_err = start, _error(T, start)
+    best_factors, best_err = factors, _error64(work, factors)
     norm = float(np.linalg.norm(work.ravel()))
-    eps = float(np.finfo(dtype).eps)  # a Python float: a float32 eps times a huge Gram overflows
-    for _ in range(sweeps):
+    eps = float(np.finfo(dtype).eps)
+    for sweep in range(sweeps):
+        old = factors
+        factors = list(old)
         for k in range(S):
             factors[k] = _solve_factor(work, factors, ranks, sizes, k, eps)
-        cand = SeKronTensor([f.astype(dtype) for f in factors], reference_norm=start.reference_norm)
-        err = _error(T, cand)
-        if err >= best_err:  # converged (up to rounding): further sweeps cannot help
-            break
-        best, best_err = cand, err
+        err = _error64(work, factors)
+        if sweep > 0:
+            step = max(1.0, (sweep + 1) ** (1.0 / 3.0))
+            for _ in range(3):
+                trial = [f + step * (f - o) for f, o in zip(factors, old, strict=True)]
+                trial_err = _error64(work, trial)
+                if trial_err < err:
+                    factors, err = trial, trial_err
+                    break
+                step /= 2.0
+        if err >= best_err * (1.0 - 1e-12):
+            if err >= best_err:  # a sweep that does not help: converged up to rounding
+                break
+        if err < best_err:
+            best_factors, best_err = factors, err
         if best_err <= 10 * eps * norm:  # exact to working precision
             break
-    return SeKronTensor(
-        list(best.factors), error_bound=best_err, reference_norm=start.reference_norm
-    )
+    out = [f.astype(dtype) for f in best_factors]
+    # report the error of the factors actually returned (after the cast)
+    final = SeKronTensor(out, reference_norm=start.reference_norm)
+    return SeKronTensor(out, error_bound=_error(T, final), reference_norm=start.reference_norm)
+
+
+def _error64(T: np.ndarray, factors: Sequence[np.ndarray]) -> float:
+    return _error(T, SeKronTensor(list(factors)))
 
 
 def _solve_factor(
