@@ -11,6 +11,7 @@ from __future__ import annotations
 from ._contract import linear_macs
 from ._conv import TorchBackend
 from .compress import CompressionReport, LayerReport, compress
+from .distill import Capture, attention_loss, distill, hidden_loss, logit_loss
 from .integer import IntConv2d, IntEmbedding, IntLayerNorm, IntLinear, integerize
 from .layers import KroneckerEmbedding, SeKronConv2d, SeKronLinear
 
@@ -25,6 +26,11 @@ __all__ = [
     "IntLayerNorm",
     "IntEmbedding",
     "integerize",
+    "distill",
+    "Capture",
+    "hidden_loss",
+    "attention_loss",
+    "logit_loss",
     "CompressionReport",
     "LayerReport",
     "linear_macs",

@@ -1,0 +1,251 @@
+"""Knowledge distillation as in KroneckerBERT: hidden states, attention scores, logits.
+
+A compressed student keeps the teacher's widths, so its intermediate outputs can be
+matched to the teacher's directly, without projections: MSE on hidden states, MSE on
+the pre-softmax attention scores ``QK^T/sqrt(d_k)``, and a soft cross-entropy on the
+logits at a temperature. :class:`Capture` records module outputs with forward hooks;
+:func:`distill` is a small training loop that sums these losses.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["hidden_loss", "attention_loss", "logit_loss", "Capture", "distill"]
+
+
+def hidden_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between hidden states of equal shape (teacher detached).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sekron.torch import hidden_loss
+    >>> float(hidden_loss(torch.ones(2, 3), torch.zeros(2, 3)))
+    1.0
+    """
+    if student.shape != teacher.shape:
+        raise ValueError(f"student: expected the teacher's shape {tuple(teacher.shape)}, got {tuple(student.shape)}")
+    return F.mse_loss(student, teacher.detach())
+
+
+def attention_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor) -> torch.Tensor:
+    """MSE between pre-softmax attention scores ``QK^T/sqrt(d_k)``, shape (..., L, L).
+
+    KroneckerBERT matches the scores before the softmax: they carry the same information
+    as the attention map with a better-conditioned gradient.
+    """
+    return hidden_loss(student_scores, teacher_scores)
+
+
+def logit_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    r"""Soft cross-entropy ``T² · KL(softmax(t/T) ‖ softmax(s/T))`` over the last axis.
+
+    The ``T²`` factor keeps the gradient scale independent of the temperature (Hinton et
+    al.); the result is averaged over all leading positions.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sekron.torch import logit_loss
+    >>> z = torch.randn(4, 10)
+    >>> float(logit_loss(z, z, temperature=2.0)) < 1e-6
+    True
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature: expected a positive number, got {temperature}")
+    t = float(temperature)
+    s = F.log_softmax(student_logits / t, dim=-1).reshape(-1, student_logits.shape[-1])
+    p = F.log_softmax(teacher_logits.detach() / t, dim=-1).reshape(-1, teacher_logits.shape[-1])
+    return F.kl_div(s, p, log_target=True, reduction="batchmean") * (t * t)
+
+
+def _first_tensor(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    if isinstance(out, Mapping):
+        for v in out.values():
+            if isinstance(v, torch.Tensor):
+                return v
+    raise TypeError(f"cannot find a tensor in a module output of type {type(out).__name__}")
+
+
+class Capture:
+    """Record the outputs of named submodules during forward passes (a context manager).
+
+    Parameters
+    ----------
+    model : nn.Module
+    names : sequence of str
+        Qualified module names (``model.named_modules()``); a tuple output keeps its first
+        tensor (as the hidden state of a transformer block).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sekron.torch import Capture
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU())
+    >>> with Capture(net, ["0"]) as cap:
+    ...     _ = net(torch.ones(2, 3))
+    >>> cap.outputs["0"].shape
+    torch.Size([2, 4])
+    """
+
+    def __init__(self, model: nn.Module, names: Sequence[str]):
+        modules = dict(model.named_modules())
+        missing = [n for n in names if n not in modules]
+        if missing:
+            raise KeyError(f"names: no module called {missing[0]!r} in the model")
+        self._modules = [(n, modules[n]) for n in names]
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> Capture:
+        for name, mod in self._modules:
+            def hook(m: nn.Module, args: Any, out: Any, name: str = name) -> None:
+                self.outputs[name] = _first_tensor(out)
+            self._handles.append(mod.register_forward_hook(hook))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+def _call(model: nn.Module, batch: Any) -> Any:
+    if isinstance(batch, Mapping):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    return model(batch)
+
+
+def _pairs(spec: Sequence[str] | Mapping[str, str] | None) -> list[tuple[str, str]]:
+    if spec is None:
+        return []
+    if isinstance(spec, Mapping):
+        return list(spec.items())
+    return [(n, n) for n in spec]
+
+
+def distill(
+    student: nn.Module,
+    teacher: nn.Module,
+    data: Iterable[Any],
+    *,
+    hidden: Sequence[str] | Mapping[str, str] | None = None,
+    attention: Sequence[str] | Mapping[str, str] | None = None,
+    logits: Callable[[Any], torch.Tensor] | bool | None = True,
+    temperature: float = 1.0,
+    weights: Mapping[str, float] | None = None,
+    epochs: int = 1,
+    lr: float = 1e-3,
+    optimizer: torch.optim.Optimizer | None = None,
+    max_steps: int | None = None,
+    progress: bool = False,
+) -> list[float]:
+    """Train ``student`` to match ``teacher`` on ``data`` (KroneckerBERT-style distillation).
+
+    Parameters
+    ----------
+    student, teacher : nn.Module
+        The teacher is put in eval mode and never updated; the student is trained.
+    data : iterable of batches
+        Re-iterated every epoch; a batch is passed as ``model(*batch)`` (tuple/list),
+        ``model(**batch)`` (dict) or ``model(batch)``.
+    hidden : list of names, or dict student name -> teacher name, optional
+        Modules whose outputs (hidden states) are matched with MSE.
+    attention : list or dict of names, optional
+        Modules whose outputs are pre-softmax attention scores, matched with MSE.
+    logits : callable, bool or None, default True
+        True: the models' outputs are logits (first tensor of a tuple/dict output);
+        a callable maps a model output to logits; False/None: no logit term.
+    temperature : float, default 1.0
+    weights : dict, optional
+        Weights of the terms ``"hidden"``, ``"attention"``, ``"logits"`` (default 1 each).
+    epochs : int, default 1
+    lr : float, default 1e-3
+        Adam's learning rate when no ``optimizer`` is given.
+    optimizer : torch.optim.Optimizer, optional
+    max_steps : int, optional
+        Stop after this many steps.
+    progress : bool, default False
+        Write the running loss to stderr.
+
+    Returns
+    -------
+    list of float
+        The total loss of every step.
+
+    Raises
+    ------
+    ValueError
+        If no loss term is selected.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sekron.torch import distill
+    >>> _ = torch.manual_seed(0)
+    >>> teacher = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    >>> student = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    >>> data = [torch.randn(16, 4) for _ in range(20)]
+    >>> losses = distill(student, teacher, data, hidden=["1"], epochs=3, lr=1e-2)
+    >>> losses[-1] < losses[0]
+    True
+    """
+    w = {"hidden": 1.0, "attention": 1.0, "logits": 1.0, **(weights or {})}
+    hid, att = _pairs(hidden), _pairs(attention)
+    to_logits: Callable[[Any], torch.Tensor] | None
+    if logits is True:
+        to_logits = _first_tensor
+    elif callable(logits):
+        to_logits = logits
+    else:
+        to_logits = None
+    if not hid and not att and to_logits is None:
+        raise ValueError("distill: expected at least one of hidden=, attention= and logits=")
+    opt = optimizer or torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=lr)
+    teacher.eval()
+    student.train()
+    s_names = [s for s, _ in hid + att]
+    t_names = [t for _, t in hid + att]
+    losses: list[float] = []
+    step = 0
+    for _ in range(int(epochs)):
+        for batch in data:
+            with torch.no_grad(), Capture(teacher, t_names) as tcap:
+                t_out = _call(teacher, batch)
+            with Capture(student, s_names) as scap:
+                s_out = _call(student, batch)
+            total = torch.zeros((), dtype=torch.float32)
+            for s, t in hid:
+                total = total + w["hidden"] * hidden_loss(scap.outputs[s], tcap.outputs[t])
+            for s, t in att:
+                total = total + w["attention"] * attention_loss(scap.outputs[s], tcap.outputs[t])
+            if to_logits is not None:
+                total = total + w["logits"] * logit_loss(to_logits(s_out), to_logits(t_out), temperature)
+            opt.zero_grad()
+            total.backward()
+            opt.step()
+            losses.append(float(total.detach()))
+            step += 1
+            if progress:
+                sys.stderr.write(f"\rdistill step {step}: loss {losses[-1]:.5f}")
+                sys.stderr.flush()
+            if max_steps is not None and step >= max_steps:
+                break
+        if max_steps is not None and step >= max_steps:
+            break
+    if progress:
+        sys.stderr.write("\n")
+    return losses
