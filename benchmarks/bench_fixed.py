@@ -108,7 +108,10 @@ def training_step_section() -> list[dict]:
     x = (d.data[:32] / 16.0).astype(np.float32)
     y = d.target[:32]
 
-    def float_step(net=Net("mlp", np.random.default_rng(0))):
+    net_f = Net("mlp", np.random.default_rng(0))
+    net_i = Net("mlp", np.random.default_rng(0))
+
+    def float_step(net=net_f):
         _, gr = net.grads_float(x, y)
         for k, g in gr.items():
             net.vel[k] = 0.9 * net.vel[k] + g + 1e-4 * net.p[k]
@@ -116,7 +119,7 @@ def training_step_section() -> list[dict]:
 
     sr = np.random.default_rng(1)
 
-    def int_step(net=Net("mlp", np.random.default_rng(0))):
+    def int_step(net=net_i):
         _, gr = net.grads_int(x, y, 16, sr)
         for k, g in gr.items():
             net.p[k], net.state[k] = sgd_step(net.p[k], g, net.state[k], lr=0.05, momentum=0.9,
@@ -134,9 +137,8 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=1024)
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
-    from threadpoolctl import threadpool_info
-
     import numba
+    from threadpoolctl import threadpool_info
 
     print("threadpoolctl:", json.dumps(threadpool_info(), indent=1))
     print(f"numba {numba.__version__}, threading layer default={numba.config.THREADING_LAYER}, "

@@ -239,15 +239,17 @@ def train_regression(bits, mode, steps, seed=0, width=32, lr=0.2, mu=0.9):
     return np.array(losses)
 
 
-def departure(loss, ref, factor=2.0, window=25):
-    """First step after which the (windowed-min) loss stays above factor x float's."""
-    lo = np.minimum.accumulate(loss)
-    rf = np.minimum.accumulate(ref)
+def departure(loss, ref, factor=2.0, window=50):
+    """First step after which the loss (moving average over ``window`` steps) stays above
+    ``factor`` times float32's; None if it does not stay above until the end."""
+    kern = np.ones(window) / window
+    lo = np.convolve(loss, kern, mode="valid")
+    rf = np.convolve(ref, kern, mode="valid")
     above = lo > factor * rf
-    if not above[-window:].all():
+    if not above[-1]:
         return None
     idx = np.flatnonzero(~above)
-    return int(idx[-1] + 1) if idx.size else 0
+    return int(idx[-1] + window) if idx.size else 0
 
 
 # -------------------------------------------------------------------------------- main
@@ -302,7 +304,7 @@ def write_outputs(results, curves, quick):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for ax, arch in zip(axes[:2], ("mlp", "cnn")):
+    for ax, arch in zip(axes[:2], ("mlp", "cnn"), strict=True):
         row = results["classification"][arch]
         names = list(row)
         ax.bar(names, [row[n]["mean"] for n in names], yerr=[row[n]["spread"] for n in names], color="C0")
