@@ -128,8 +128,8 @@ class Net:
         q = {k: to_fixed(v, bits, seed=sr) for k, v in p.items()}
         xq = to_fixed(x, bits, seed=sr)
         if self.arch == "mlp":
-            h, mask = relu_fixed(requantize(linear(xq, q["W1"], q["b1"]), bits, seed=sr))
-            logits = linear(h, q["W2"], q["b2"]).to_float()
+            h, mask = relu_fixed(requantize(linear(xq, q["W1"], q["b1"], seed=sr), bits, seed=sr))
+            logits = linear(h, q["W2"], q["b2"], seed=sr).to_float()
             g = softmax_grad(logits, y)
             dh, dW2, db2 = linear_backward(h, q["W2"], g, bits, seed=sr)
             gh = mask_fixed(requantize(dh, bits, seed=sr), mask)
@@ -139,7 +139,7 @@ class Net:
         h1, m1 = relu_fixed(requantize(conv2d(xi, q["K1"], 1, 1), bits, seed=sr))
         h2, m2 = relu_fixed(requantize(conv2d(h1, q["K2"], 2, 1), bits, seed=sr))
         h2f = reshape_fixed(h2, (-1, 256))
-        logits = linear(h2f, q["W"], q["b"]).to_float()
+        logits = linear(h2f, q["W"], q["b"], seed=sr).to_float()
         g = softmax_grad(logits, y)
         dh2, dW, db = linear_backward(h2f, q["W"], g, bits, seed=sr)
         gh2 = mask_fixed(reshape_fixed(requantize(dh2, bits, seed=sr), h2.shape), m2)
@@ -221,11 +221,11 @@ def train_regression(bits, mode, steps, seed=0, width=32, lr=0.2, mu=0.9):
         else:
             q = p if mode == "integer" else {k: to_fixed(v, bits, seed=sr) for k, v in p.items()}
             xq = to_fixed(x, bits, seed=sr)
-            a1 = np.tanh(linear(xq, q["W1"], q["b1"]).to_float())
+            a1 = np.tanh(linear(xq, q["W1"], q["b1"], seed=sr).to_float())
             a1q = to_fixed(a1, bits, seed=sr)
-            a2 = np.tanh(linear(a1q, q["W2"], q["b2"]).to_float())
+            a2 = np.tanh(linear(a1q, q["W2"], q["b2"], seed=sr).to_float())
             a2q = to_fixed(a2, bits, seed=sr)
-            out = linear(a2q, q["W3"], q["b3"]).to_float()
+            out = linear(a2q, q["W3"], q["b3"], seed=sr).to_float()
             g = 2 * (out - y) / len(x)
             d2, dW3, db3 = linear_backward(a2q, q["W3"], g, bits, seed=sr)
             g2 = d2.to_float() * (1 - a2**2)
