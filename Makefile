@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# a bare torch requirement would pull a multi-GB CUDA build: pin the CPU wheel first
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[test,torch,docs,bench,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[test,torch,docs,bench,dev,examples]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -44,6 +44,7 @@ _LAZY = {
     "fixed": ("sekron.fixed", None),
     "ops": ("sekron.ops", None),
     "testing": ("sekron.testing", None),
+    "torch": ("sekron.torch", None),
 }
 
 
