@@ -194,7 +194,14 @@ def _batched_svd(M: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if M.shape[0] == 1 and min(M.shape[1:]) > 512:
         U, s, Vt = truncated_svd(M[0], min(M.shape[1:]), method="full")
         return U[None], s[None], Vt[None]
-    U, s, Vt = np.linalg.svd(M, full_matrices=False)
+    if M.shape[1] < M.shape[2]:
+        # LAPACK on a wide stack is several times slower than on its (tall) transpose
+        Vt_T, s, U_T = np.linalg.svd(
+            np.ascontiguousarray(M.transpose(0, 2, 1)), full_matrices=False
+        )
+        U, Vt = U_T.transpose(0, 2, 1), Vt_T.transpose(0, 2, 1)
+    else:
+        U, s, Vt = np.linalg.svd(M, full_matrices=False)
     idx = np.argmax(np.abs(U), axis=1)  # (P, k)
     signs = np.sign(np.take_along_axis(U, idx[:, None, :], axis=1))[:, 0, :]
     signs[signs == 0] = 1
