@@ -320,9 +320,8 @@ class NumpyBackend:
         dilation: tuple[int, int],
         groups: int,
     ) -> np.ndarray:
-        return conv2d_valid(
-            np.ascontiguousarray(x), np.ascontiguousarray(weight), stride, dilation, groups
-        )
+        # conv2d_valid reads any strides (it copies only inputs whose rows it cannot view)
+        return conv2d_valid(x, weight, stride, dilation, groups)
 
     def sum(self, x: np.ndarray, axis: int) -> np.ndarray:
         return np.sum(x, axis=axis)
