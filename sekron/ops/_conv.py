@@ -5,15 +5,32 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
-from .._cost import as_pair
+from .._cost import as_pair, conv_stages
 from .._validation import as_float_array
 from ..errors import ShapeError
 from ..tensor import SeKronTensor
 from ._im2col import conv2d_valid, pad2d
-from ._plan import conv2d_plan, execute_plan
+from ._plan import (
+    ConvPlan,
+    ConvStep,
+    NumpyBackend,
+    PadStep,
+    ReshapeStep,
+    SumStep,
+    TransposeStep,
+    conv2d_plan,
+    conv_weight,
+)
 
 __all__ = ["conv2d"]
+
+# The batch is run a chunk of images at a time, sized so that the largest intermediate
+# of a chunk stays in the last-level cache between the steps that write and read it (the
+# stages are thin, so they are bound by memory traffic, not multiply-adds). Measured on
+# the 2-core machines: 3-factor plan 26 ms unchunked, 8.7 ms in chunks of ~2-4 MiB.
+_BATCH_BYTES = 1 << 22
 
 
 def conv2d(
@@ -101,18 +118,117 @@ def conv2d(
     if isinstance(kernel, SeKronTensor):
         plan = conv2d_plan(kernel.structure, xa.shape[2:], st, pd, dl)
         factors = [f.astype(dtype, copy=False) for f in kernel.factors]
-        y = execute_plan(plan, xa, factors)
+        y = run_plan(plan, xa, factors)
     else:
-        Hp, Wp = xa.shape[2] + 2 * pd[0], xa.shape[3] + 2 * pd[1]
-        for n, kk, d, axis in ((Hp, kshape[2], dl[0], "height"), (Wp, kshape[3], dl[1], "width")):
-            if n < d * (kk - 1) + 1:
-                raise ShapeError(
-                    f"x: padded {axis} {n} is smaller than the dilated kernel extent "
-                    f"{d * (kk - 1) + 1} (kernel {kk}, dilation {d})"
-                )
-        xp = pad2d(xa, (pd[0], pd[0], pd[1], pd[1]))
-        y = conv2d_valid(xp, kernel.astype(dtype, copy=False), st, dl, 1)
-    y = np.ascontiguousarray(y)
+        y = _dense_conv(xa, kernel.astype(dtype, copy=False), st, pd, dl)
     if b is not None:
         y += b.astype(dtype, copy=False)[:, None, None]
     return y
+
+
+def _dense_conv(
+    x: np.ndarray,
+    w: np.ndarray,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> np.ndarray:
+    """Dense-kernel path: pad and im2col + GEMM, in the same batch chunks as the plans."""
+    N, C, H, W = x.shape
+    F, _, Kh, Kw = w.shape
+    Hp, Wp = H + 2 * padding[0], W + 2 * padding[1]
+    for n, kk, d, axis in ((Hp, Kh, dilation[0], "height"), (Wp, Kw, dilation[1], "width")):
+        if n < d * (kk - 1) + 1:
+            raise ShapeError(
+                f"x: padded {axis} {n} is smaller than the dilated kernel extent "
+                f"{d * (kk - 1) + 1} (kernel {kk}, dilation {d})"
+            )
+    Ho = (Hp - dilation[0] * (Kh - 1) - 1) // stride[0] + 1
+    Wo = (Wp - dilation[1] * (Kw - 1) - 1) // stride[1] + 1
+    out = np.empty((N, F, Ho, Wo), dtype=x.dtype)
+    per_image = max(C * Hp * Wp, F * Ho * Wo) * x.itemsize
+    nb = max(1, _BATCH_BYTES // per_image)
+    pad = (padding[0], padding[0], padding[1], padding[1])
+    for b0 in range(0, N, nb):
+        out[b0 : b0 + nb] = conv2d_valid(pad2d(x[b0 : b0 + nb], pad), w, stride, dilation, 1)
+    return out
+
+
+def run_plan(plan: ConvPlan, x: np.ndarray, factors: Any) -> np.ndarray:
+    """The numpy executor of a plan: same steps and primitive as ``NumpyBackend``, faster.
+
+    Runs the plan on chunks of the batch (every plan is batch-agnostic and acts on each
+    image alone), so that a chunk's intermediates stay in cache; builds each conv weight
+    once; lets views of wide rows (the stride-1 conv outputs) flow through reshapes, so
+    layout copies move whole planes; writes the last layout step straight into the
+    C-contiguous result. ``x`` is ``(N, C, H, W)`` with the factors' dtype.
+    """
+    be = NumpyBackend()
+    weights = {
+        i: np.ascontiguousarray(conv_weight(s, factors[s.factor], be))
+        for i, s in enumerate(plan.steps)
+        if isinstance(s, ConvStep)
+    }
+    N = x.shape[0]
+    out = np.empty((N, *plan.out_shape), dtype=np.result_type(x, *weights.values()))
+    nb = max(1, _BATCH_BYTES // (_peak_elements(plan) * out.itemsize))
+    for b0 in range(0, N, nb):
+        _run_steps(plan, x[b0 : b0 + nb], weights, out[b0 : b0 + nb])
+    return out
+
+
+def _peak_elements(plan: ConvPlan) -> int:
+    """Elements per image of the largest array a plan's stages read or write."""
+    _, h, w = plan.in_shape
+    _, stages = conv_stages(plan.structure, h, w, plan.stride, plan.padding, plan.dilation)
+    return max(
+        s.batch * max(s.in_channels * s.in_hw[0] * s.in_hw[1], s.out_channels * s.out_hw[0] * s.out_hw[1])
+        for s in stages
+    )
+
+
+def _run_steps(plan: ConvPlan, x: np.ndarray, weights: dict[int, np.ndarray], dest: np.ndarray) -> None:
+    steps = plan.steps
+    last = len(steps) - 1
+    if isinstance(steps[last], ReshapeStep):
+        last -= 1  # the final reshape is the copy into dest below
+    for i in range(last + 1):
+        step = steps[i]
+        if isinstance(step, PadStep):
+            x = pad2d(x, step.pad)
+        elif isinstance(step, ReshapeStep):
+            x = _reshape(x, step.shape)
+        elif isinstance(step, TransposeStep):
+            x = np.transpose(x, step.axes)
+        elif isinstance(step, ConvStep):
+            x = conv2d_valid(x, weights[i], step.stride, step.dilation, step.groups)
+        elif isinstance(step, SumStep):
+            x = np.sum(x, axis=step.axis)
+        else:  # pragma: no cover - plans only hold the step types above
+            raise TypeError(f"plan: unknown step {step!r}")
+    np.copyto(dest.reshape(x.shape), x)
+
+
+def _byte_bounds(a: np.ndarray) -> tuple[int, int]:
+    lib = getattr(np.lib, "array_utils", np)  # numpy >= 2 moved byte_bounds
+    low, high = lib.byte_bounds(a)
+    return int(low), int(high)
+
+
+def _reshape(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``np.reshape``; an array whose rows lie in a wider buffer is reshaped with the
+    whole rows (long contiguous copies) and cut back to its width afterwards."""
+    if x.ndim >= 2 and tuple(shape[-2:]) == x.shape[-2:] and x.size:
+        it = x.itemsize
+        s_h, s_w = x.strides[-2:]
+        row = s_h // it
+        if s_w == it and s_h % it == 0 and row > x.shape[-1]:
+            wide = as_strided(x, (*x.shape[:-1], row), x.strides, writeable=False)
+            root = x
+            while isinstance(root.base, np.ndarray):
+                root = root.base
+            lo, hi = _byte_bounds(wide)
+            rlo, rhi = _byte_bounds(root)
+            if rlo <= lo and hi <= rhi:
+                return np.reshape(wide, (*shape[:-1], row))[..., : x.shape[-1]]
+    return np.reshape(x, shape)
