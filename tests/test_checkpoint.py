@@ -1,0 +1,160 @@
+"""sekron.checkpoint and the ``sekron compress`` command."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+
+import sekron as sk
+from sekron.checkpoint import (
+    choose_structure,
+    compress_weights,
+    load_compressed,
+    read_weights,
+    save_compressed,
+)
+from sekron.cli import main
+from sekron.errors import FormatError, ShapeError
+
+
+def _weights(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    A, B = rng.normal(size=(3, 16, 8)), rng.normal(size=(3, 8, 16))
+    low = sum(np.kron(A[r], B[r]) for r in range(3))  # Kronecker rank 3
+    return {
+        "fc.weight": low.astype(np.float32),
+        "fc.bias": np.zeros(128, np.float32),
+        "conv.weight": rng.normal(size=(32, 16, 3, 3)),
+        "steps": np.array(7),
+    }
+
+
+@pytest.mark.parametrize("ratio", [2.0, 4.0, 16.0])
+def test_ratio_budget_is_respected_and_certificates_are_true(ratio):
+    rng = np.random.default_rng(0)
+    for S in (2, 3):
+        W = rng.normal(size=(64, 48))
+        t = choose_structure(W, ratio=ratio, n_factors=S)
+        assert t.n_params <= W.size / ratio
+        true = np.linalg.norm(W - t.to_dense())
+        eps = np.finfo(np.float64).eps
+        assert abs(t.error_bound**2 - true**2) <= 1e3 * W.size * eps * np.linalg.norm(W) ** 2
+
+
+def test_exact_structure_is_found_within_budget():
+    rng = np.random.default_rng(1)
+    W = _weights(rng)["fc.weight"].astype(np.float64)
+    t = choose_structure(W, ratio=8)
+    assert t.relative_error_bound < 1e3 * math.sqrt(np.finfo(np.float64).eps)
+
+
+def test_tol_meets_its_target():
+    rng = np.random.default_rng(2)
+    W = rng.normal(size=(32, 32))
+    t = choose_structure(W, tol=0.3)
+    assert t.relative_error_bound <= 0.3
+
+
+def test_bad_arguments():
+    W = np.ones((8, 8))
+    with pytest.raises(ValueError, match="exactly one"):
+        choose_structure(W)
+    with pytest.raises(ValueError, match="ratio"):
+        choose_structure(W, ratio=0.5)
+    with pytest.raises(ShapeError):
+        choose_structure(W, ratio=1000.0)
+
+
+def test_compress_weights_round_trip(tmp_path):
+    rng = np.random.default_rng(3)
+    weights = _weights(rng)
+    copies = {k: v.copy() for k, v in weights.items()}
+    out, report = compress_weights(weights, ratio=4, min_size=1000)
+    for k in weights:  # inputs untouched
+        assert np.array_equal(weights[k], copies[k])
+    by_name = {r.name: r for r in report}
+    assert by_name["fc.weight"].skipped is None and by_name["conv.weight"].skipped is None
+    assert "not floating point" in by_name["steps"].skipped
+    assert by_name["fc.bias"].skipped
+    assert isinstance(out["fc.weight"], sk.SeKronTensor) and out["fc.weight"].dtype == np.float32
+    path = tmp_path / "c.npz"
+    save_compressed(path, out)
+    back = load_compressed(path)
+    assert set(back) == set(weights)
+    for k, v in out.items():
+        if isinstance(v, sk.SeKronTensor):
+            assert np.array_equal(back[k].to_dense(), v.to_dense())
+            assert back[k].error_bound == v.error_bound
+        else:
+            assert np.array_equal(back[k], v)
+
+
+def test_include_exclude(tmp_path):
+    weights = _weights(np.random.default_rng(4))
+    _, report = compress_weights(weights, ratio=2, include=["conv.*"], min_size=10)
+    by_name = {r.name: r for r in report}
+    assert by_name["fc.weight"].skipped == "not matched by --include"
+    _, report = compress_weights(weights, ratio=2, exclude=["conv.*"], min_size=10)
+    assert {r.name: r for r in report}["conv.weight"].skipped == "matched by --exclude"
+
+
+def test_read_weights_rejects_bad_files(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        read_weights(tmp_path / "none.npz")
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip file")
+    with pytest.raises(FormatError):
+        read_weights(bad)
+    other = tmp_path / "w.txt"
+    other.write_text("x")
+    with pytest.raises(FormatError):
+        read_weights(other)
+    plain = tmp_path / "plain.npz"
+    np.savez(plain, a=np.ones(3))
+    with pytest.raises(FormatError):
+        load_compressed(plain)
+
+
+def test_torch_checkpoint_is_read_with_weights_only(tmp_path):
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Linear(64, 32)
+    path = tmp_path / "m.pt"
+    torch.save({"state_dict": model.state_dict()}, path)
+    weights = read_weights(path)
+    assert np.array_equal(weights["weight"], model.weight.detach().numpy())
+
+
+def test_cli_compress(tmp_path):
+    src = tmp_path / "w.npz"
+    np.savez(src, **_weights(np.random.default_rng(5)))
+    out = tmp_path / "out.npz"
+    buf = io.StringIO()
+    assert (
+        main(["compress", str(src), "--ratio", "4", "-o", str(out), "--min-size", "1000"], out=buf)
+        == 0
+    )
+    assert "total" in buf.getvalue()
+    assert isinstance(load_compressed(out)["fc.weight"], sk.SeKronTensor)
+    # no eligible tensor: exit status 1 and no file
+    assert (
+        main(
+            [
+                "compress",
+                str(src),
+                "--ratio",
+                "4",
+                "-o",
+                str(tmp_path / "x.npz"),
+                "--min-size",
+                "1000000000",
+            ],
+            out=io.StringIO(),
+        )
+        == 1
+    )
+    assert not (tmp_path / "x.npz").exists()
+    # bad arguments: exit status 2
+    assert main(["compress", str(src), "-o", str(out)], out=io.StringIO()) == 2
+    assert main(["compress", str(src), "--ratio", "0.5", "-o", str(out)], out=io.StringIO()) == 2
