@@ -70,35 +70,48 @@ def linear_macs(structure: Structure) -> dict[str, int]:
 
 
 def _right_to_left(x: torch.Tensor, factors: Sequence[torch.Tensor], structure: Structure) -> torch.Tensor:
+    # Z is laid out [G, n_k, P, R_k, T] with G = B·N_<k, P = P_{k-1} and T = M_>k, so a
+    # level with P = 1 is one (batched) GEMM on views: no copy of the intermediate.
     S, ranks = structure.n_factors, structure.ranks
     m = [s[0] for s in structure.shapes]
     n = [s[1] for s in structure.shapes]
     B = x.shape[0]
     P_last = math.prod(ranks)
-    Z = x.reshape(B, math.prod(n[:-1]), n[-1])
-    Z = torch.einsum("bcj,pij->bcpi", Z, factors[-1].reshape(P_last, m[-1], n[-1]))
+    F_last = factors[-1].reshape(P_last * m[-1], n[-1])
+    Z = x.reshape(B * math.prod(n[:-1]), n[-1]).mm(F_last.t())
     for k in range(S - 2, -1, -1):
-        P_prev = math.prod(ranks[:k])
-        Z = Z.reshape(B, math.prod(n[:k]), n[k], P_prev, ranks[k], math.prod(m[k + 1 :]))
-        A = factors[k].reshape(P_prev, ranks[k], m[k], n[k])
-        Z = torch.einsum("bcjpre,prij->bcpie", Z, A)
+        P, R, mk, nk = math.prod(ranks[:k]), ranks[k], m[k], n[k]
+        G, T = B * math.prod(n[:k]), math.prod(m[k + 1 :])
+        if P == 1:
+            A = factors[k].reshape(R, mk, nk).permute(1, 2, 0).reshape(mk, nk * R)
+            if T == 1:
+                Z = Z.reshape(G, nk * R).mm(A.t())
+            else:
+                Z = torch.matmul(A, Z.reshape(G, nk * R, T))
+        else:
+            A = factors[k].reshape(P, R, mk, nk).permute(0, 2, 3, 1).reshape(P, mk, nk * R)
+            Zp = Z.reshape(G, nk, P, R, T).permute(2, 1, 3, 0, 4).reshape(P, nk * R, G * T)
+            Z = torch.bmm(A, Zp).reshape(P, mk, G, T).permute(2, 0, 1, 3)
     return Z.reshape(B, math.prod(m))
 
 
 def _left_to_right(x: torch.Tensor, factors: Sequence[torch.Tensor], structure: Structure) -> torch.Tensor:
+    # Z is laid out [P_{k-1}, n_k, N_>k, B, M_<k]: level k is one batched GEMM over the
+    # prefix ranks, then m_k moves to the end (one transpose of the intermediate).
     S, ranks = structure.n_factors, structure.ranks
     m = [s[0] for s in structure.shapes]
     n = [s[1] for s in structure.shapes]
     B = x.shape[0]
-    Z = x.reshape(B, 1, 1, n[0], math.prod(n[1:]))
+    Z = x.reshape(B, math.prod(n)).t()
     for k in range(S - 1):
-        P_prev = math.prod(ranks[:k])
-        Z = Z.reshape(B, P_prev, math.prod(m[:k]), n[k], math.prod(n[k + 1 :]))
-        A = factors[k].reshape(P_prev, ranks[k], m[k], n[k])
-        Z = torch.einsum("bpcje,prij->bprcie", Z, A)
-    Z = Z.reshape(B, math.prod(ranks), math.prod(m[:-1]), n[-1])
-    A = factors[-1].reshape(math.prod(ranks), m[-1], n[-1])
-    return torch.einsum("bpcj,pij->bci", Z, A).reshape(B, math.prod(m))
+        P, R, mk, nk = math.prod(ranks[:k]), ranks[k], m[k], n[k]
+        A = factors[k].reshape(P, R * mk, nk)
+        Y = torch.bmm(A, Z.reshape(P, nk, -1))
+        Z = Y.reshape(P * R, mk, -1).transpose(1, 2)
+    P = math.prod(ranks)
+    A = factors[-1].reshape(P, m[-1], n[-1]).permute(1, 0, 2).reshape(m[-1], P * n[-1])
+    Y = A.mm(Z.reshape(P * n[-1], -1))
+    return Y.reshape(m[-1], B, math.prod(m[:-1])).permute(1, 2, 0).reshape(B, math.prod(m))
 
 
 def sekron_linear(
@@ -113,4 +126,13 @@ def sekron_linear(
         order = "right" if c["right"] <= c["left"] else "left"
     if order == "right":
         return _right_to_left(x, factors, structure)
+    if structure.n_factors == 2:
+        # Σ_r A_r ⊗ B_r = Π (Σ_r B_r ⊗ A_r) Π': the left order is the right order of the
+        # swapped pair on mode-swapped rows (two copies of rows instead of intermediates)
+        (m1, n1), (m2, n2) = structure.shapes
+        swapped = Structure([(m2, n2), (m1, n1)], structure.ranks)
+        B = x.shape[0]
+        xs = x.reshape(B, n1, n2).transpose(1, 2).reshape(B, n2 * n1)
+        y = _right_to_left(xs, [factors[1], factors[0]], swapped)
+        return y.reshape(B, m2, m1).transpose(1, 2).reshape(B, m1 * m2)
     return _left_to_right(x, factors, structure)
