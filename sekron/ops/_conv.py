@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -188,25 +189,75 @@ def _peak_elements(plan: ConvPlan) -> int:
 
 
 def _run_steps(plan: ConvPlan, x: np.ndarray, weights: dict[int, np.ndarray], dest: np.ndarray) -> None:
+    """Run the plan's steps on one chunk and write the result into ``dest``.
+
+    The zero padding is held back while only 1×1 stride-1 convolutions, reshapes and
+    transposes of the leading axes follow (they map zero borders to zero borders), so it
+    is applied to a smaller array, or folded into the next layout copy.
+    """
     steps = plan.steps
     last = len(steps) - 1
     if isinstance(steps[last], ReshapeStep):
         last -= 1  # the final reshape is the copy into dest below
+    pending = (0, 0, 0, 0)
     for i in range(last + 1):
         step = steps[i]
         if isinstance(step, PadStep):
-            x = pad2d(x, step.pad)
+            pending = tuple(a + b for a, b in zip(pending, step.pad, strict=True))  # type: ignore[assignment]
         elif isinstance(step, ReshapeStep):
-            x = _reshape(x, step.shape)
+            if any(pending):
+                x, pending = _reshape_padded(x, step.shape, pending)
+            else:
+                x = _reshape(x, step.shape)
         elif isinstance(step, TransposeStep):
+            n = len(step.axes)
+            if any(pending) and tuple(step.axes[-2:]) != (n - 2, n - 1):
+                x, pending = pad2d(x, pending), (0, 0, 0, 0)
             x = np.transpose(x, step.axes)
         elif isinstance(step, ConvStep):
+            _, _, kh, kw = step.weight_shape
+            # a 1x1 kernel at stride 1 maps zero borders to zero borders; holding back only
+            # the rows or the columns past a 1x3 or 3x1 kernel measured slower (the later
+            # padded copy then moves short rows)
+            if any(pending) and not (kh == kw == 1 and step.stride == (1, 1)):
+                x, pending = pad2d(x, pending), (0, 0, 0, 0)
             x = conv2d_valid(x, weights[i], step.stride, step.dilation, step.groups)
         elif isinstance(step, SumStep):
+            if any(pending):
+                x, pending = pad2d(x, pending), (0, 0, 0, 0)
             x = np.sum(x, axis=step.axis)
         else:  # pragma: no cover - plans only hold the step types above
             raise TypeError(f"plan: unknown step {step!r}")
+    if any(pending):
+        x = pad2d(x, pending)
     np.copyto(dest.reshape(x.shape), x)
+
+
+def _reshape_padded(
+    x: np.ndarray, shape: tuple[int, ...], pad: tuple[int, int, int, int]
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """``reshape(pad2d(x, pad), shape)``: a view while one exists (the pad stays
+    pending), else one copy of ``x`` into the interior of the padded result."""
+    top, bottom, left, right = pad
+    H, W = x.shape[-2:]
+    if tuple(shape[-2:]) != (H + top + bottom, W + left + right):
+        return _reshape(pad2d(x, pad), shape), (0, 0, 0, 0)
+    inner = (*shape[:-2], H, W)
+    try:
+        return np.reshape(x, inner, copy=False), pad  # type: ignore[call-overload]
+    except (ValueError, TypeError):  # a copy is needed (TypeError: numpy < 2.1)
+        pass
+    lead = list(shape[:-2])
+    if -1 in lead:
+        known = math.prod(n for n in lead if n != -1)
+        lead[lead.index(-1)] = x.size // (H * W * known) if known else 0
+    out = np.zeros((*lead, H + top + bottom, W + left + right), dtype=x.dtype)
+    # regrouping the leading axes of a C-contiguous array is always a view
+    target = out[..., top : top + H, left : left + W].reshape(x.shape)
+    if not np.may_share_memory(target, out):  # pragma: no cover - cannot happen
+        raise AssertionError("padded layout copy lost its target")
+    np.copyto(target, x)
+    return out, (0, 0, 0, 0)
 
 
 def _byte_bounds(a: np.ndarray) -> tuple[int, int]:
