@@ -3,14 +3,16 @@
 For several structures (MAC ratio dense/SeKron printed for each) the staged plan is timed
 against the dense path of the same numpy executor (im2col + GEMM on the dense kernel), and
 against torch.nn.functional.conv2d on the dense kernel when torch is installed (for
-scale only). Warm-up first, minimum over repeats (shared machine), ratios within this process; nothing
-asserts a time.
+scale only). Warm-up first, then rounds that time every case once (interleaved, so load
+changes on the shared machine hit all cases alike), minimum per case; ratios within this
+process; nothing asserts a time. Runs with 1 then 2 BLAS threads unless ``--threads N``.
 
 Run: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_conv2d.py [--threads N]
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -25,14 +27,18 @@ STRUCTURES = [
 ]
 
 
-def timeit(fn, repeat=7):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+def interleaved(fns, rounds=25):
+    """Minimum time of each function over ``rounds`` rounds that call every function once
+    (after one warm-up call each), so that load changes hit all of them alike."""
+    for fn in fns.values():
+        fn()  # warm-up
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
 
 
 def threads_summary():
@@ -41,29 +47,33 @@ def threads_summary():
     except ImportError:
         return "threadpoolctl not installed"
     return "; ".join(
-        f"{i.get('internal_api')} {i.get('version')} threads={i.get('num_threads')}"
+        f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')}) "
+        f"threads={i.get('num_threads')}"
         for i in threadpool_info()
     )
 
 
 def main():
     print("threadpools:", threads_summary())
+    print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     rng = np.random.default_rng(0)
     x = rng.normal(size=(32, 64, 32, 32)).astype(np.float32)
     dense_kernel = rng.normal(size=(64, 64, 3, 3)).astype(np.float32)
-    t_dense = timeit(lambda: sk.conv2d(x, dense_kernel, padding=1))
-    print(f"dense im2col + GEMM (numpy executor): {t_dense * 1e3:.1f} ms")
+    fns = {"dense": lambda: sk.conv2d(x, dense_kernel, padding=1)}
     try:
         import torch
         import torch.nn.functional as tF
 
         xt, wt = torch.from_numpy(x), torch.from_numpy(dense_kernel)
-        with torch.no_grad():
-            t_torch = timeit(lambda: tF.conv2d(xt, wt, padding=1))
-        print(f"torch conv2d, dense kernel (scale only): {t_torch * 1e3:.1f} ms")
+
+        def torch_dense():
+            with torch.no_grad():
+                tF.conv2d(xt, wt, padding=1)
+
+        fns["torch"] = torch_dense
     except ImportError:
         pass
-    print(f"{'structure':44s} {'MAC ratio':>9s} {'sekron ms':>10s} {'speed-up':>9s} {'target':>7s}")
+    rows = []
     for shapes, ranks in STRUCTURES:
         st = sk.Structure(shapes, ranks)
         kernel = sk.SeKronTensor([rng.normal(size=s).astype(np.float32) for s in st.factor_shapes])
@@ -72,19 +82,31 @@ def main():
         y = sk.conv2d(x, kernel, padding=1)
         ref = sk.conv2d(x, kernel.to_dense(), padding=1)
         rel = float(np.max(np.abs(y - ref)) / np.max(np.abs(ref)))
-        t = timeit(lambda kernel=kernel: sk.conv2d(x, kernel, padding=1))
-        print(f"{str(st):44s} {ratio:9.2f} {t * 1e3:10.1f} {t_dense / t:8.2f}x {ratio / 2:6.2f}x"
+        fns[str(st)] = lambda kernel=kernel: sk.conv2d(x, kernel, padding=1)
+        rows.append((str(st), ratio, rel))
+    best = interleaved(fns)
+    t_dense = best["dense"]
+    print(f"dense im2col + GEMM (numpy executor): {t_dense * 1e3:.1f} ms")
+    if "torch" in best:
+        print(f"torch conv2d, dense kernel (scale only): {best['torch'] * 1e3:.1f} ms")
+    print(f"{'structure':44s} {'MAC ratio':>9s} {'sekron ms':>10s} {'speed-up':>9s} {'target':>7s}")
+    for name, ratio, rel in rows:
+        t = best[name]
+        print(f"{name:44s} {ratio:9.2f} {t * 1e3:10.1f} {t_dense / t:8.2f}x {ratio / 2:6.2f}x"
               f"   (max rel diff {rel:.1e})")
+    print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
 
 if __name__ == "__main__":
     import sys
 
-    # --threads N: cap the BLAS threads (steadier numbers on a shared machine)
-    if "--threads" in sys.argv:
-        from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_limits
 
-        with threadpool_limits(int(sys.argv[sys.argv.index("--threads") + 1])):
-            main()
+    # --threads N: one BLAS thread count; by default 1 then 2 (1 is steadier when shared)
+    if "--threads" in sys.argv:
+        counts = [int(sys.argv[sys.argv.index("--threads") + 1])]
     else:
-        main()
+        counts = [1, 2]
+    for n in counts:
+        with threadpool_limits(n):
+            main()
