@@ -12,7 +12,7 @@ from .._cost import as_pair, conv_stages
 from .._validation import as_float_array
 from ..errors import ShapeError
 from ..tensor import SeKronTensor
-from ._im2col import conv2d_valid, pad2d
+from ._im2col import conv2d_regrouped, conv2d_valid, pad2d
 from ._plan import (
     ConvPlan,
     ConvStep,
@@ -200,6 +200,7 @@ def _run_steps(plan: ConvPlan, x: np.ndarray, weights: dict[int, np.ndarray], de
     if isinstance(steps[last], ReshapeStep):
         last -= 1  # the final reshape is the copy into dest below
     pending = (0, 0, 0, 0)
+    regroup: tuple[int, ...] | None = None
     for i in range(last + 1):
         step = steps[i]
         if isinstance(step, PadStep):
@@ -207,6 +208,8 @@ def _run_steps(plan: ConvPlan, x: np.ndarray, weights: dict[int, np.ndarray], de
         elif isinstance(step, ReshapeStep):
             if any(pending):
                 x, pending = _reshape_padded(x, step.shape, pending)
+            elif isinstance(steps[i + 1], ConvStep):
+                regroup = step.shape  # the conv reads x's axes where they lie (no copy)
             else:
                 x = _reshape(x, step.shape)
         elif isinstance(step, TransposeStep):
@@ -221,7 +224,10 @@ def _run_steps(plan: ConvPlan, x: np.ndarray, weights: dict[int, np.ndarray], de
             # padded copy then moves short rows)
             if any(pending) and not (kh == kw == 1 and step.stride == (1, 1)):
                 x, pending = pad2d(x, pending), (0, 0, 0, 0)
-            x = conv2d_valid(x, weights[i], step.stride, step.dilation, step.groups)
+            x = conv2d_regrouped(
+                x, regroup or x.shape, weights[i], step.stride, step.dilation, step.groups
+            )
+            regroup = None
         elif isinstance(step, SumStep):
             if any(pending):
                 x, pending = pad2d(x, pending), (0, 0, 0, 0)
