@@ -19,6 +19,7 @@ the element's index, never on the thread that computes it.
 
 from __future__ import annotations
 
+import math
 import types
 from collections.abc import Callable
 from typing import Any
@@ -193,6 +194,204 @@ def scatter_add_rows(ids, rows, out):  # pragma: no cover - compiled
         v = ids[t]
         for j in range(d):
             out[v, j] += rows[t, j]
+
+
+# ---------------------------------------------------------------------------------------
+# Fused serial kernels for the small tensors of a training step (one launch instead of a
+# chain of numpy calls). Each computes exactly the bits of the unfused wrapper chain it
+# replaces (same hash index per element, same rounding, same clamps); ``_reference.py``
+# and the tests pin that. Sizes here are small, so they are serial only.
+
+# returned by map_fixed_flat when the input holds NaN or infinity
+NONFINITE = np.int64(-(1 << 62))
+
+
+@njit(cache=True)
+def stream_key_nb(seed: np.uint64, stream: np.int64) -> np.uint64:  # pragma: no cover
+    """``_reference.stream_key`` in uint64 arithmetic (wraps modulo 2**64 like the masks)."""
+    z = _mix64(seed + GAMMA)
+    return _mix64(z ^ (np.uint64(stream) * _M2 + GAMMA))
+
+
+@njit(cache=True, inline="always")
+def _bit_length(m: np.int64) -> np.int64:
+    n = np.int64(0)
+    while m > 0:
+        m >>= 1
+        n += 1
+    return n
+
+
+@njit(cache=True, inline="always")
+def _sround(v: np.float64, i: np.int64, key: np.uint64, stochastic: bool) -> np.int64:
+    """Round the scaled float ``v`` (element ``i``): stochastic or half up."""
+    if stochastic:
+        f = np.floor(v)
+        h = _mix64(key + np.uint64(i + 1) * GAMMA)
+        u = np.float64(h >> _S11) * _TWO_M53
+        q = np.int64(f)
+        if u < v - f:
+            q += 1
+        return q
+    return np.int64(np.floor(v + 0.5))
+
+
+@njit(cache=True, inline="always")
+def _ishift(v: np.int64, s: np.int64, i: np.int64, key: np.uint64, stochastic: bool) -> np.int64:
+    """``v / 2**s`` rounded (element ``i``), for ``s <= 62``; ``s <= 0`` shifts left."""
+    if s <= 0:
+        return v << (-s)
+    if stochastic:
+        h = _mix64(key + np.uint64(i + 1) * GAMMA)
+        return (v + np.int64(h >> np.uint64(64 - s))) >> s
+    return (v + (np.int64(1) << (s - 1))) >> s
+
+
+@njit(cache=True, inline="always")
+def _clamp(q: np.int64, qmax: np.int64) -> np.int64:
+    if q > qmax:
+        return qmax
+    if q < -qmax:
+        return -qmax
+    return q
+
+
+@njit(cache=True)
+def map_fixed_flat(x, bits, stochastic, seed, stream, out):  # pragma: no cover - compiled
+    """Per-tensor ``to_fixed`` of the flat float array ``x`` into ``out``; returns the exponent.
+
+    ``exponent = floor(log2 max|x|) - (bits - 2)`` (0 for an all-zero input), then each
+    ``x[i] * 2**-exponent`` (exact) rounded and clamped to ``±(2**(bits-1) - 1)``: the bits
+    of ``_tensor.to_fixed`` with ``axis=None``. Returns ``NONFINITE`` (and writes nothing)
+    if ``x`` holds NaN or infinity.
+    """
+    n = x.size
+    amax = 0.0
+    for i in range(n):
+        v = abs(np.float64(x[i]))
+        if not v <= 1.7976931348623157e308:
+            return NONFINITE
+        if v > amax:
+            amax = v
+    e = np.int64(0)
+    if amax > 0:
+        e = np.int64(math.frexp(amax)[1]) - 1 - (bits - 2)
+    qmax = (np.int64(1) << (bits - 1)) - 1
+    key = stream_key_nb(seed, stream)
+    for i in range(n):
+        out[i] = _clamp(_sround(math.ldexp(np.float64(x[i]), -e), i, key, stochastic), qmax)
+    return e
+
+
+@njit(cache=True)
+def requant_flat(q, e_in, bits, stochastic, seed, stream, mask, use_mask, out):  # pragma: no cover
+    """Per-tensor ``requantize`` of the flat integer array ``q`` (exponent ``e_in``) into
+    ``out``; returns the new exponent. ``shift = bitlength(max|q|) - (bits - 1)``; with
+    ``use_mask``, elements where ``mask`` is False are then set to 0 (a ReLU mask applied
+    after rounding). Requires ``|q| < 2**62``.
+    """
+    n = q.size
+    m = np.int64(0)
+    for i in range(n):
+        a = abs(np.int64(q[i]))
+        if a > m:
+            m = a
+    length = _bit_length(m)
+    if length == 0:
+        for i in range(n):
+            out[i] = 0
+        return np.int64(0)
+    shift = length - (bits - 1)
+    qmax = (np.int64(1) << (bits - 1)) - 1
+    key = stream_key_nb(seed, stream)
+    for i in range(n):
+        r = _clamp(_ishift(np.int64(q[i]), shift, i, key, stochastic), qmax)
+        if use_mask and not mask[i]:
+            r = 0
+        out[i] = r
+    return e_in + shift
+
+
+@njit(cache=True)
+def shift_flat(q, shift, stochastic, seed, stream, out):  # pragma: no cover - compiled
+    """``out[i] = round(q[i] / 2**shift)`` for one scalar ``shift <= 62`` (``<= 0``: left)."""
+    key = stream_key_nb(seed, stream)
+    for i in range(q.size):
+        out[i] = _ishift(np.int64(q[i]), shift, i, key, stochastic)
+
+
+@njit(cache=True, inline="always")
+def _add_aligned(qa, ea, qb, eb, seed, out):
+    """The exact sum of ``add`` before requantization (stochastic alignment, streams 5/6);
+    returns the target exponent. An all-zero operand does not set the target."""
+    n = qa.size
+    a_any = False
+    b_any = False
+    for i in range(n):
+        if qa[i] != 0:
+            a_any = True
+        if qb[i] != 0:
+            b_any = True
+    if not a_any:
+        ea = eb
+    elif not b_any:
+        eb = ea
+    t = max(ea, eb)
+    if t - ea > 62 or t - eb > 62:
+        return NONFINITE  # gaps past 62 bits: the caller takes the unfused path
+    key5 = stream_key_nb(seed, 5)
+    key6 = stream_key_nb(seed, 6)
+    for i in range(n):
+        out[i] = _ishift(qa[i], t - ea, i, key5, True) + _ishift(qb[i], t - eb, i, key6, True)
+    return t
+
+
+@njit(cache=True)
+def sgd_master_flat(w, g, e_g, v, e_v, has_v, bits, wd_q, wd_e, mu_q, mu_e, lr_q, lr_e,
+                    seed, w_out, v_out):  # pragma: no cover - compiled
+    """One fused ``sgd_step`` (mode "master", stochastic rounding) on flat arrays.
+
+    ``w`` float32/float64 master weights, ``g`` the integer gradient (exponent ``e_g``),
+    ``v`` the int16/int8 velocity (exponent ``e_v``, used when ``has_v``), scalars
+    ``*_q * 2***_e`` already mapped to ``bits`` (``wd_q == 0`` / ``mu_q == 0`` disable weight
+    decay / momentum). ``seed`` is the step's key: streams 1 (w) and 2 (g); the weight
+    decay add uses ``seed + 3`` (streams 5, 6, 7), the momentum add ``seed + 4``. Writes the new weights and velocity; returns the velocity exponent.
+    The same bits as ``_sgd.sgd_step`` composed of to_fixed / requantize / mul / add.
+    Returns ``NONFINITE`` (outputs undefined) for non-finite weights or exponent gaps
+    past 62 bits; the caller then runs the unfused path.
+    """
+    n = w.size
+    no_mask = np.zeros(1, np.bool_)
+    wq = np.empty(n, np.int64)
+    e_w = map_fixed_flat(w, bits, True, seed, 1, wq)
+    if e_w == NONFINITE:
+        return NONFINITE
+    gq = np.empty(n, np.int64)
+    e_gq = requant_flat(g, e_g, bits, True, seed, 2, no_mask, False, gq)
+    tmp = np.empty(n, np.int64)
+    prod = np.empty(n, np.int64)
+    if wd_q != 0:
+        for i in range(n):
+            prod[i] = wd_q * wq[i]
+        s3 = seed + np.uint64(3)
+        t = _add_aligned(gq, e_gq, prod, wd_e + e_w, s3, tmp)
+        if t == NONFINITE:
+            return NONFINITE
+        e_gq = requant_flat(tmp, t, bits, True, s3, 7, no_mask, False, gq)
+    e_vn = e_gq
+    if mu_q != 0 and has_v:
+        for i in range(n):
+            prod[i] = mu_q * np.int64(v[i])
+        s4 = seed + np.uint64(4)
+        t = _add_aligned(prod, mu_e + e_v, gq, e_gq, s4, tmp)
+        if t == NONFINITE:
+            return NONFINITE
+        e_vn = requant_flat(tmp, t, bits, True, s4, 7, no_mask, False, gq)
+    for i in range(n):
+        v_out[i] = gq[i]
+        step = math.ldexp(np.float64(lr_q * gq[i]), lr_e + e_vn)
+        w_out[i] = np.float64(w[i]) - step
+    return e_vn
 
 
 def _renamed(fn: Callable[..., Any], suffix: str) -> Callable[..., Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Any, Literal, NamedTuple
 
@@ -9,8 +10,10 @@ import numpy as np
 
 from .._validation import as_float_array, check_bits
 from ..errors import ShapeError
+from . import _kernels
 from ._ops import add, mul
 from ._tensor import (
+    _FLOATS,
     FixedTensor,
     Rounding,
     Seed,
@@ -24,6 +27,8 @@ from ._tensor import (
 __all__ = ["SGDState", "sgd_step"]
 
 Mode = Literal["master", "integer"]
+
+_NO_VELOCITY = np.zeros(1, dtype=np.int16)
 
 
 class SGDState(NamedTuple):
@@ -45,6 +50,39 @@ def _hyper(v: Any, name: str, low: float, high: float | None = None) -> float:
 
 def _scalar(v: float, bits: int) -> FixedTensor:
     return to_fixed(np.array(v), bits, "nearest")
+
+
+@functools.lru_cache(maxsize=256)
+def _scalar_parts(v: float, bits: int) -> tuple[int, int]:
+    t = _scalar(v, bits)
+    return int(t.mantissa), int(t.exponent)  # type: ignore[arg-type]
+
+
+def _sgd_master_fused(
+    w: np.ndarray, grad: FixedTensor, state: SGDState, lr: float, mu: float, wd: float, b: int, key: int
+) -> tuple[np.ndarray, SGDState] | None:
+    """Mode "master" with stochastic rounding in one serial kernel: the same bits as the
+    unfused chain below (the tests compare both). None when the kernel declines (non-finite
+    weights, exponent gaps past 62 bits); the caller then runs the unfused chain."""
+    vel = state.velocity
+    has_v = bool(mu) and vel is not None
+    if has_v and (vel.shape != w.shape or not vel.per_tensor or vel.bits > 16):  # type: ignore[union-attr]
+        return None
+    wd_q, wd_e = _scalar_parts(wd, b) if wd else (0, 0)
+    mu_q, mu_e = _scalar_parts(mu, b) if mu else (0, 0)
+    lr_q, lr_e = _scalar_parts(lr, b)
+    v_in = vel.mantissa.reshape(-1) if has_v else _NO_VELOCITY  # type: ignore[union-attr]
+    e_v = int(vel.exponent) if has_v else 0  # type: ignore[union-attr, arg-type]
+    w_out = np.empty(w.shape, dtype=w.dtype)
+    v_out = np.empty(w.shape, dtype=np.int8 if b <= 8 else np.int16)
+    e = _kernels.sgd_master_flat(
+        w.reshape(-1), grad.mantissa.reshape(-1), grad.exponent, v_in, e_v, has_v, b,
+        wd_q, wd_e, mu_q, mu_e, lr_q, lr_e, np.uint64(key), w_out.reshape(-1), v_out.reshape(-1),
+    )
+    if e == _kernels.NONFINITE:
+        return None
+    v = FixedTensor._trusted(v_out, int(e), b)
+    return w_out, SGDState(v if mu else None, state.step + 1)
 
 
 def sgd_step(
@@ -122,6 +160,23 @@ def sgd_step(
     if not isinstance(state, SGDState):
         raise TypeError(f"state: expected an SGDState or None, got {_describe(state)}")
     key = resolve_seed(seed)
+    if (
+        mode == "master"
+        and rounding_ == "stochastic"
+        and type(weight) is np.ndarray
+        and weight.dtype in _FLOATS
+        and weight.size < _kernels.PARALLEL_MIN_ELEMENTS
+    ):
+        gfix: FixedTensor | None = None
+        if isinstance(grad, FixedTensor):
+            if grad.per_tensor and grad.shape == weight.shape and grad.bits <= 62:
+                gfix = grad
+        elif type(grad) is np.ndarray and grad.shape == weight.shape:
+            gfix = to_fixed(grad, b, rounding_, key, stream=2)  # requantizing it is the identity
+        if gfix is not None:
+            fused = _sgd_master_fused(weight, gfix, state, lr_, mu, wd, b, key)
+            if fused is not None:
+                return fused
     if mode == "master":
         if isinstance(weight, FixedTensor):
             raise TypeError("weight: mode='master' expects a float master copy, got a FixedTensor")

@@ -118,6 +118,10 @@ class FixedTensor:
         """Build without checks (for results whose invariants the engine proved)."""
         t = object.__new__(cls)
         t.mantissa = mantissa
+        if type(exponent) is int:
+            t.exponent = exponent
+            t.bits = int(bits)
+            return t
         # a single exponent, whatever its array shape, is a per-tensor exponent
         e = np.asarray(exponent, np.int64)
         t.exponent = int(e.reshape(-1)[0]) if e.size == 1 else e
@@ -299,6 +303,10 @@ def to_fixed(
     """
     b = check_bits(bits)
     rounding_ = check_rounding(rounding)
+    if axis is None and type(x) is np.ndarray and x.dtype in _FLOATS and x.size < _kernels.PARALLEL_MIN_ELEMENTS:
+        fast = _to_fixed_flat(x, b, rounding_ == "stochastic", seed, stream)
+        if fast is not None:
+            return fast
     arr = as_float_array(x, "x").astype(np.float64)
     kept = _kept_axes(axis, arr.ndim)
     exp_shape = None if not kept else tuple(s if i in kept else 1 for i, s in enumerate(arr.shape))
@@ -309,6 +317,45 @@ def to_fixed(
     q = round_scaled(y, (1 << (b - 1)) - 1, rounding_, seed, stream)
     exp_out: Exponent = int(exponent.reshape(-1)[0]) if exp_shape is None else exponent
     return FixedTensor._trusted(q.astype(mantissa_dtype(b)), exp_out, b)
+
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_NO_MASK = np.zeros(1, dtype=bool)
+
+
+def _to_fixed_flat(x: np.ndarray, bits: int, stochastic: bool, seed: Seed, stream: int) -> FixedTensor | None:
+    """``to_fixed(x, bits, axis=None)`` of a float32/float64 array in one serial kernel.
+
+    Same bits as the general path (the tests compare both); None when ``x`` is not finite
+    (the general path then raises the error). The seed is resolved exactly when the
+    general path resolves it (stochastic rounding of a non-empty array).
+    """
+    out = np.empty(x.size, dtype=np.int8 if bits <= 8 else np.int16)
+    if not x.size:
+        return FixedTensor._trusted(out.reshape(x.shape), 0, bits)
+    key = np.uint64(resolve_seed(seed)) if stochastic else np.uint64(0)
+    e = _kernels.map_fixed_flat(x.reshape(-1), bits, stochastic, key, stream, out)
+    if e == _kernels.NONFINITE:
+        return None
+    return FixedTensor._trusted(out.reshape(x.shape), int(e), bits)
+
+
+def requantize_flat(
+    t: FixedTensor, bits: int, stochastic: bool, seed: Seed, stream: int, mask: np.ndarray | None = None
+) -> FixedTensor:
+    """``requantize`` of a per-tensor FixedTensor in one serial kernel (trusted inputs).
+
+    With ``mask`` (a bool array of ``t``'s shape), elements where it is False are zeroed
+    after rounding. Same bits as the general path; the seed is resolved when it is.
+    """
+    q = t.mantissa.reshape(-1)
+    out = np.empty(q.size, dtype=np.int8 if bits <= 8 else np.int16)
+    if not q.size:
+        return FixedTensor._trusted(out.reshape(t.mantissa.shape), 0, bits)
+    key = np.uint64(resolve_seed(seed)) if stochastic else np.uint64(0)
+    m = _NO_MASK if mask is None else mask.reshape(-1)
+    e = _kernels.requant_flat(q, t.exponent, bits, stochastic, key, stream, m, mask is not None, out)
+    return FixedTensor._trusted(out.reshape(t.mantissa.shape), int(e), bits)
 
 
 def bit_length(v: np.ndarray) -> np.ndarray:
@@ -327,6 +374,15 @@ def shift_round(
 ) -> np.ndarray:
     """``q / 2**shift`` rounded (int64), ``shift`` broadcast against ``q``; ``<= 0`` shifts left."""
     q64 = np.asarray(q, dtype=np.int64)
+    if np.size(shift) == 1 and q64.size < _kernels.PARALLEL_MIN_ELEMENTS:
+        s1 = int(np.asarray(shift).reshape(-1)[0])
+        if -62 <= s1 <= 62:  # one shift for every element: one serial kernel, the same bits
+            res = np.empty(q64.size, dtype=np.int64)
+            if res.size:
+                stochastic = rounding != "nearest"
+                key = np.uint64(resolve_seed(seed)) if stochastic else np.uint64(0)
+                _kernels.shift_flat(q64.reshape(-1), s1, stochastic, key, stream, res)
+            return res.reshape(q64.shape)
     s = np.broadcast_to(np.asarray(shift, dtype=np.int64), q64.shape)
     if rounding == "nearest":
         out = np.empty(q64.shape, dtype=np.int64)
@@ -403,6 +459,8 @@ def requantize(
         raise TypeError(f"t: expected a FixedTensor, got {_describe(t)}")
     b = check_bits(bits)
     rounding_ = check_rounding(rounding)
+    if t.per_tensor and t.mantissa.size < _kernels.PARALLEL_MIN_ELEMENTS:
+        return requantize_flat(t, b, rounding_ == "stochastic", seed, stream)
     q = t.mantissa.astype(np.int64)
     exp_shape = None if t.per_tensor else np.shape(t.exponent)
     length = bit_length(_cell_max(np.abs(q), exp_shape))
