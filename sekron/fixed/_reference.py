@@ -17,6 +17,9 @@ __all__ = [
     "shift_stochastic_ref",
     "gemm_ref",
     "scatter_add_rows_ref",
+    "map_fixed_ref",
+    "requant_ref",
+    "shift_ref",
 ]
 
 MASK64 = (1 << 64) - 1
@@ -86,3 +89,36 @@ def scatter_add_rows_ref(ids: np.ndarray, rows: np.ndarray, n_rows: int) -> np.n
     out = np.zeros((n_rows, rows.shape[1]), dtype=np.int64)
     np.add.at(out, np.asarray(ids, dtype=np.int64), np.asarray(rows, dtype=np.int64))
     return out
+
+
+def map_fixed_ref(x: np.ndarray, bits: int, stochastic: bool, key: np.uint64) -> tuple[np.ndarray, int]:
+    """Reference of ``_kernels.map_fixed_flat``: (int64 mantissas, exponent) of a flat array."""
+    y = np.asarray(x, dtype=np.float64).ravel()
+    amax = float(np.abs(y).max(initial=0.0))
+    e = int(np.frexp(amax)[1]) - 1 - (bits - 2) if amax > 0 else 0
+    s = np.ldexp(y, -e)
+    qmax = (1 << (bits - 1)) - 1
+    if stochastic:
+        return round_stochastic_ref(s, key, qmax), e
+    return np.clip(np.floor(s + 0.5), -qmax, qmax).astype(np.int64), e
+
+
+def requant_ref(q: np.ndarray, e_in: int, bits: int, stochastic: bool, key: np.uint64) -> tuple[np.ndarray, int]:
+    """Reference of ``_kernels.requant_flat`` (no mask): (int64 mantissas, exponent)."""
+    q = np.asarray(q, dtype=np.int64).ravel()
+    length = int(np.abs(q).max(initial=0)).bit_length()
+    if length == 0:
+        return np.zeros_like(q), 0
+    s = length - (bits - 1)
+    qmax = (1 << (bits - 1)) - 1
+    return np.clip(shift_ref(q, s, stochastic, key), -qmax, qmax), e_in + s
+
+
+def shift_ref(q: np.ndarray, shift: int, stochastic: bool, key: np.uint64) -> np.ndarray:
+    """Reference of ``_kernels.shift_flat``: ``q / 2**shift`` rounded, one shift <= 62."""
+    q = np.asarray(q, dtype=np.int64).ravel()
+    if shift <= 0:
+        return q << -shift
+    if stochastic:
+        return shift_stochastic_ref(q, np.full(q.size, shift, np.int64), key)
+    return (q + (1 << (shift - 1))) >> shift

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from sekron.errors import NonFiniteError, ShapeError
 from sekron.fixed import (
@@ -35,6 +34,7 @@ def test_matmul_backward_exact_with_nearest_gradient():
 
 
 def test_linear_backward_stochastic_error_explained_by_rounding():
+    torch = pytest.importorskip("torch")  # not in the test extra
     rng = np.random.default_rng(1)
     x = to_fixed(rng.normal(size=(16, 8)), 8, seed=1)
     w = to_fixed(rng.normal(size=(4, 8)), 8, seed=2)
@@ -64,6 +64,7 @@ def test_linear_forward_with_bias():
 
 @pytest.mark.parametrize("stride,padding,dilation", [(1, 0, 1), (2, 1, 1), (1, 2, 2), ((2, 1), (0, 1), (1, 2))])
 def test_conv2d_backward_matches_torch(stride, padding, dilation):
+    torch = pytest.importorskip("torch")  # not in the test extra
     rng = np.random.default_rng(3)
     x = to_fixed(rng.normal(size=(2, 3, 7, 6)), 8, seed=1)
     w = to_fixed(rng.normal(size=(4, 3, 3, 2)), 8, seed=2)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -70,6 +69,7 @@ def test_add_unbiased_and_broadcast():
 
 
 def _ln_torch(x, g, b, eps):
+    torch = pytest.importorskip("torch")  # not in the test extra
     xt = torch.tensor(x, requires_grad=True)
     gt = torch.tensor(g, requires_grad=True)
     bt = torch.tensor(b, requires_grad=True)
@@ -79,6 +79,7 @@ def _ln_torch(x, g, b, eps):
 
 @pytest.mark.parametrize("bits", [8, 12, 16])
 def test_layer_norm_forward_backward(bits):
+    torch = pytest.importorskip("torch")  # not in the test extra
     rng = np.random.default_rng(bits)
     x = to_fixed(rng.normal(size=(6, 16)) * 3 + 1, bits, seed=1)
     g = to_fixed(1 + 0.1 * rng.normal(size=16), bits, seed=2)
