@@ -1,4 +1,4 @@
-"""The Python examples in README.md and docs/getting-started.md run as written."""
+"""The Python examples of the README and the docs pages run as written."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["README.md", "docs/getting-started.md"]
+PAGES = [
+    "README.md",
+    "docs/index.md",
+    "docs/getting-started.md",
+    "docs/formats.md",
+    "docs/compute.md",
+    "docs/fixed.md",
+    "docs/api/testing.md",
+]
 
 
 def _blocks(page: str) -> list[str]:
