@@ -17,18 +17,40 @@ from ..structure import Structure
 __all__ = ["to_numpy", "to_torch", "structure_state", "structure_from_state"]
 
 
+_NUMPY_DTYPES = {torch.float64: np.dtype(np.float64), torch.float32: np.dtype(np.float32), torch.float16: np.dtype(np.float16)}
+
+
 def to_numpy(t: torch.Tensor, dtype: Any = None) -> np.ndarray:
-    """A detached CPU numpy copy of ``t`` (cast to ``dtype`` when given)."""
+    """A detached CPU numpy copy of ``t`` (cast to ``dtype`` when given).
+
+    One copy at most: the cast, or a plain copy when no cast is needed (the result never
+    shares memory with ``t``, so the core may not see later in-place updates).
+    """
     arr = t.detach().to("cpu").numpy()
-    return np.array(arr, dtype=dtype if dtype is not None else arr.dtype, copy=True)
+    return np.array(arr, dtype=dtype if dtype is not None else arr.dtype, copy=True, order="C")
 
 
-def to_torch(a: np.ndarray, like: torch.Tensor | None = None, dtype: Any = None) -> torch.Tensor:
-    """A torch tensor holding ``a``, on ``like``'s device and in ``like``'s dtype."""
-    t = torch.from_numpy(np.array(a, order="C", copy=True))
-    if like is not None:
-        return t.to(device=like.device, dtype=dtype or like.dtype)
-    return t.to(dtype) if dtype is not None else t
+def to_torch(a: np.ndarray, like: torch.Tensor | None = None, dtype: Any = None, *, copy: bool = True) -> torch.Tensor:
+    """A torch tensor holding ``a``, on ``like``'s device and in ``like``'s dtype.
+
+    ``a`` is copied at most once: by the dtype cast when one is needed, else (``copy``)
+    by a private copy. ``copy=False`` lets the result share ``a``'s memory when no cast
+    is needed (for arrays the caller owns, e.g. a fresh engine result).
+    """
+    target = dtype if dtype is not None else (like.dtype if like is not None else None)
+    np_target = _NUMPY_DTYPES.get(target) if target is not None else None
+    if np_target is not None and a.dtype != np_target:
+        # cast in numpy: torch's intra-op threads spin against numba's on a busy machine
+        t = torch.from_numpy(np.ascontiguousarray(a, dtype=np_target))
+    else:
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        if target is not None and t.dtype != target:
+            t = t.to(target)
+        elif copy:
+            t = t.clone()
+    if like is not None and t.device != like.device:
+        t = t.to(like.device)
+    return t
 
 
 def structure_state(structure: Structure) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from torch import nn
 
 from .. import fixed
 from .._validation import check_bits
+from ..fixed._ops import align_to
 from ._convert import to_numpy, to_torch
 
 __all__ = ["IntLinear", "IntConv2d", "IntLayerNorm", "IntEmbedding", "integerize"]
@@ -29,6 +30,58 @@ __all__ = ["IntLinear", "IntConv2d", "IntLayerNorm", "IntEmbedding", "integerize
 _MASK = (1 << 62) - 1
 # streams of the forward mappings; the engine's backward uses streams 1..4 of its own seed
 _X, _W, _B = 11, 12, 13
+
+
+_F32_EXACT = 1 << 24
+_F64_EXACT = 1 << 53
+_NP_FLOAT = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+
+
+def _mant(t: torch.Tensor) -> np.ndarray:
+    """A CPU numpy view (no copy) of a float tensor, for ``fixed.to_fixed``."""
+    return t.detach().to("cpu").numpy()
+
+
+def _quantize(t: torch.Tensor, bits: int, rounding: Any, key: int, stream: int) -> fixed.FixedTensor:
+    """``fixed.to_fixed`` of ``t`` (float32 and float64 map to the same bits)."""
+    return fixed.to_fixed(_mant(t), bits, rounding, key, stream=stream)
+
+
+def _int_gemm(a: np.ndarray, b: np.ndarray, bound: int) -> np.ndarray | None:
+    """Exact ``a @ b`` of integer mantissas in float BLAS, or None past ``2**53``.
+
+    Every partial sum is an integer of magnitude ``<= bound``: exact in float32 while
+    ``bound <= 2**24`` and in float64 while ``<= 2**53`` (the engine's ``"blas"`` path,
+    without its integer round trip).
+    """
+    if bound <= _F32_EXACT:
+        return np.matmul(a.astype(np.float32), b.astype(np.float32))
+    if bound <= _F64_EXACT:
+        return np.matmul(a.astype(np.float64), b.astype(np.float64))
+    return None
+
+
+def _scaled(acc: np.ndarray, e: int, like: torch.Tensor) -> torch.Tensor:
+    """``acc · 2**e`` (``acc`` exact integers in float) in ``like``'s dtype, bit for bit
+    the engine's ``FixedTensor(acc, e).to_float()`` cast to that dtype."""
+    target = _NP_FLOAT.get(like.dtype, np.dtype(np.float64))
+    if acc.dtype == target == np.float32 and -120 <= e <= 100:
+        out = acc * np.float32(2.0**e)  # exact: |acc| < 2**24 and the result stays normal
+    elif -960 <= e <= 960:
+        out = (acc.astype(np.float64) * (2.0**e)).astype(target, copy=False)
+    else:
+        out = np.ldexp(acc.astype(np.float64), e).astype(target, copy=False)
+    t = torch.from_numpy(np.ascontiguousarray(out))
+    return t.to(device=like.device, dtype=like.dtype)
+
+
+def _dequant(t: fixed.FixedTensor, like: torch.Tensor) -> torch.Tensor:
+    """``t.to_float()`` as a torch tensor in ``like``'s dtype and device."""
+    return to_torch(t.to_float(), like=like, copy=False)
+
+
+def _bound(k: int, bits_a: int, bits_b: int) -> int:
+    return k * ((1 << (bits_a - 1)) - 1) * ((1 << (bits_b - 1)) - 1)
 
 
 def _split_seed(seed: int) -> tuple[int, int]:
@@ -59,29 +112,57 @@ class _IntModule(nn.Module):
         return f"bits={self.bits}, rounding={self.rounding!r}"
 
 
+def int_linear_forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, bits: int, rounding: Any, fwd: int) -> tuple[torch.Tensor, Any]:
+    """``deq(fixed.linear(Q(x), Q(W), Q(b)))`` bit for bit, and the operands for backward."""
+    xq = _quantize(x, bits, rounding, fwd, _X)
+    wq = _quantize(w, bits, rounding, fwd, _W)
+    bq = None if b is None else _quantize(b, bits, rounding, fwd, _B)
+    e = int(xq.exponent) + int(wq.exponent)  # type: ignore[call-overload]
+    bound = _bound(xq.shape[1], xq.bits, wq.bits)
+    acc = _int_gemm(xq.mantissa, wq.mantissa.T, bound)
+    if acc is not None and bq is not None:
+        bqa, bb = align_to(bq, e, rounding, fwd)
+        acc = acc.astype(np.float64) + bqa[None, :] if bound + bb <= _F64_EXACT else None
+    if acc is None:
+        y = _dequant(fixed.linear(xq, wq, bq, rounding=rounding, seed=fwd), x)
+    else:
+        y = _scaled(acc, e, x)
+    return y, (xq, wq)
+
+
+def int_linear_backward(g: torch.Tensor, xq: Any, wq: Any, bits: int, rounding: Any, bwd: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``fixed.linear_backward(xq, wq, g, bits, seed=bwd)`` dequantized, bit for bit."""
+    gn = _mant(g)
+    n, f = gn.shape
+    g1 = fixed.to_fixed(gn, bits, rounding, bwd, stream=1)
+    g2 = fixed.to_fixed(gn, bits, rounding, bwd, stream=2)
+    dx = _int_gemm(g1.mantissa, wq.mantissa, _bound(f, g1.bits, wq.bits))
+    dw = _int_gemm(g2.mantissa.T, xq.mantissa, _bound(n, g2.bits, xq.bits))
+    if dx is None or dw is None:
+        dxq, dwq, dbq = fixed.linear_backward(xq, wq, gn, bits, rounding=rounding, seed=bwd)
+        return _dequant(dxq, g), _dequant(dwq, g), _dequant(dbq, g)
+    db = g2.mantissa.astype(np.int64).sum(axis=0).astype(np.float64)
+    eg1, eg2 = int(g1.exponent), int(g2.exponent)  # type: ignore[call-overload]
+    return (
+        _scaled(dx, eg1 + int(wq.exponent), g),
+        _scaled(dw, eg2 + int(xq.exponent), g),
+        _scaled(db, eg2, g),
+    )
+
+
 class _LinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, bits: int, rounding: Any, seed: int) -> torch.Tensor:  # type: ignore[override]
         fwd, bwd = _split_seed(seed)
-        xq = fixed.to_fixed(to_numpy(x, np.float64), bits, rounding, fwd, stream=_X)
-        wq = fixed.to_fixed(to_numpy(w, np.float64), bits, rounding, fwd, stream=_W)
-        bq = None if b is None else fixed.to_fixed(to_numpy(b, np.float64), bits, rounding, fwd, stream=_B)
-        y = fixed.linear(xq, wq, bq, rounding=rounding, seed=fwd)
+        y, (xq, wq) = int_linear_forward(x, w, b, bits, rounding, fwd)
         ctx.saved = (xq, wq, bits, rounding, bwd, b is not None)
-        return to_torch(y.to_float(), like=x)
+        return y
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         xq, wq, bits, rounding, bwd, has_b = ctx.saved
-        dx, dw, db = fixed.linear_backward(xq, wq, to_numpy(g, np.float64), bits, rounding=rounding, seed=bwd)
-        return (
-            to_torch(dx.to_float(), like=g),
-            to_torch(dw.to_float(), like=g),
-            to_torch(db.to_float(), like=g) if has_b else None,
-            None,
-            None,
-            None,
-        )
+        dx, dw, db = int_linear_backward(g.contiguous(), xq, wq, bits, rounding, bwd)
+        return (dx, dw, db if has_b else None, None, None, None)
 
 
 class IntLinear(_IntModule):
@@ -147,7 +228,7 @@ class _Conv2dFn(torch.autograd.Function):
         wq = fixed.to_fixed(to_numpy(w, np.float64), bits, rounding, fwd, stream=_W)
         y = fixed.conv2d(xq, wq, *geo)
         ctx.saved = (xq, wq, bits, rounding, bwd, geo)
-        return to_torch(y.to_float(), like=x)
+        return to_torch(y.to_float(), like=x, copy=False)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
@@ -156,7 +237,7 @@ class _Conv2dFn(torch.autograd.Function):
         dx, dw = fixed.conv2d_backward(
             xq, wq, to_numpy(g, np.float64), stride=stride, padding=padding, dilation=dilation, bits=bits, rounding=rounding, seed=bwd
         )
-        return to_torch(dx.to_float(), like=g), to_torch(dw.to_float(), like=g), None, None, None, None
+        return to_torch(dx.to_float(), like=g, copy=False), to_torch(dw.to_float(), like=g, copy=False), None, None, None, None
 
 
 class IntConv2d(_IntModule):
@@ -211,13 +292,13 @@ class _LayerNormFn(torch.autograd.Function):
         fwd, bwd = _split_seed(seed)
         y, cache = fixed.layer_norm(to_numpy(x, np.float64), to_numpy(gamma, np.float64), to_numpy(beta, np.float64), bits, eps, rounding=rounding, seed=fwd)
         ctx.saved = (cache, rounding, bwd)
-        return to_torch(y.to_float(), like=x)
+        return to_torch(y.to_float(), like=x, copy=False)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         cache, rounding, bwd = ctx.saved
         dx, dgamma, dbeta = fixed.layer_norm_backward(to_numpy(g, np.float64), cache, rounding=rounding, seed=bwd)
-        return (to_torch(dx.to_float(), like=g), to_torch(dgamma.to_float(), like=g), to_torch(dbeta.to_float(), like=g), None, None, None, None)
+        return (to_torch(dx.to_float(), like=g, copy=False), to_torch(dgamma.to_float(), like=g, copy=False), to_torch(dbeta.to_float(), like=g, copy=False), None, None, None, None)
 
 
 class IntLayerNorm(_IntModule):
@@ -269,13 +350,13 @@ class _EmbeddingFn(torch.autograd.Function):
         ids_np = to_numpy(ids).astype(np.int64)
         y = fixed.embedding(tq, ids_np)
         ctx.saved = (ids_np, table.shape[0], bits, rounding, bwd)
-        return to_torch(y.to_float(), like=table)
+        return to_torch(y.to_float(), like=table, copy=False)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         ids_np, v, bits, rounding, bwd = ctx.saved
         dt = fixed.embedding_backward(to_numpy(g, np.float64), ids_np, v, bits, rounding=rounding, seed=bwd)
-        return None, to_torch(dt.to_float(), like=g), None, None, None
+        return None, to_torch(dt.to_float(), like=g, copy=False), None, None, None
 
 
 class IntEmbedding(_IntModule):
