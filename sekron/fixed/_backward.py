@@ -12,7 +12,7 @@ import numpy as np
 
 from .._validation import check_bits
 from ..errors import ShapeError
-from ._gemm import Method, check_operand, gemm_nt, plan_gemm
+from ._gemm import Method, check_operand, gemm_nt, plan_for
 from ._tensor import (
     FixedTensor,
     Rounding,
@@ -85,7 +85,7 @@ def linear(
             f"weight: expected {x.shape[1]} input features to match x of shape {x.shape}, got shape {weight.shape}"
         )
     ex, ew = _scalar_exp(x, "x"), _scalar_exp(weight, "weight")
-    plan = plan_gemm(x.shape[1], x.bits, weight.bits, method=method)
+    plan = plan_for(x.shape[1], x.bits, weight.bits, method)
     acc = gemm_nt(x.mantissa, weight.mantissa, plan)
     e_acc = ex + ew
     bound = plan.bound
@@ -163,9 +163,9 @@ def matmul_backward(
     key = resolve_seed(seed)
     g1 = map_grad(grad_out, (m, n), nb, rounding, key, 1)
     g2 = map_grad(grad_out, (m, n), nb, rounding, key, 2)
-    plan_a = plan_gemm(n, g1.bits, b.bits, method=method)
+    plan_a = plan_for(n, g1.bits, b.bits, method)
     da = gemm_nt(g1.mantissa, b.mantissa, plan_a)  # (M, N) x (K, N)^T
-    plan_b = plan_gemm(m, a.bits, g2.bits, method=method)
+    plan_b = plan_for(m, a.bits, g2.bits, method)
     db = gemm_nt(np.ascontiguousarray(a.mantissa.T), np.ascontiguousarray(g2.mantissa.T), plan_b)
     return (
         FixedTensor._trusted(da, _scalar_exp(g1, "grad_out") + eb, bits_for_bound(plan_a.bound)),
@@ -237,9 +237,9 @@ def linear_backward(
     g1 = map_grad(grad_out, (n, f), nb, rounding, key, 1)
     g2 = map_grad(grad_out, (n, f), nb, rounding, key, 2)
     eg1, eg2 = _scalar_exp(g1, "grad_out"), _scalar_exp(g2, "grad_out")
-    plan_x = plan_gemm(f, g1.bits, weight.bits, method=method)
+    plan_x = plan_for(f, g1.bits, weight.bits, method)
     dx = gemm_nt(g1.mantissa, np.ascontiguousarray(weight.mantissa.T), plan_x)
-    plan_w = plan_gemm(n, g2.bits, x.bits, method=method)
+    plan_w = plan_for(n, g2.bits, x.bits, method)
     dw = gemm_nt(np.ascontiguousarray(g2.mantissa.T), np.ascontiguousarray(x.mantissa.T), plan_w)
     db = g2.mantissa.astype(np.int64).sum(axis=0)  # |sum| <= N * m_g, far inside int64
     return (

@@ -20,6 +20,7 @@ allow raises :class:`~sekron.errors.OverflowRiskError`.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -152,6 +153,19 @@ def plan_gemm(
         if path == "numba-int64":
             chunk = k
     return GemmPlan(path, out, bound, chunk)
+
+
+@functools.lru_cache(maxsize=512)
+def _plan_cached(k: int, bits_a: int, bits_b: int, method: str) -> GemmPlan:
+    return plan_gemm(k, bits_a, bits_b, method=method)  # type: ignore[arg-type]
+
+
+def plan_for(k: int, bits_a: int, bits_b: int, method: Any = "auto", acc_dtype: Any = None) -> GemmPlan:
+    """:func:`plan_gemm` for internal callers, memoized for the common hashable arguments
+    (a plan depends only on them; errors are raised, never cached)."""
+    if acc_dtype is None and type(method) is str and type(k) is int and type(bits_a) is int and type(bits_b) is int:
+        return _plan_cached(k, bits_a, bits_b, method)
+    return plan_gemm(k, bits_a, bits_b, method=method, acc_dtype=acc_dtype)
 
 
 def _as_acc_dtype(acc_dtype: Any) -> np.dtype:
@@ -293,7 +307,7 @@ def matmul(
         )
     ea = _axis_exponent(a, "a", 1)
     eb = _axis_exponent(b, "b", 0)
-    plan = plan_gemm(a.shape[1], a.bits, b.bits, method=method, acc_dtype=acc_dtype)
+    plan = plan_for(a.shape[1], a.bits, b.bits, method, acc_dtype)
     acc = gemm_nt(a.mantissa, np.ascontiguousarray(b.mantissa.T), plan)
     exponent = np.asarray(ea, np.int64) + np.asarray(eb, np.int64)
     out = FixedTensor._trusted(acc, exponent, bits_for_bound(plan.bound))
