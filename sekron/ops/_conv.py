@@ -191,25 +191,32 @@ def _peak_elements(plan: ConvPlan) -> int:
 def _run_steps(plan: ConvPlan, x: np.ndarray, weights: dict[int, np.ndarray], dest: np.ndarray) -> None:
     """Run the plan's steps on one chunk and write the result into ``dest``.
 
-    The zero padding is held back while only 1×1 stride-1 convolutions, reshapes and
-    transposes of the leading axes follow (they map zero borders to zero borders), so it
-    is applied to a smaller array, or folded into the next layout copy.
+    Three liberties, none changing a value: (1) the zero padding is held back while only
+    1×1 stride-1 convolutions and layout steps of the leading axes follow (they map zero
+    borders to zero borders), then folded into the next layout copy;
+    (2) a reshape right before a convolution is left to the convolution, which reads the
+    axes where they lie; (3) the last convolution writes straight into ``dest`` through
+    the inverse of the final layout steps, when its rows are contiguous.
     """
     steps = plan.steps
-    last = len(steps) - 1
-    if isinstance(steps[last], ReshapeStep):
-        last -= 1  # the final reshape is the copy into dest below
+    convs = [k for k, s in enumerate(steps) if isinstance(s, ConvStep)]
+    last_conv = convs[-1] if convs else -1
     pending = (0, 0, 0, 0)
     regroup: tuple[int, ...] | None = None
-    for i in range(last + 1):
-        step = steps[i]
+    for i, step in enumerate(steps):
         if isinstance(step, PadStep):
             pending = tuple(a + b for a, b in zip(pending, step.pad, strict=True))  # type: ignore[assignment]
         elif isinstance(step, ReshapeStep):
-            if any(pending):
+            if i == len(steps) - 1:
+                break  # the final reshape is the copy into dest below
+            nxt = steps[i + 1]
+            if isinstance(nxt, ConvStep) and not any(pending):
+                regroup = step.shape  # the conv reads x's axes where they lie
+            elif (isinstance(nxt, ConvStep) and nxt.weight_shape[2:] == (1, 1)
+                  and nxt.stride == (1, 1) and tuple(step.shape[-2:]) == _padded_hw(x, pending)):
+                regroup = (*step.shape[:-2], *x.shape[-2:])  # the pad stays pending
+            elif any(pending):
                 x, pending = _reshape_padded(x, step.shape, pending)
-            elif isinstance(steps[i + 1], ConvStep):
-                regroup = step.shape  # the conv reads x's axes where they lie (no copy)
             else:
                 x = _reshape(x, step.shape)
         elif isinstance(step, TransposeStep):
@@ -219,15 +226,20 @@ def _run_steps(plan: ConvPlan, x: np.ndarray, weights: dict[int, np.ndarray], de
             x = np.transpose(x, step.axes)
         elif isinstance(step, ConvStep):
             _, _, kh, kw = step.weight_shape
-            # a 1x1 kernel at stride 1 maps zero borders to zero borders; holding back only
-            # the rows or the columns past a 1x3 or 3x1 kernel measured slower (the later
-            # padded copy then moves short rows)
             if any(pending) and not (kh == kw == 1 and step.stride == (1, 1)):
+                # padding inside the column copy (kh kw short-row block copies) measured
+                # slower than one padded copy followed by the long-row column copy
+                if regroup is not None:
+                    x = np.reshape(x, regroup)
+                    regroup = None
                 x, pending = pad2d(x, pending), (0, 0, 0, 0)
+            out = _dest_view(steps[i + 1 :], dest) if i == last_conv and not any(pending) else None
             x = conv2d_regrouped(
-                x, regroup or x.shape, weights[i], step.stride, step.dilation, step.groups
+                x, regroup or x.shape, weights[i], step.stride, step.dilation, step.groups, out
             )
             regroup = None
+            if out is not None and x is out:
+                return
         elif isinstance(step, SumStep):
             if any(pending):
                 x, pending = pad2d(x, pending), (0, 0, 0, 0)
@@ -237,6 +249,41 @@ def _run_steps(plan: ConvPlan, x: np.ndarray, weights: dict[int, np.ndarray], de
     if any(pending):
         x = pad2d(x, pending)
     np.copyto(dest.reshape(x.shape), x)
+
+
+def _padded_hw(x: np.ndarray, pad: tuple[int, int, int, int]) -> tuple[int, int]:
+    return x.shape[-2] + pad[0] + pad[1], x.shape[-1] + pad[2] + pad[3]
+
+
+def _dest_view(layout: Any, dest: np.ndarray) -> np.ndarray | None:
+    """A view ``v`` of ``dest`` such that the ``layout`` steps (reshapes and transposes)
+    take ``v``'s C-order regrouping to ``dest``; the first step, if a reshape, is left
+    to the regrouping. None when some step has no such inverse view."""
+    if not all(isinstance(s, (ReshapeStep, TransposeStep)) for s in layout):
+        return None
+    if not layout or not isinstance(layout[-1], ReshapeStep):
+        return None
+    start = 1 if isinstance(layout[0], ReshapeStep) else 0
+    shapes: list[tuple[int, ...]] = []  # the shape after each step, -1 resolved
+    shape: tuple[int, ...] = ()
+    for s in layout:
+        if isinstance(s, ReshapeStep):
+            known = math.prod(n for n in s.shape if n != -1)
+            shape = tuple(dest.size // known if n == -1 else n for n in s.shape) if known else s.shape
+        else:
+            shape = tuple(shape[a] for a in s.axes)
+        shapes.append(shape)
+    v = dest
+    for k in range(len(layout) - 1, start - 1, -1):
+        s = layout[k]
+        before = shapes[k - 1] if k > 0 else None
+        if isinstance(s, TransposeStep):
+            v = np.transpose(v, np.argsort(s.axes))
+        elif before is not None:
+            v = np.reshape(v, before)
+            if not np.may_share_memory(v, dest):
+                return None
+    return v
 
 
 def _reshape_padded(

@@ -67,14 +67,22 @@ def conv2d_regrouped(
     stride: tuple[int, int],
     dilation: tuple[int, int],
     groups: int,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """:func:`conv2d_valid` of ``np.reshape(x, in_shape)`` without the reshape's copy.
+    """:func:`conv2d_valid` of ``np.reshape(x, in_shape)``, without the reshape's copy
+    where possible.
 
     ``x`` is ``(*lead, H, W)`` with any strides (a transposed view, say) and ``in_shape``
     a C-order regrouping ``(B, C, H, W)`` of it (-1 allowed). The column copy reads the
     leading axes where they lie, so a layout change before a convolution costs nothing
     when the image, group and channel boundaries fall between (or split) axes of ``x``;
     otherwise ``x`` is reshaped (copied) first.
+
+    ``out``, optional, is ``(*lead_out, Ho, Wo)`` with a C-order regrouping
+    ``(B, F, Ho, Wo)`` (a transposed view of the caller's result, say). The result is
+    written into it, and ``out`` returned, when the GEMM can write there (C-contiguous
+    rows and single group and channel axes); otherwise a new array is returned and
+    ``out`` is left untouched.
     """
     n_out, Cg, kh, kw = w.shape
     g = groups
@@ -92,33 +100,64 @@ def conv2d_regrouped(
     K = Cg * kh * kw
     wg = np.ascontiguousarray(w, dtype=dtype).reshape(g, Og, K)
     parts = None
-    if tuple(in_shape[-2:]) == (H, W) and x.size:
+    if tuple(in_shape[-2:]) == (H, W):
         x = _rows(x)
-        parts = _split_axes(list(zip(x.shape[:-2], x.strides[:-2], strict=True)), (B, g, Cg))
+        parts = _split_axes(_axes(x), (B, g, Cg))
     if parts is None:
         x = _rows(np.reshape(x, (B, g * Cg, H, W)))
-        parts = _split_axes(list(zip(x.shape[:-2], x.strides[:-2], strict=True)), (B, g, Cg))
+        parts = _split_axes(_axes(x), (B, g, Cg))
         assert parts is not None  # a (B, C) pair always splits into (B, g, Cg)
     bat, grp, chan = parts
     it = x.itemsize
     s_h, s_w = x.strides[-2:]
-    if sh == sw == 1:
-        row = s_h // it
-        L = (Ho - 1) * row + Wo  # flat positions from the first to the last output pixel
-        out = np.empty((B, g, Og, Ho * row), dtype=dtype)
-        pix: list[tuple[int, int]] = [(L, it)]
-        if kh == kw == 1 and len(grp) == 1 and len(chan) == 1 and B:
-            # the input itself is the column matrix: one GEMM per image and group, no copy
-            xv = as_strided(x, *_shape_strides([*bat, *grp, *chan, *pix]), writeable=False)
-            dst = out[..., :L].reshape(*(n for n, _ in bat), g, Og, L)
-            np.matmul(wg, xv, out=dst)
-        else:
-            _chunked(x, wg, out[..., :L], bat, [*grp, *chan, (kh, dh * s_h), (kw, dw * it)], pix)
-        return out.reshape(B, n_out, Ho, row)[..., :Wo]
-    out = np.empty((B, g, Og, Ho * Wo), dtype=dtype)
-    pix = [(Ho, sh * s_h), (Wo, sw * s_w)]
-    _chunked(x, wg, out, bat, [*grp, *chan, (kh, dh * s_h), (kw, dw * s_w)], pix)
-    return out.reshape(B, n_out, Ho, Wo)
+    flat = sh == sw == 1
+    row = s_h // it if flat else Wo
+    P = (Ho - 1) * row + Wo  # output positions, rows `row` apart (flat: the first to the last)
+    dst = _out_view(out, (B, g, Og), Ho, Wo, dtype) if row == Wo else None
+    res = None
+    if dst is None:
+        res = np.empty((B, g, Og, Ho * row), dtype=dtype)
+        dst = bat, res[..., :P].reshape(*(n for n, _ in bat), g, Og, P)
+    obat, target = dst
+    if flat and kh == kw == 1 and len(grp) == len(chan) == 1 and _sizes(obat) == _sizes(bat):
+        # the input itself is the column matrix: one GEMM per image and group, no copy
+        xv = as_strided(x, *_shape_strides([*bat, *grp, *chan, (P, it)]), writeable=False)
+        np.matmul(wg, xv, out=target)
+    elif flat:
+        red = [*grp, *chan, (kh, dh * s_h), (kw, dw * it)]
+        _chunked(x, wg, target, obat, bat, red, [(P, it)])
+    else:
+        red = [*grp, *chan, (kh, dh * s_h), (kw, dw * s_w)]
+        _chunked(x, wg, target, obat, bat, red, [(Ho, sh * s_h), (Wo, sw * s_w)])
+    if res is None:
+        assert out is not None
+        return out
+    return res.reshape(B, n_out, Ho, row)[..., :Wo]
+
+
+def _sizes(axes: Axes) -> list[int]:
+    return [n for n, _ in axes]
+
+
+def _axes(x: np.ndarray) -> Axes:
+    return list(zip(x.shape[:-2], x.strides[:-2], strict=True))
+
+
+def _out_view(
+    out: np.ndarray | None, sizes: tuple[int, int, int], Ho: int, Wo: int, dtype: np.dtype
+) -> tuple[Axes, np.ndarray] | None:
+    """``out`` seen as ``(*images, g, Og, Ho*Wo)`` for the GEMM, or None."""
+    if out is None or out.dtype != dtype or out.shape[-2:] != (Ho, Wo):
+        return None
+    it = out.itemsize
+    if out.strides[-1] != it or out.strides[-2] != Wo * it:
+        return None
+    parts = _split_axes(_axes(out), sizes)
+    if parts is None or len(parts[1]) != 1 or len(parts[2]) != 1:
+        return None
+    obat = parts[0]
+    view = as_strided(out, *_shape_strides([*obat, *parts[1], *parts[2], (Ho * Wo, it)]))
+    return obat, view
 
 
 def _rows(x: np.ndarray) -> np.ndarray:
@@ -174,25 +213,46 @@ def _shape_strides(axes: Axes) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return tuple(n for n, _ in axes), tuple(s for _, s in axes)
 
 
-def _chunked(x: np.ndarray, wg: np.ndarray, out: np.ndarray, bat: Axes, red: Axes, pix: Axes) -> None:
-    """``out[b] = wg @ cols(x)[b]`` for a chunk of the first batch axis at a time.
+def _chunked(
+    x: np.ndarray,
+    wg: np.ndarray,
+    target: np.ndarray,
+    obat: Axes,
+    bat: Axes,
+    red: Axes,
+    pix: Axes,
+) -> None:
+    """``target[b] = wg @ cols(x)[b]`` for a chunk of the first batch axis at a time.
 
     The columns of image ``b`` are the view of ``x`` with axes ``bat`` (the image index,
     C order), ``red`` (group, then the reduction: channels, kernel rows, kernel columns)
-    and ``pix`` (output pixels); ``out`` is ``(B, g, Og, n_pixels)``, its last axis
-    possibly a slice.
+    and ``pix`` (output positions).
+    ``target`` is ``(*images, g, Og, n_positions)`` with the images split as ``obat``.
     """
     g, K = wg.shape[0], wg.shape[2]
-    n_pix = out.shape[3]
+    n_pix = target.shape[-1]
     (b0_len, b0_stride), inner = bat[0], bat[1:]
     per = math.prod(n for n, _ in inner)  # images per index of the first batch axis
+    q = math.prod(n for n, _ in obat[1:])  # images per index of target's first axis
     nb = max(1, min(b0_len, _CHUNK_BYTES // max(1, per * g * K * n_pix * x.itemsize)))
-    cols = np.empty((nb, *(n for n, _ in inner + red + pix)), dtype=x.dtype)
+    if per % q:
+        nb = b0_len  # chunks would not align with target's axes: one chunk
     shape, strides = _shape_strides(inner + red + pix)
-    base = as_strided(x, (b0_len,), (b0_stride,), writeable=False)  # walks the first axis
+    cols = np.empty((nb, *shape), dtype=x.dtype)
     for b0 in range(0, b0_len, nb):
         m = min(b0_len - b0, nb)
-        src = as_strided(base[b0:], (m, *shape), (b0_stride, *strides), writeable=False)
         c = cols[:m]
+        src = as_strided(_offset(x, b0 * b0_stride), (m, *shape), (b0_stride, *strides),
+                         writeable=False)
         np.copyto(c, src)
-        np.matmul(wg, c.reshape(m * per, g, K, n_pix), out=out[b0 * per : (b0 + m) * per])
+        cm = c.reshape(m * per // q, *(n for n, _ in obat[1:]), g, K, n_pix)
+        np.matmul(wg, cm, out=target[b0 * per // q : (b0 + m) * per // q])
+
+
+def _offset(x: np.ndarray, nbytes: int) -> np.ndarray:
+    """A view of ``x``'s buffer starting ``nbytes`` (a multiple of the item size) past
+    ``x``'s first element, for ``as_strided`` to lay its axes on."""
+    e, it = nbytes // x.itemsize, x.itemsize
+    if e >= 0:
+        return as_strided(x, (e + 1,), (it,), writeable=False)[e:]
+    return as_strided(x, (1 - e,), (-it,), writeable=False)[-e:]
