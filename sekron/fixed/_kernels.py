@@ -207,14 +207,14 @@ NONFINITE = np.int64(-(1 << 62))
 
 
 @njit(cache=True)
-def stream_key_nb(seed: np.uint64, stream: np.int64) -> np.uint64:  # pragma: no cover
+def stream_key_nb(seed, stream):  # pragma: no cover - compiled
     """``_reference.stream_key`` in uint64 arithmetic (wraps modulo 2**64 like the masks)."""
     z = _mix64(seed + GAMMA)
     return _mix64(z ^ (np.uint64(stream) * _M2 + GAMMA))
 
 
 @njit(cache=True, inline="always")
-def _bit_length(m: np.int64) -> np.int64:
+def _bit_length(m):  # pragma: no cover - compiled
     n = np.int64(0)
     while m > 0:
         m >>= 1
@@ -223,7 +223,7 @@ def _bit_length(m: np.int64) -> np.int64:
 
 
 @njit(cache=True, inline="always")
-def _sround(v: np.float64, i: np.int64, key: np.uint64, stochastic: bool) -> np.int64:
+def _sround(v, i, key, stochastic):  # pragma: no cover - compiled
     """Round the scaled float ``v`` (element ``i``): stochastic or half up."""
     if stochastic:
         f = np.floor(v)
@@ -237,7 +237,7 @@ def _sround(v: np.float64, i: np.int64, key: np.uint64, stochastic: bool) -> np.
 
 
 @njit(cache=True, inline="always")
-def _ishift(v: np.int64, s: np.int64, i: np.int64, key: np.uint64, stochastic: bool) -> np.int64:
+def _ishift(v, s, i, key, stochastic):  # pragma: no cover - compiled
     """``v / 2**s`` rounded (element ``i``), for ``s <= 62``; ``s <= 0`` shifts left."""
     if s <= 0:
         return v << (-s)
@@ -248,7 +248,7 @@ def _ishift(v: np.int64, s: np.int64, i: np.int64, key: np.uint64, stochastic: b
 
 
 @njit(cache=True, inline="always")
-def _clamp(q: np.int64, qmax: np.int64) -> np.int64:
+def _clamp(q, qmax):  # pragma: no cover - compiled
     if q > qmax:
         return qmax
     if q < -qmax:
@@ -279,7 +279,7 @@ def map_fixed_flat(x, bits, stochastic, seed, stream, out):  # pragma: no cover 
     qmax = (np.int64(1) << (bits - 1)) - 1
     key = stream_key_nb(seed, stream)
     for i in range(n):
-        out[i] = _clamp(_sround(math.ldexp(np.float64(x[i]), -e), i, key, stochastic), qmax)
+        out[i] = _clamp(_sround(math.ldexp(np.float64(x[i]), -e), i, key, stochastic), qmax)  # type: ignore[arg-type]
     return e
 
 
@@ -321,7 +321,7 @@ def shift_flat(q, shift, stochastic, seed, stream, out):  # pragma: no cover - c
 
 
 @njit(cache=True, inline="always")
-def _add_aligned(qa, ea, qb, eb, seed, out):
+def _add_aligned(qa, ea, qb, eb, seed, out):  # pragma: no cover - compiled
     """The exact sum of ``add`` before requantization (stochastic alignment, streams 5/6);
     returns the target exponent. An all-zero operand does not set the target."""
     n = qa.size
@@ -355,7 +355,8 @@ def sgd_master_flat(w, g, e_g, v, e_v, has_v, bits, wd_q, wd_e, mu_q, mu_e, lr_q
     ``v`` the int16/int8 velocity (exponent ``e_v``, used when ``has_v``), scalars
     ``*_q * 2***_e`` already mapped to ``bits`` (``wd_q == 0`` / ``mu_q == 0`` disable weight
     decay / momentum). ``seed`` is the step's key: streams 1 (w) and 2 (g); the weight
-    decay add uses ``seed + 3`` (streams 5, 6, 7), the momentum add ``seed + 4``. Writes the new weights and velocity; returns the velocity exponent.
+    decay add uses ``seed + 3`` (streams 5, 6, 7), the momentum add ``seed + 4``.
+    Writes the new weights and velocity; returns the velocity exponent.
     The same bits as ``_sgd.sgd_step`` composed of to_fixed / requantize / mul / add.
     Returns ``NONFINITE`` (outputs undefined) for non-finite weights or exponent gaps
     past 62 bits; the caller then runs the unfused path.
