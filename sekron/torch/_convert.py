@@ -17,7 +17,7 @@ from ..structure import Structure
 __all__ = ["to_numpy", "to_torch", "structure_state", "structure_from_state"]
 
 
-_NUMPY_DTYPES = {torch.float64: np.dtype(np.float64), torch.float32: np.dtype(np.float32), torch.float16: np.dtype(np.float16)}
+_NUMPY_DTYPES: dict[torch.dtype, np.dtype] = {torch.float64: np.dtype(np.float64), torch.float32: np.dtype(np.float32), torch.float16: np.dtype(np.float16)}
 
 
 def to_numpy(t: torch.Tensor, dtype: Any = None) -> np.ndarray:

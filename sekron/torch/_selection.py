@@ -3,14 +3,17 @@
 Three ways to say what is wanted, exactly one at a time:
 
 * ``structure=``: a :class:`~sekron.Structure` (or factor shapes, with ``ranks``);
-* ``ratio=``: a compression ratio ``dense size / parameters >= ratio``. Every factor
-  shape that :func:`sekron.structures` enumerates gets the largest uniform rank that
-  fits the parameter budget; the candidates are ordered by the layer's cost model
-  (multiply-adds), those no cheaper than the dense layer go last, up to
+* ``ratio=``: a compression ratio ``dense size / parameters >= ratio``. For two
+  factors, every factor shape that :func:`sekron.structures` enumerates gets the
+  largest rank that fits the parameter budget and the candidates are ordered by the
+  layer's cost model (multiply-adds). For S >= 3, each shape set gets non-uniform rank
+  tuples (``R_1`` on a geometric grid, the deeper ranks the largest within budget),
+  those using at least half the budget are kept, and they are ordered by a lower bound
+  of their error (the tail of the first split's spectrum beyond ``R_1``) and then by
+  parameters, largest first. Candidates no cheaper than the dense layer go last, up to
   ``max_candidates`` are fitted (always including the plain low-rank structure
   ``(w_1, 1, ..) ⊗ (1, w_2, ..)``, the truncated SVD of the output-mode unfolding, when
-  it fits the budget), and the
-  least certified error wins (ties: fewer MACs);
+  it fits the budget), and the least certified error wins (ties: fewer MACs);
 * ``tol=``: a relative Frobenius error. Up to ``max_candidates`` factor shapes, spread
   over the enumeration, are fitted with ``tol`` (the core picks their ranks); the one
   with the fewest parameters wins.
@@ -28,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from .._kron import rearrange
 from .._validation import as_positive_int, check_tol
 from ..decompose import nkp, sekron
 from ..errors import ShapeError
@@ -90,6 +94,67 @@ def _largest_uniform_rank(shapes: tuple[tuple[int, ...], ...], budget: float) ->
     return Structure(shapes, lo, clip=True)
 
 
+def _rank_tuples(shapes: tuple[tuple[int, ...], ...], budget: float, grid: int = 6) -> list[Structure]:
+    """Structures with these shapes within ``budget``: for S >= 3, non-uniform ranks.
+
+    For each ``R_1`` on a geometric grid (1, 2, 4, ... up to its maximum, at most
+    ``grid`` values) the remaining ranks get the largest uniform value within the
+    budget. Uniform ranks waste the budget for S >= 3: the last factors are stored
+    ``P_k = R_1⋯R_k`` times, so a large ``R_1`` forbids the deeper ranks any size.
+    """
+    base = Structure(shapes, 1)
+    if base.n_params > budget:
+        return []
+    max_r = base.max_ranks
+    sizes = base.sizes
+    S = len(sizes)
+
+    def n_params(ranks: tuple[int, ...]) -> int:
+        r = [min(a, b) for a, b in zip(ranks, max_r, strict=True)]
+        return sum(math.prod(r[: min(k + 1, S - 1)]) * sizes[k] for k in range(S))
+
+    out: dict[tuple[int, ...], Structure] = {}
+    r1 = 1
+    while r1 <= max_r[0] and len(out) < grid:
+        lo, hi = 0, max(max_r[1:])
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if n_params((r1,) + (mid,) * (S - 2)) <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        if lo >= 1:
+            st = Structure(shapes, (r1,) + (lo,) * (S - 2), clip=True)
+            out.setdefault(st.ranks, st)
+        r1 *= 2
+    return list(out.values())
+
+
+def _first_split_bound(W: np.ndarray) -> Callable[[Structure], float]:
+    """A cheap lower bound of a structure's error: the tail of the first split's spectrum.
+
+    Any SeKron fit with first factor shape ``a^(1)`` and rank ``R_1`` is an NKP of rank
+    ``R_1`` of ``W`` with shapes ``(a^(1), a^(2)⊗..⊗a^(S))``, so its error is at least the
+    energy of the singular values of that rearrangement beyond ``R_1`` (Eckart-Young).
+    One SVD per distinct first factor shape, cached.
+    """
+    cache: dict[tuple[int, ...], np.ndarray] = {}
+
+    def bound(st: Structure) -> float:
+        a1 = st.shapes[0]
+        if a1 not in cache:
+            rest = tuple(w // a for w, a in zip(W.shape, a1, strict=True))
+            T = rearrange(W, [a1, rest])
+            T = T.reshape(T.shape[0], -1)
+            G = T @ T.T if T.shape[0] <= T.shape[1] else T.T @ T
+            ev = np.clip(np.linalg.eigvalsh(G)[::-1], 0.0, None)  # σ², descending
+            cache[a1] = np.concatenate([np.cumsum(ev[::-1])[::-1], [0.0]])
+        tail = cache[a1]
+        return float(tail[min(st.ranks[0], len(tail) - 1)])
+
+    return bound
+
+
 def _is_low_rank(st: Structure) -> bool:
     """``(w_1, 1, .., 1) ⊗ (1, w_2, .., w_N)``: the truncated SVD of ``W``'s mode-1 unfolding."""
     a, b = st.shapes[0], st.shapes[-1]
@@ -148,7 +213,10 @@ def select(
     if ratio is not None:
         r = check_ratio(ratio)
         budget = W.size / r
-        cands = [c for c in (_largest_uniform_rank(s, budget) for s in shape_sets) if c is not None]
+        if S == 2:
+            cands = [c for c in (_largest_uniform_rank(s, budget) for s in shape_sets) if c is not None]
+        else:
+            cands = [c for s in shape_sets for c in _rank_tuples(s, budget)]
         if not cands:
             smallest = min(Structure(s, 1).n_params for s in shape_sets)
             raise ShapeError(
@@ -156,7 +224,23 @@ def select(
                 f"(the smallest has {smallest} parameters, the budget is {budget:.0f}; "
                 f"the best ratio is {W.size / smallest:.3g})"
             )
-        cands.sort(key=lambda st: (cost(st) >= dense_cost, cost(st), -st.n_params, st.shapes))
+        costs: dict[Structure, int] = {}
+
+        def cost_of(st: Structure) -> int:
+            if st not in costs:
+                costs[st] = cost(st)
+            return costs[st]
+
+        if S == 2:
+            cands.sort(key=lambda st: (cost_of(st) >= dense_cost, cost_of(st), -st.n_params, st.shapes))
+        else:
+            # use the budget: a structure far below it wastes parameters (and error)
+            full = [c for c in cands if 2 * c.n_params >= budget]
+            cands = full or cands
+            bound = _first_split_bound(W)
+            cands.sort(key=lambda st: (bound(st), -st.n_params, st.shapes))
+            cheap = [c for c in cands[: 8 * max_candidates] if cost_of(c) < dense_cost]
+            cands = cheap + [c for c in cands if c not in cheap]
         tried = cands[:max_candidates]
         low_rank = [c for c in cands if _is_low_rank(c)]
         if low_rank and not any(_is_low_rank(c) for c in tried):

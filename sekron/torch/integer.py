@@ -34,7 +34,7 @@ _X, _W, _B = 11, 12, 13
 
 _F32_EXACT = 1 << 24
 _F64_EXACT = 1 << 53
-_NP_FLOAT = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+_NP_FLOAT: dict[torch.dtype, np.dtype] = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
 
 def _mant(t: torch.Tensor) -> np.ndarray:

@@ -148,3 +148,31 @@ def test_report_matches_compression_ratio_per_layer():
     st = sk.Structure([tuple(int(d) for d in s.split("×")) for s in r.structure.split(" @")[0].split(" ⊗ ")], 1)
     assert st.shape == (32, 48)
     assert np.isclose(r.ratio, (48 * 32 + 32) / r.params_after)
+
+
+@pytest.mark.parametrize("ratio", [3, 6])
+def test_three_factor_selection_uses_the_budget(digits_cnn, ratio):
+    net = digits_cnn[0]
+    conv = net[3]  # the trained 16 -> 32 3x3 convolution
+    budget = conv.weight.numel() / ratio
+    fits = {S: SeKronConv2d.from_conv(conv, ratio=ratio, n_factors=S, in_hw=(8, 8)) for S in (2, 3)}
+    for S, layer in fits.items():
+        n = layer.structure.n_params
+        assert budget / 2 <= n <= budget, (S, layer.structure, budget)
+    # non-uniform ranks: the 3-factor fit is within 1.5x the 2-factor (GKPD) error here
+    e2, e3 = fits[2].fit_relative_error, fits[3].fit_relative_error
+    assert 0 < e3 <= 1.5 * e2, (e2, e3)
+    # every candidate's error bound is certified: the fit's dense error matches it
+    W = conv.weight.detach().double()
+    W3 = fits[3].dense_weight().detach().double()
+    rel = float(torch.linalg.norm(W3 - W) / torch.linalg.norm(W))
+    assert rel <= e3 * (1 + 1e-6) + 1e-6
+
+
+def test_compress_three_factors_params_within_budget(digits_cnn):
+    net, X, _ = digits_cnn
+    small, report = compress(net, ratio=4, n_factors=3, example_input=X[:8], progress=False, include=["3"])
+    (r,) = report
+    assert r.skipped is None
+    W = net[3].weight
+    assert W.numel() / 8 <= small[3].structure.n_params <= W.numel() / 4
