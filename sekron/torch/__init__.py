@@ -12,6 +12,7 @@ from ._contract import linear_macs
 from ._conv import TorchBackend
 from .compress import CompressionReport, LayerReport, compress
 from .distill import Capture, attention_loss, distill, hidden_loss, logit_loss
+from .int_sekron import IntSeKronConv2d, IntSeKronLinear, IntTorchBackend
 from .integer import IntConv2d, IntEmbedding, IntLayerNorm, IntLinear, integerize
 from .layers import KroneckerEmbedding, SeKronConv2d, SeKronLinear
 
@@ -26,6 +27,9 @@ __all__ = [
     "IntLayerNorm",
     "IntEmbedding",
     "integerize",
+    "IntSeKronLinear",
+    "IntSeKronConv2d",
+    "IntTorchBackend",
     "distill",
     "Capture",
     "hidden_loss",

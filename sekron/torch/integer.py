@@ -395,6 +395,13 @@ class IntEmbedding(_IntModule):
 
 def _integer_twin(mod: nn.Module, bits: int, kw: dict[str, Any]) -> nn.Module | None:
     t = type(mod)
+    from .int_sekron import IntSeKronConv2d, IntSeKronLinear
+    from .layers import SeKronConv2d, SeKronLinear
+
+    if t is SeKronLinear:
+        return IntSeKronLinear.from_sekron(mod, bits, **kw)  # type: ignore[arg-type]
+    if t is SeKronConv2d:
+        return IntSeKronConv2d.from_sekron(mod, bits, **kw)  # type: ignore[arg-type]
     if t is nn.Linear:
         return IntLinear.from_linear(mod, bits, **kw)  # type: ignore[arg-type]
     if t is nn.Conv2d and mod.groups == 1 and mod.padding_mode == "zeros" and not isinstance(mod.padding, str):  # type: ignore[union-attr]
@@ -415,7 +422,7 @@ def integerize(
     norm_bits: int | None = 16,
     inplace: bool = False,
 ) -> nn.Module:
-    """Replace ``nn.Linear``, ``nn.Conv2d``, ``nn.LayerNorm`` and ``nn.Embedding`` by integer layers.
+    """Replace ``nn.Linear``, ``nn.Conv2d``, ``nn.LayerNorm``, ``nn.Embedding`` and SeKron layers by integer layers.
 
     Parameters
     ----------
@@ -434,8 +441,10 @@ def integerize(
     Returns
     -------
     nn.Module
-        Other layers (activations, softmax, SeKron layers, grouped convolutions, layers
-        with ``max_norm`` or string padding) are left in float.
+        ``SeKronLinear`` / ``SeKronConv2d`` become ``IntSeKronLinear`` /
+        ``IntSeKronConv2d`` (every stage an integer product). Other layers (activations,
+        softmax, ``KroneckerEmbedding``, grouped convolutions, layers with ``max_norm`` or
+        string padding) are left in float.
 
     Raises
     ------

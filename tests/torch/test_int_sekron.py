@@ -1,0 +1,129 @@
+"""Integer SeKron layers: stages equal the integer engine; gradients close to float."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from torch import nn  # noqa: E402
+
+import sekron as sk  # noqa: E402
+from sekron import fixed  # noqa: E402
+from sekron.torch import (  # noqa: E402
+    IntSeKronConv2d,
+    IntSeKronLinear,
+    IntTorchBackend,
+    SeKronConv2d,
+    SeKronLinear,
+    integerize,
+)
+from sekron.torch.int_sekron import int_bmm, stage_seed  # noqa: E402
+from sekron.torch.integer import _W, _X, _split_seed  # noqa: E402
+
+
+def _engine_mm(a: np.ndarray, b: np.ndarray, bits: int, rounding: str, seed: int) -> np.ndarray:
+    fwd, _ = _split_seed(seed)
+    aq = fixed.to_fixed(a, bits, rounding, fwd, stream=_X)
+    bq = fixed.to_fixed(b, bits, rounding, fwd, stream=_W)
+    return fixed.matmul(aq, bq).to_float()
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+@pytest.mark.parametrize("bits", [6, 8, 16])
+def test_int_bmm_equals_engine_matmul_and_backward(bits, rounding):
+    g = torch.Generator().manual_seed(bits)
+    a = torch.randn(5, 7, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(7, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    y = int_bmm(a, b, bits, rounding, 99)
+    np.testing.assert_array_equal(y.detach().numpy(), _engine_mm(a.detach().numpy(), b.detach().numpy(), bits, rounding, 99))
+    go = np.random.default_rng(bits).normal(size=(5, 3))
+    y.backward(torch.from_numpy(go))
+    fwd, bwd = _split_seed(99)
+    aq = fixed.to_fixed(a.detach().numpy(), bits, rounding, fwd, stream=_X)
+    bq = fixed.to_fixed(b.detach().numpy(), bits, rounding, fwd, stream=_W)
+    da, db = fixed.matmul_backward(aq, bq, go, bits, rounding=rounding, seed=bwd)
+    np.testing.assert_array_equal(a.grad.numpy(), da.to_float())
+    np.testing.assert_array_equal(b.grad.numpy(), db.to_float())
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_int_sekron_linear_stages_equal_engine(rounding):
+    s = sk.Structure([(3, 4), (2, 5)], ranks=2)
+    torch.manual_seed(0)
+    layer = IntSeKronLinear(s, bias=False, bits=8, rounding=rounding, seed=3, dtype=torch.float64)
+    x = torch.randn(4, 20, dtype=torch.float64)
+    seed = (3 << 30) | 0  # the first call's key
+    y = layer(x)
+    A, Bf = (f.detach().numpy() for f in layer.factors)
+    # stage 0: X (B n1, n2) @ B_f^T (n2, R m2); stage 1: A' (m1, n1 R) @ Z (n1 R, B m2)
+    Z = _engine_mm(x.numpy().reshape(4 * 4, 5), Bf.reshape(2 * 2, 5).T, 8, rounding, stage_seed(seed, 0))
+    Zp = Z.reshape(4, 4, 2, 2).transpose(1, 2, 0, 3).reshape(8, 4 * 2)
+    Ap = A.transpose(1, 2, 0).reshape(3, 8)
+    out = _engine_mm(Ap, Zp, 8, rounding, stage_seed(seed, 1)).reshape(3, 4, 2).transpose(1, 0, 2).reshape(4, 6)
+    np.testing.assert_array_equal(y.detach().numpy(), out)
+
+
+def _close_grads(int_layer: nn.Module, float_layer: nn.Module, x: torch.Tensor, bits: int) -> None:
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y1, y2 = int_layer(x1), float_layer(x2)
+    g = torch.randn_like(y2)
+    (y1 * g).sum().backward()
+    (y2 * g).sum().backward()
+    # each stage maps two operands and the gradient to `bits` bits: relative error per
+    # mapping <= 2^-(bits-2); a few stages and mappings compound
+    tol = 16 * 2.0 ** -(bits - 2) * math.sqrt(x.numel())
+    for a, b in [(y1, y2), (x1.grad, x2.grad)] + [(p.grad, q.grad) for p, q in zip(int_layer.parameters(), float_layer.parameters(), strict=True)]:
+        rel = float(torch.linalg.norm(a.detach() - b.detach()) / torch.linalg.norm(b.detach()))
+        assert rel < tol, (rel, tol)
+
+
+def test_int_sekron_gradients_close_to_float():
+    torch.manual_seed(1)
+    lin = SeKronLinear(sk.Structure([(2, 3), (3, 2), (2, 2)], ranks=(2, 3)), dtype=torch.float64)
+    _close_grads(IntSeKronLinear.from_sekron(lin, bits=16), lin, torch.randn(6, 12, dtype=torch.float64), 16)
+    conv = SeKronConv2d(sk.Structure([(2, 2, 3, 1), (3, 2, 1, 3)], ranks=2), padding=1, stride=2, dtype=torch.float64)
+    _close_grads(IntSeKronConv2d.from_sekron(conv, bits=16), conv, torch.randn(2, 4, 7, 7, dtype=torch.float64), 16)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_int_backend_conv_equals_engine_per_group(groups):
+    g = torch.Generator().manual_seed(groups)
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64, generator=g)
+    w = torch.randn(6, 4 // groups, 3, 2, dtype=torch.float64, generator=g)
+    be = IntTorchBackend(8, "nearest", 5)
+    y = be.conv2d(x, w, (1, 2), (2, 1), groups).numpy()
+    xq = fixed.to_fixed(x.numpy(), 8, "nearest")
+    wq = fixed.to_fixed(w.numpy(), 8, "nearest")
+    C, Fo = 4 // groups, 6 // groups
+    for i in range(groups):
+        xs = fixed.FixedTensor(xq.mantissa[:, i * C : (i + 1) * C], xq.exponent, 8)
+        ws = fixed.FixedTensor(wq.mantissa[i * Fo : (i + 1) * Fo], wq.exponent, 8)
+        ref = fixed.conv2d(xs, ws, (1, 2), 0, (2, 1)).to_float()
+        np.testing.assert_array_equal(y[:, i * Fo : (i + 1) * Fo], ref)
+
+
+def test_integerize_converts_sekron_layers_and_trains():
+    torch.manual_seed(2)
+    net = nn.Sequential(
+        SeKronConv2d(sk.Structure([(2, 1, 3, 1), (2, 2, 1, 3)], ranks=1), padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        SeKronLinear(sk.Structure([(2, 8), (2, 8)], ranks=2)),
+    )
+    inet = integerize(net, bits=8, seed=1)
+    assert [type(m).__name__ for m in inet] == ["IntSeKronConv2d", "ReLU", "Flatten", "IntSeKronLinear"]
+    x, t = torch.randn(8, 2, 4, 4), torch.randint(0, 4, (8,))
+    opt = torch.optim.SGD(inet.parameters(), lr=0.05)
+    losses = []
+    for _ in range(10):
+        loss = nn.functional.cross_entropy(inet(x), t)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in inet.parameters())
+    assert losses[-1] < losses[0]
