@@ -251,6 +251,23 @@ def test_conv_macs_counted_and_auto_path():
     assert c["sekron"] == 8 * 8 * 8 * 3 * 34 * 32 + 8 * 8 * 8 * 3 * 32 * 32
     assert conv.uses_structured_path((32, 32))
     assert not SeKronConv2d(sk.Structure([(2, 2, 1, 1), (2, 2, 1, 1)], ranks=4)).uses_structured_path((8, 8))
+    # tiny images stay dense even at a 4x MAC reduction (the staged path is slower there)
+    assert 4 * conv.macs((8, 8))["sekron"] < conv.macs((8, 8))["dense"]
+    assert not conv.uses_structured_path((8, 8))
+    # a MAC saving under 2x stays dense too
+    near = SeKronConv2d(sk.Structure([(8, 8, 3, 3), (8, 8, 1, 1)], ranks=6), padding=1)
+    m = near.macs((32, 32))
+    assert m["sekron"] < m["dense"] < 2 * m["sekron"] and not near.uses_structured_path((32, 32))
+
+
+def test_dense_weight_of_a_converted_tt_layer_matches_core():
+    # a 4-way TT as SeKron: the last factors are stored P_k = r_1..r_k times
+    s = sk.Structure([(8, 1, 1, 1), (1, 8, 1, 1), (1, 1, 3, 1), (1, 1, 1, 3)], ranks=(8, 8, 3), clip=True)
+    conv = SeKronConv2d(s, padding=1, dtype=torch.float64)
+    _randomize(conv, 5)
+    ref = sk.SeKronTensor([f.detach().numpy() for f in conv.factors]).to_dense()
+    W = conv.dense_weight().detach().numpy()
+    assert np.allclose(W, ref, rtol=0, atol=64 * EPS64 * float(np.abs(ref).max()) * math.prod(s.ranks))
 
 
 def test_from_conv_equals_core_fit_and_keeps_settings():
