@@ -140,7 +140,8 @@ def int_linear_backward(g: torch.Tensor, xq: Any, wq: Any, bits: int, rounding: 
     dw = _int_gemm(g2.mantissa.T, xq.mantissa, _bound(n, g2.bits, xq.bits))
     if dx is None or dw is None:
         dxq, dwq, dbq = fixed.linear_backward(xq, wq, gn, bits, rounding=rounding, seed=bwd)
-        return _dequant(dxq, g), _dequant(dwq, g), _dequant(dbq, g)
+        db_t = _dequant(dbq, g) if dbq is not None else g.sum(dim=0)
+        return _dequant(dxq, g), _dequant(dwq, g), db_t
     db = g2.mantissa.astype(np.int64).sum(axis=0).astype(np.float64)
     eg1, eg2 = int(g1.exponent), int(g2.exponent)  # type: ignore[call-overload]
     return (
