@@ -91,6 +91,8 @@ def conv2d_regrouped(
     dh, dw = dilation
     dtype = np.result_type(x, w)
     x = x.astype(dtype, copy=False)
+    if tuple(in_shape[-2:]) != x.shape[-2:]:  # the regrouping reaches into the rows
+        x = np.reshape(x, in_shape)
     H, W = x.shape[-2:]
     Ho = (H - dh * (kh - 1) - 1) // sh + 1
     Wo = (W - dw * (kw - 1) - 1) // sw + 1
@@ -99,10 +101,8 @@ def conv2d_regrouped(
         return np.zeros((max(B, 0), n_out, Ho, Wo), dtype=dtype)
     K = Cg * kh * kw
     wg = np.ascontiguousarray(w, dtype=dtype).reshape(g, Og, K)
-    parts = None
-    if tuple(in_shape[-2:]) == (H, W):
-        x = _rows(x)
-        parts = _split_axes(_axes(x), (B, g, Cg))
+    x = _rows(x)
+    parts = _split_axes(_axes(x), (B, g, Cg))
     if parts is None:
         x = _rows(np.reshape(x, (B, g * Cg, H, W)))
         parts = _split_axes(_axes(x), (B, g, Cg))
