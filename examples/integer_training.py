@@ -31,12 +31,15 @@ from sekron.fixed import (
     conv2d_backward,
     linear,
     linear_backward,
+    linear_relu,
     requantize,
     sgd_step,
+    split_seed,
     to_fixed,
 )
 
 BITS = (16, 12, 10, 8)
+N_SEEDS = 17  # seeds per integer step: 13 for the forward/backward calls, 4 for sgd_step
 OUT = Path(__file__).resolve().parents[1] / "docs" / "img"
 
 
@@ -123,35 +126,47 @@ class Net:
         return logits, gr
 
     # integer -----------------------------------------------------------------------
-    def grads_int(self, x, y, bits, sr):
+    def grads_int(self, x, y, bits, seeds):
+        """Integer forward and backward; ``seeds`` holds one seed per call (split_seed)."""
         p = self.p
-        q = {k: to_fixed(v, bits, seed=sr) for k, v in p.items()}
-        xq = to_fixed(x, bits, seed=sr)
+        names = list(p)
+        q = {k: to_fixed(v, bits, seed=seeds[i]) for i, (k, v) in enumerate(p.items())}
+        xq = to_fixed(x, bits, seed=seeds[4])
         if self.arch == "mlp":
-            h, mask = relu_fixed(requantize(linear(xq, q["W1"], q["b1"], seed=sr), bits, seed=sr))
-            logits = linear(h, q["W2"], q["b2"], seed=sr).to_float()
+            # fused: GEMM + bias + requantize + ReLU in one call; the backward of layer 2
+            # returns dh requantized and masked by the ReLU; layer 1 needs no dx
+            h, mask = linear_relu(xq, q["W1"], q["b1"], bits, seed=seeds[5])
+            logits = linear(h, q["W2"], q["b2"], seed=seeds[6]).to_float()
             g = softmax_grad(logits, y)
-            dh, dW2, db2 = linear_backward(h, q["W2"], g, bits, seed=sr)
-            gh = mask_fixed(requantize(dh, bits, seed=sr), mask)
-            _, dW1, db1 = linear_backward(xq, q["W1"], gh, bits, seed=sr)
-            return logits, {"W1": dW1, "b1": db1, "W2": dW2, "b2": db2}
+            gh, dW2, db2 = linear_backward(h, q["W2"], g, bits, seed=seeds[7], dx_bits=bits, dx_mask=mask)
+            _, dW1, db1 = linear_backward(xq, q["W1"], gh, bits, seed=seeds[8], need_dx=False)
+            return logits, dict(zip(names, (dW1, db1, dW2, db2), strict=True))
         xi = reshape_fixed(xq, (-1, 1, 8, 8))
-        h1, m1 = relu_fixed(requantize(conv2d(xi, q["K1"], 1, 1), bits, seed=sr))
-        h2, m2 = relu_fixed(requantize(conv2d(h1, q["K2"], 2, 1), bits, seed=sr))
+        h1, m1 = relu_fixed(requantize(conv2d(xi, q["K1"], 1, 1), bits, seed=seeds[5]))
+        h2, m2 = relu_fixed(requantize(conv2d(h1, q["K2"], 2, 1), bits, seed=seeds[6]))
         h2f = reshape_fixed(h2, (-1, 256))
-        logits = linear(h2f, q["W"], q["b"], seed=sr).to_float()
+        logits = linear(h2f, q["W"], q["b"], seed=seeds[7]).to_float()
         g = softmax_grad(logits, y)
-        dh2, dW, db = linear_backward(h2f, q["W"], g, bits, seed=sr)
-        gh2 = mask_fixed(reshape_fixed(requantize(dh2, bits, seed=sr), h2.shape), m2)
-        dh1, dK2 = conv2d_backward(h1, q["K2"], gh2, 2, 1, bits=bits, seed=sr)
-        gh1 = mask_fixed(requantize(dh1, bits, seed=sr), m1)
-        _, dK1 = conv2d_backward(xi, q["K1"], gh1, 1, 1, bits=bits, seed=sr)
+        dh2, dW, db = linear_backward(h2f, q["W"], g, bits, seed=seeds[8])
+        gh2 = mask_fixed(reshape_fixed(requantize(dh2, bits, seed=seeds[9]), h2.shape), m2)
+        dh1, dK2 = conv2d_backward(h1, q["K2"], gh2, 2, 1, bits=bits, seed=seeds[10])
+        gh1 = mask_fixed(requantize(dh1, bits, seed=seeds[11]), m1)
+        _, dK1 = conv2d_backward(xi, q["K1"], gh1, 1, 1, bits=bits, seed=seeds[12])
         return logits, {"K1": dK1, "K2": dK2, "W": dW, "b": db}
+
+    def step_int(self, x, y, bits, sr, lr=0.05, mu=0.9, wd=1e-4):
+        """One integer training step: one draw from ``sr`` is split into one seed per call."""
+        seeds = split_seed(sr, N_SEEDS)
+        logits, gr = self.grads_int(x, y, bits, seeds)
+        for i, (k, g) in enumerate(gr.items()):
+            self.p[k], self.state[k] = sgd_step(self.p[k], g, self.state[k], lr=lr, momentum=mu,
+                                                weight_decay=wd, bits=bits, seed=seeds[13 + i])
+        return logits
 
     def predict(self, x, bits, sr):
         if bits is None:
             return self.grads_float(x, np.zeros(len(x), int))[0]
-        return self.grads_int(x, np.zeros(len(x), int), bits, sr)[0]
+        return self.grads_int(x, np.zeros(len(x), int), bits, split_seed(sr, N_SEEDS))[0]
 
 
 def softmax_grad(logits, y):
@@ -178,10 +193,7 @@ def train_classifier(arch, bits, seed, data, epochs, batch=32, lr=0.05, mu=0.9, 
                     net.vel[k] = mu * net.vel[k] + g
                     net.p[k] = (net.p[k] - lr * net.vel[k]).astype(np.float32)
             else:
-                _, gr = net.grads_int(xtr[idx], ytr[idx], bits, sr)
-                for k, g in gr.items():
-                    net.p[k], net.state[k] = sgd_step(net.p[k], g, net.state[k], lr=lr, momentum=mu,
-                                                      weight_decay=wd, bits=bits, seed=sr)
+                net.step_int(xtr[idx], ytr[idx], bits, sr, lr, mu, wd)
     pred = net.predict(xte, bits, sr).argmax(1)
     return float((pred == yte).mean() * 100)
 

@@ -13,7 +13,7 @@ This sub-package imports numba; ``import sekron`` does not import it until
 
 from __future__ import annotations
 
-from ._backward import linear, linear_backward, matmul_backward
+from ._backward import linear, linear_backward, linear_relu, matmul_backward
 from ._conv import conv2d, conv2d_backward
 from ._gemm import GemmPlan, matmul, plan_gemm
 from ._ops import (
@@ -26,17 +26,19 @@ from ._ops import (
     mul,
 )
 from ._sgd import SGDState, sgd_step
-from ._tensor import FixedTensor, requantize, to_fixed
+from ._tensor import FixedTensor, requantize, split_seed, to_fixed
 
 __all__ = [
     "FixedTensor",
     "to_fixed",
     "requantize",
+    "split_seed",
     "GemmPlan",
     "plan_gemm",
     "matmul",
     "matmul_backward",
     "linear",
+    "linear_relu",
     "linear_backward",
     "conv2d",
     "conv2d_backward",

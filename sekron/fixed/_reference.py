@@ -20,6 +20,9 @@ __all__ = [
     "map_fixed_ref",
     "requant_ref",
     "shift_ref",
+    "linear_fwd_ref",
+    "linear_bwd_ref",
+    "split_seed_ref",
 ]
 
 MASK64 = (1 << 64) - 1
@@ -122,3 +125,55 @@ def shift_ref(q: np.ndarray, shift: int, stochastic: bool, key: np.uint64) -> np
     if stochastic:
         return shift_stochastic_ref(q, np.full(q.size, shift, np.int64), key)
     return (q + (1 << (shift - 1))) >> shift
+
+
+def linear_fwd_ref(
+    x: np.ndarray, w: np.ndarray, bq: np.ndarray | None, b_shift: int, e_acc: int, bits: int | None,
+    stochastic: bool, seed: int, relu: bool,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Reference of ``_kernels.linear_fwd_flat``: (int64 output (N, F), ReLU mask, exponent).
+
+    ``bq`` None means no bias; ``bits`` None means no requantization."""
+    acc = gemm_ref(x, w)
+    if bq is not None:
+        acc = acc + shift_ref(bq, b_shift, stochastic, stream_key(seed, 4))[None, :]
+    e = e_acc
+    if bits is not None:
+        q, e = requant_ref(acc, e_acc, bits, stochastic, stream_key(seed, 3))
+        acc = q.reshape(acc.shape)
+    mask = acc > 0
+    if relu:
+        acc = np.where(mask, acc, 0)
+    return acc, mask, e
+
+
+def linear_bwd_ref(
+    x: np.ndarray, w: np.ndarray, g: np.ndarray, e_g: int | None, bits: int, stochastic: bool, seed: int,
+    e_x: int, e_w: int, dx_bits: int | None, mask: np.ndarray | None,
+) -> tuple[tuple[np.ndarray, int], tuple[np.ndarray, int], tuple[np.ndarray, int]]:
+    """Reference of ``_kernels.linear_bwd_flat``: ((dx, e), (dW, e), (db, e)) in int64.
+
+    ``e_g`` None: ``g`` is a float gradient mapped on streams 1 and 2; else ``g`` holds
+    mantissas of exponent ``e_g``. ``dx_bits`` requantizes dx on stream 3; ``mask`` zeroes it."""
+    n, f = np.shape(g)
+    if e_g is None:
+        q1, eg1 = map_fixed_ref(g, bits, stochastic, stream_key(seed, 1))
+        q2, eg2 = map_fixed_ref(g, bits, stochastic, stream_key(seed, 2))
+        g1, g2 = q1.reshape(n, f), q2.reshape(n, f)
+    else:
+        g1 = g2 = np.asarray(g, np.int64)
+        eg1 = eg2 = e_g
+    dx = gemm_ref(g1, np.asarray(w).T)
+    e_dx = eg1 + e_w
+    if dx_bits is not None:
+        q, e_dx = requant_ref(dx, e_dx, dx_bits, stochastic, stream_key(seed, 3))
+        dx = q.reshape(dx.shape)
+        if mask is not None:
+            dx = np.where(mask, dx, 0)
+    dw = gemm_ref(g2.T, np.asarray(x).T)
+    return (dx, e_dx), (dw, eg2 + e_x), (g2.sum(axis=0), eg2)
+
+
+def split_seed_ref(seed: int, n: int) -> tuple[int, ...]:
+    """Reference of ``_tensor.split_seed``: ``splitmix64`` outputs ``mix(seed + (i + 1) GAMMA)``."""
+    return tuple(int(v) for v in hash_stream(np.uint64(seed & MASK64), n))

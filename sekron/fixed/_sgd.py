@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 from typing import Any, Literal, NamedTuple
 
@@ -39,6 +40,8 @@ class SGDState(NamedTuple):
 
 
 def _hyper(v: Any, name: str, low: float, high: float | None = None) -> float:
+    if type(v) is float and low <= v < (high if high is not None else math.inf):
+        return v  # finite and in range: the common case, without the ABC checks below
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name}: expected a float, got {_describe(v)}")
     f = float(v)

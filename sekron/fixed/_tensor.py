@@ -19,7 +19,7 @@ from ..errors import DTypeError, OverflowRiskError, ShapeError
 from . import _kernels
 from ._reference import MASK64, stream_key
 
-__all__ = ["FixedTensor", "to_fixed", "requantize", "Rounding", "Seed"]
+__all__ = ["FixedTensor", "to_fixed", "requantize", "split_seed", "Rounding", "Seed"]
 
 Rounding = Literal["stochastic", "nearest"]
 Seed = None | int | np.random.Generator
@@ -189,6 +189,8 @@ def _check_exponent(exponent: Any, shape: tuple[int, ...]) -> Exponent:
 
 def resolve_seed(seed: Seed, name: str = "seed") -> int:
     """Turn ``None``, an int >= 0 or a Generator into a 64-bit seed."""
+    if type(seed) is int and seed >= 0:  # the common case, without the ABC checks below
+        return seed & MASK64
     if seed is None:
         return int(np.random.SeedSequence().generate_state(1, np.uint64)[0])
     if isinstance(seed, np.random.Generator):
@@ -198,6 +200,64 @@ def resolve_seed(seed: Seed, name: str = "seed") -> int:
             raise ValueError(f"{name}: expected a non-negative int, got {int(seed)}")
         return int(seed) & MASK64
     raise TypeError(f"{name}: expected None, an int or a numpy Generator, got {_describe(seed)}")
+
+
+_GAMMA = 0x9E3779B97F4A7C15
+_M1 = 0xBF58476D1CE4E5B9
+_M2 = 0x94D049BB133111EB
+
+
+def split_seed(seed: Seed, n: int) -> tuple[int, ...]:
+    """Split one seed into ``n`` independent 64-bit seeds (one per call of a training step).
+
+    Parameters
+    ----------
+    seed : int, numpy Generator or None
+        The step's seed (a Generator is asked for one 64-bit value; None: fresh entropy).
+    n : int
+        Number of seeds (>= 0).
+
+    Returns
+    -------
+    tuple of int
+        ``s_i = splitmix64(seed + (i + 1) * GAMMA)`` for ``i = 0..n-1`` (arithmetic modulo
+        2**64): the first ``n`` outputs of a splitmix64 generator started at ``seed``.
+
+    Raises
+    ------
+    ValueError, TypeError
+        If ``seed`` is negative or not a seed, or ``n`` is negative.
+
+    Notes
+    -----
+    The stream scheme of a training step: draw one 64-bit step seed, split it into one
+    seed per public call (``s_0`` for the first ``to_fixed``, ``s_1`` for the next, ...).
+    Inside a call, sub-stream ``j`` (e.g. 1 and 2 for the two gradient mappings of
+    :func:`linear_backward`, 3 for its requantization, 4 for the bias alignment of
+    :func:`linear`) draws element ``i``'s bits as
+    ``splitmix64(key + (i + 1) * GAMMA)`` with
+    ``key = mix(mix(s + GAMMA) xor (j * M2 + GAMMA))``. Every random bit is therefore a
+    function of (step seed, call index, sub-stream, element index) only: the step is
+    deterministic and independent of the thread count, and distinct calls get unrelated
+    keys (splitmix64's output function is a bijection of its 64-bit state).
+
+    Examples
+    --------
+    >>> from sekron.fixed import split_seed
+    >>> a, b = split_seed(7, 2)
+    >>> split_seed(7, 3)[:2] == (a, b), a != b
+    (True, True)
+    """
+    s = resolve_seed(seed)
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral) or int(n) < 0:
+        raise ValueError(f"n: expected a non-negative int, got {n!r}")
+    out = []
+    for i in range(1, int(n) + 1):
+        z = (s + i * _GAMMA) & MASK64
+        z = ((z ^ (z >> 30)) * _M1) & MASK64
+        z = ((z ^ (z >> 27)) * _M2) & MASK64
+        out.append(z ^ (z >> 31))
+    return tuple(out)
 
 
 def check_rounding(rounding: Any) -> Rounding:
