@@ -113,3 +113,19 @@ def test_integerize_and_train_step():
         integerize(net, bits=1)
     with pytest.raises(ValueError, match="rounding"):
         IntLinear(2, 2, rounding="up")
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_large_weight_mapping_equals_engine(rounding, dtype):
+    from sekron.torch.integer import _DIRECT_MIN, _quantize
+
+    g = torch.Generator().manual_seed(9)
+    for scale in (1e-30, 1.0, 1e30):
+        w = torch.randn(_DIRECT_MIN // 64 + 1, 64, dtype=dtype, generator=g) * scale
+        for bits in (4, 8, 16):
+            got = _quantize(w, bits, rounding, 77, _W)
+            ref = fixed.to_fixed(w.numpy(), bits, rounding, 77, stream=_W)
+            assert got.exponent == ref.exponent and got.bits == ref.bits
+            np.testing.assert_array_equal(got.mantissa, ref.mantissa)
+            assert got.mantissa.dtype == ref.mantissa.dtype
