@@ -533,8 +533,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--ratios", type=float, nargs="+", default=None, help="per-layer compression ratios (default 2 4)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--layers", type=int, nargs="+", default=None, help="encoder blocks to compress (default all 6)")
-    p.add_argument("--epochs", type=int, default=None, help="distillation epochs (default 12, quick 3)")
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--linears", nargs="+", default=list(LINEARS), choices=LINEARS,
+                   help="which linear layers of each block (default all six)")
+    p.add_argument("--epochs", type=int, default=None, help="distillation epochs (default 6, quick 3)")
+    p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--n-eval", type=int, default=64, help="held-out sentences (the rest distil)")
     p.add_argument("--max-candidates", type=int, default=None, help="structures compress() fits per layer (default 4, quick 2)")
@@ -544,7 +546,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-plot", action="store_true")
     a = p.parse_args(argv)
     a.ratios = a.ratios or ([4.0] if a.quick else [2.0, 4.0])
-    a.epochs = a.epochs if a.epochs is not None else (3 if a.quick else 12)
+    a.epochs = a.epochs if a.epochs is not None else (3 if a.quick else 6)
     a.max_candidates = a.max_candidates or (2 if a.quick else 4)
     return a
 
@@ -559,7 +561,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         p.requires_grad_(False)
     n_blocks = len(teacher.bert.encoder.layer)
     blocks = sorted(set(args.layers)) if args.layers is not None else list(range(n_blocks))
-    names = [f"bert.encoder.layer.{i}.{s}" for i in blocks for s in LINEARS]
+    names = [f"bert.encoder.layer.{i}.{s}" for i in blocks for s in args.linears]
     train_s, eval_s = split_sentences(args.n_eval, args.seed)
     train_b, eval_b = batches(tokenizer, train_s, args.batch), batches(tokenizer, eval_s, 64)
     ref = embed(teacher, eval_b)
@@ -666,7 +668,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         rs = [next(r for r in summary["results"] if r["method"] == m and r["ratio"] == q) for q in ratios]
         x = np.arange(len(ratios)) + j * width
         ax.bar(x, [1 - r["before"]["cos_mean"] for r in rs], width, alpha=0.35, color=f"C{j}")
-        ax.bar(x, [1 - r["after"]["cos_mean"] for r in rs], width, color=f"C{j}", label=LABELS[m])
+        ax.bar(x, [1 - r["after"]["cos_mean"] for r in rs], width, color=f"C{j}", label=LABELS[m].replace("`", ""))
     ax.set_xticks(np.arange(len(ratios)) + 0.4 - width / 2, [f"{q:g}×" for q in ratios])
     ax.set_yscale("log")
     ax.set_ylabel("1 − mean cosine to the original (held out)")
