@@ -330,3 +330,19 @@ def test_from_embedding_equals_nkp():
     b.load_state_dict(emb.state_dict())
     ids = torch.tensor([0, 5, 29])
     assert torch.equal(b(ids), emb(ids))
+
+
+def test_dense_path_weight_cache_follows_factor_updates():
+    conv = SeKronConv2d(sk.Structure([(2, 2, 3, 1), (2, 2, 1, 3)], ranks=2), padding=1, path="dense", dtype=torch.float64)
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    with torch.no_grad():
+        y1 = conv(x)
+        conv.factors[0].mul_(2.0)  # an in-place update bumps the version: the cache is rebuilt
+        y2 = conv(x)
+        conv.factors[1].copy_(torch.zeros_like(conv.factors[1]))
+        y3 = conv(x)
+    torch.testing.assert_close(y2 - conv.bias[:, None, None], 2 * (y1 - conv.bias[:, None, None]))
+    torch.testing.assert_close(y3, conv.bias[:, None, None].expand_as(y3))
+    # with gradients recorded, the weight is rebuilt and differentiable
+    conv(x).sum().backward()
+    assert all(p.grad is not None for p in conv.factors)
