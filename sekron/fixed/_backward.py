@@ -13,7 +13,7 @@ import numpy as np
 from .._validation import check_bits
 from ..errors import ShapeError
 from . import _kernels
-from ._gemm import Method, check_operand, gemm_nt, plan_for
+from ._gemm import Method, check_operand, gemm_nt, plan_for, transposed
 from ._tensor import (
     FixedTensor,
     Rounding,
@@ -320,7 +320,7 @@ def matmul_backward(
     plan_a = plan_for(n, g1.bits, b.bits, method)
     da = gemm_nt(g1.mantissa, b.mantissa, plan_a)  # (M, N) x (K, N)^T
     plan_b = plan_for(m, a.bits, g2.bits, method)
-    db = gemm_nt(np.ascontiguousarray(a.mantissa.T), np.ascontiguousarray(g2.mantissa.T), plan_b)
+    db = gemm_nt(transposed(a.mantissa), transposed(g2.mantissa), plan_b)
     return (
         FixedTensor._trusted(da, _scalar_exp(g1, "grad_out") + eb, bits_for_bound(plan_a.bound)),
         FixedTensor._trusted(db, ea + _scalar_exp(g2, "grad_out"), bits_for_bound(plan_b.bound)),
@@ -430,7 +430,7 @@ def linear_backward(
         g1 = map_grad(grad_out, (n, f), nb, rounding, key, 1)
         eg1 = _scalar_exp(g1, "grad_out")
         plan_x = plan_for(f, g1.bits, weight.bits, method)
-        dx = gemm_nt(g1.mantissa, np.ascontiguousarray(weight.mantissa.T), plan_x)
+        dx = gemm_nt(g1.mantissa, transposed(weight.mantissa), plan_x)
         dx_t = FixedTensor._trusted(dx, eg1 + ew, bits_for_bound(plan_x.bound))
         if dxb is not None:
             dx_t = requantize(dx_t, dxb, rounding, key, stream=3)
@@ -438,7 +438,7 @@ def linear_backward(
                 dx_t = FixedTensor._trusted(np.where(mask, dx_t.mantissa, 0).astype(dx_t.mantissa.dtype),
                                             dx_t.exponent, dx_t.bits)
     plan_w = plan_for(n, g2.bits, x.bits, method)
-    dw = gemm_nt(np.ascontiguousarray(g2.mantissa.T), np.ascontiguousarray(x.mantissa.T), plan_w)
+    dw = gemm_nt(transposed(g2.mantissa), transposed(x.mantissa), plan_w)
     db = g2.mantissa.astype(np.int64).sum(axis=0)  # |sum| <= N * m_g, far inside int64
     return (
         dx_t,

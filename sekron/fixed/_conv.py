@@ -9,7 +9,7 @@ import numpy as np
 
 from .._validation import check_bits
 from ..errors import ShapeError
-from ._gemm import Method, check_operand, gemm_nt, plan_gemm
+from ._gemm import Method, check_operand, gemm_nt, plan_gemm, transposed
 from ._tensor import (
     FixedTensor,
     Rounding,
@@ -226,12 +226,12 @@ def conv2d_backward(
     g2_mat = g2.mantissa.transpose(0, 2, 3, 1).reshape(-1, f)
     w_mat = weight.mantissa.reshape(f, -1)  # (F, C*kh*kw)
     plan_x = plan_gemm(f, g1.bits, weight.bits, method=method, acc_dtype=np.int64)
-    dcols = gemm_nt(g1_mat, np.ascontiguousarray(w_mat.T), plan_x)
+    dcols = gemm_nt(g1_mat, transposed(w_mat), plan_x)
     dx_q = col2im(dcols, x.shape, kh, kw, ho, wo, st, pd, dl)
     dx = FixedTensor._trusted(np.ascontiguousarray(dx_q), eg1 + ew, bits_for_bound(plan_x.bound * kh * kw))
     cols = im2col(x.mantissa, kh, kw, ho, wo, st, pd, dl)  # (N*Ho*Wo, C*kh*kw)
     plan_w = plan_gemm(n * ho * wo, g2.bits, x.bits, method=method)
-    dw_q = gemm_nt(np.ascontiguousarray(g2_mat.T), np.ascontiguousarray(cols.T), plan_w)
+    dw_q = gemm_nt(transposed(g2_mat), transposed(cols), plan_w)
     dw = FixedTensor._trusted(dw_q.reshape(weight.shape), eg2 + ex, bits_for_bound(plan_w.bound))
     return dx, dw
 

@@ -187,6 +187,19 @@ def _operand_dtypes(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarra
     )
 
 
+def transposed(q: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of ``q.T`` (2-d): a tiled parallel numba copy for large int8/int16
+    operands, numpy's otherwise. Same values either way."""
+    if q.size >= _kernels.PARALLEL_MIN_ELEMENTS and q.dtype in _NARROW and q.flags.c_contiguous:
+        out = np.empty((q.shape[1], q.shape[0]), q.dtype)
+        _kernels.transpose_blocked(q, out)
+        return out
+    return np.ascontiguousarray(q.T)
+
+
+_NARROW = (np.dtype(np.int8), np.dtype(np.int16))
+
+
 def gemm_nt(a_q: np.ndarray, bt_q: np.ndarray, plan: GemmPlan) -> np.ndarray:
     """Exact ``a_q @ bt_q.T`` for mantissas ``a_q`` (M, K), ``bt_q`` (N, K) under ``plan``.
 
@@ -206,17 +219,18 @@ def gemm_nt(a_q: np.ndarray, bt_q: np.ndarray, plan: GemmPlan) -> np.ndarray:
         out32 = np.empty((m, n), dtype=np.int32)
         acc32(a, bt, out32)
         return out32 if plan.acc_dtype == np.int32 else out32.astype(plan.acc_dtype)
-    out = np.zeros((m, n), dtype=np.int64)
-    if plan.path == "numba-int32-chunked":
-        # chunk * m_a * m_b <= 2**31 - 1, so each chunk is exact in int32
-        tmp = np.empty((m, n), dtype=np.int32)
-        for p0 in range(0, k, plan.chunk):
-            a_c = np.ascontiguousarray(a[:, p0 : p0 + plan.chunk])
-            b_c = np.ascontiguousarray(bt[:, p0 : p0 + plan.chunk])
-            acc32(a_c, b_c, tmp)
-            out += tmp
-    else:
+    if plan.path != "numba-int32-chunked":  # the int64 kernel writes every element
+        out = np.empty((m, n), dtype=np.int64)
         (_kernels.gemm_acc64 if big else _kernels.gemm_acc64_serial)(a, bt, out)
+        return out
+    out = np.zeros((m, n), dtype=np.int64)
+    # chunk * m_a * m_b <= 2**31 - 1, so each chunk is exact in int32
+    tmp = np.empty((m, n), dtype=np.int32)
+    for p0 in range(0, k, plan.chunk):
+        a_c = np.ascontiguousarray(a[:, p0 : p0 + plan.chunk])
+        b_c = np.ascontiguousarray(bt[:, p0 : p0 + plan.chunk])
+        acc32(a_c, b_c, tmp)
+        out += tmp
     return out
 
 
@@ -308,7 +322,7 @@ def matmul(
     ea = _axis_exponent(a, "a", 1)
     eb = _axis_exponent(b, "b", 0)
     plan = plan_for(a.shape[1], a.bits, b.bits, method, acc_dtype)
-    acc = gemm_nt(a.mantissa, np.ascontiguousarray(b.mantissa.T), plan)
+    acc = gemm_nt(a.mantissa, transposed(b.mantissa), plan)
     exponent = np.asarray(ea, np.int64) + np.asarray(eb, np.int64)
     out = FixedTensor._trusted(acc, exponent, bits_for_bound(plan.bound))
     if out_bits is None:

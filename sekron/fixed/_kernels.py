@@ -154,7 +154,8 @@ def _gemm_acc32(a, bt, out):  # pragma: no cover - compiled
 
 
 def _gemm_acc64(a, bt, out):  # pragma: no cover - compiled
-    """``out = a @ bt.T`` with int64 accumulation (bound K * max|a| * max|b| <= 2^62)."""
+    """``out = a @ bt.T`` with int64 accumulation (bound K * max|a| * max|b| <= 2^62);
+    ``a``, ``bt`` int8/int16 (``gemm_nt`` converts), so each product fits int32."""
     m, k = a.shape
     n = bt.shape[0]
     for ib in prange((m + 1) // 2):
@@ -167,14 +168,16 @@ def _gemm_acc64(a, bt, out):  # pragma: no cover - compiled
             c10 = np.int64(0)
             c11 = np.int64(0)
             for p in range(k):
-                a0 = np.int64(a[i, p])
-                a1 = np.int64(a[i1, p])
-                b0 = np.int64(bt[j, p])
-                b1 = np.int64(bt[j1, p])
-                c00 += a0 * b0
-                c01 += a0 * b1
-                c10 += a1 * b0
-                c11 += a1 * b1
+                # int16 x int16 fits int32 exactly; widening the product (not the operands)
+                # avoids 64-bit multiplies, which AVX2 lacks (10-20% faster at 1024^3)
+                a0 = np.int32(a[i, p])
+                a1 = np.int32(a[i1, p])
+                b0 = np.int32(bt[j, p])
+                b1 = np.int32(bt[j1, p])
+                c00 += np.int64(a0 * b0)
+                c01 += np.int64(a0 * b1)
+                c10 += np.int64(a1 * b0)
+                c11 += np.int64(a1 * b1)
             out[i, j] = c00
             out[i, j1] = c01
             out[i1, j] = c10
@@ -543,6 +546,22 @@ def linear_bwd_flat(x, w, gf, gq, from_float, bits, stochastic, seed, e_x, e_w, 
     return e_dx, eg2 + e_x, eg2
 
 
+def _transpose_blocked(src, dst):  # pragma: no cover - compiled
+    """``dst = src.T`` for a 2-d ``src`` (R, C) and ``dst`` (C, R), in 64 x 64 tiles so
+    both the reads and the writes stay in cache (numpy's strided copy of a transposed
+    view is several times slower at 1024 x 1024)."""
+    r, c = src.shape
+    nb = (c + 63) // 64
+    for jb in prange(nb):
+        j0 = jb * 64
+        j1 = min(j0 + 64, c)
+        for i0 in range(0, r, 64):
+            i1 = min(i0 + 64, r)
+            for j in range(j0, j1):
+                for i in range(i0, i1):
+                    dst[j, i] = src[i, j]
+
+
 def _renamed(fn: Callable[..., Any], suffix: str) -> Callable[..., Any]:
     """A copy of ``fn`` under another qualified name, so each compiled twin gets its own
     on-disk cache entry (numba names cache files after the function's qualname)."""
@@ -558,6 +577,7 @@ shift_stochastic = njit(cache=True, parallel=True)(_shift_stochastic)
 shift_stochastic_serial = njit(cache=True)(_renamed(_shift_stochastic, "_serial"))
 gemm_acc32 = njit(cache=True, parallel=True)(_gemm_acc32)
 gemm_acc32_serial = njit(cache=True)(_renamed(_gemm_acc32, "_serial"))
+transpose_blocked = njit(cache=True, parallel=True)(_transpose_blocked)
 gemm_acc64 = njit(cache=True, parallel=True)(_gemm_acc64)
 gemm_acc64_serial = njit(cache=True)(_renamed(_gemm_acc64, "_serial"))
 

@@ -140,3 +140,15 @@ def test_matmul_bad_inputs_and_no_mutation():
     with pytest.raises(ShapeError, match="2-d"):
         matmul(to_fixed(np.ones(3), 8), b)
     assert np.array_equal(a.mantissa, qa)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 70), (130, 1100), (513, 300)])
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32])
+def test_transposed_copy_matches_numpy(shape, dtype):
+    from sekron.fixed._gemm import transposed
+
+    q = np.random.default_rng(shape[0]).integers(-100, 100, size=shape).astype(dtype)
+    t = transposed(q)
+    assert t.flags.c_contiguous and t.dtype == q.dtype
+    np.testing.assert_array_equal(t, q.T)
+    np.testing.assert_array_equal(transposed(q[:, ::2]), q[:, ::2].T)  # non-contiguous input
