@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.grad import conv2d_input, conv2d_weight
 
 from .. import fixed
 from ..ops import conv2d_plan, execute_plan
@@ -168,8 +169,22 @@ class IntSeKronLinear(_IntModule, SeKronLinear):
         return f"{SeKronLinear.extra_repr(self)}, {self._int_repr()}"
 
 
+_F64_EXACT = 1 << 53
+
+
+def _to64(q: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(q.astype(np.float64))
+
+
 class _GroupConvFn(torch.autograd.Function):
-    """Grouped 'valid' convolution; group ``i`` is ``fixed.conv2d`` of the slices."""
+    """Grouped 'valid' convolution of the mapped operands, exact, as ``fixed.conv2d`` per group.
+
+    The mantissas run through torch's float64 convolution (im2col and GEMM, no
+    transform-based algorithm for float64), exact while every partial sum is an integer
+    below ``2**53``; past that bound the engine runs group by group. Backward maps the
+    gradient twice (streams 1 and 2 of the backward key, as
+    :func:`sekron.fixed.conv2d_backward`) with one exponent over all groups.
+    """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, bits: int, rounding: Any, seed: int, geo: tuple[Any, Any, int]) -> torch.Tensor:  # type: ignore[override]
@@ -177,27 +192,48 @@ class _GroupConvFn(torch.autograd.Function):
         stride, dilation, groups = geo
         xq = _quantize(x, bits, rounding, fwd, _X)
         wq = _quantize(w, bits, rounding, fwd, _W)
-        C, Fo = x.shape[1] // groups, w.shape[0] // groups
-        xs = [fixed.FixedTensor._trusted(np.ascontiguousarray(xq.mantissa[:, i * C : (i + 1) * C]), xq.exponent, bits) for i in range(groups)]
-        ws = [fixed.FixedTensor._trusted(np.ascontiguousarray(wq.mantissa[i * Fo : (i + 1) * Fo]), wq.exponent, bits) for i in range(groups)]
+        ctx.saved = (xq, wq, bits, rounding, bwd, geo)
+        k = w.shape[1] * w.shape[2] * w.shape[3]
+        if _bound(k, bits, bits) <= _F64_EXACT:
+            y = F.conv2d(_to64(xq.mantissa), _to64(wq.mantissa), stride=stride, dilation=dilation, groups=groups)
+            return _scaled(y.numpy(), int(xq.exponent) + int(wq.exponent), x)  # type: ignore[call-overload]
+        xs, ws = _group_slices(xq, wq, groups)
         ys = [fixed.conv2d(xs[i], ws[i], stride, 0, dilation).to_float() for i in range(groups)]
-        ctx.saved = (xs, ws, bits, rounding, bwd, geo)
         return _scaled(np.concatenate(ys, axis=1), 0, x)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        xs, ws, bits, rounding, bwd, (stride, dilation, groups) = ctx.saved
-        gn = g.detach().contiguous().numpy()
-        Fo = gn.shape[1] // groups
-        dxs, dws = [], []
-        for i in range(groups):
-            dx, dw = fixed.conv2d_backward(
-                xs[i], ws[i], np.ascontiguousarray(gn[:, i * Fo : (i + 1) * Fo]), stride=stride, padding=0, dilation=dilation,
-                bits=bits, rounding=rounding, seed=stage_seed(bwd, i),
+        xq, wq, bits, rounding, bwd, (stride, dilation, groups) = ctx.saved
+        gn = np.ascontiguousarray(g.detach().numpy())
+        g1 = fixed.to_fixed(gn, bits, rounding, bwd, stream=1)
+        g2 = fixed.to_fixed(gn, bits, rounding, bwd, stream=2)
+        N, Fo, Ho, Wo = gn.shape
+        kh, kw = wq.shape[2], wq.shape[3]
+        exact = max(_bound((Fo // groups) * kh * kw, bits, bits), _bound(N * Ho * Wo, bits, bits)) <= _F64_EXACT
+        if exact:
+            dx = conv2d_input(tuple(xq.shape), _to64(wq.mantissa), _to64(g1.mantissa), stride=stride, dilation=dilation, groups=groups)
+            dw = conv2d_weight(_to64(xq.mantissa), tuple(wq.shape), _to64(g2.mantissa), stride=stride, dilation=dilation, groups=groups)
+            return (
+                _scaled(dx.numpy(), int(g1.exponent) + int(wq.exponent), g),  # type: ignore[call-overload]
+                _scaled(dw.numpy(), int(g2.exponent) + int(xq.exponent), g),  # type: ignore[call-overload]
+                None, None, None, None,
             )
-            dxs.append(dx.to_float())
-            dws.append(dw.to_float())
+        xs, ws = _group_slices(xq, wq, groups)
+        g1s, g2s = (_channel_slices(t, groups) for t in (g1, g2))
+        dxs = [fixed.conv2d_backward(xs[i], ws[i], g1s[i], stride, 0, dilation, bits, rounding=rounding, seed=bwd)[0].to_float() for i in range(groups)]
+        dws = [fixed.conv2d_backward(xs[i], ws[i], g2s[i], stride, 0, dilation, bits, rounding=rounding, seed=bwd)[1].to_float() for i in range(groups)]
         return _scaled(np.concatenate(dxs, axis=1), 0, g), _scaled(np.concatenate(dws, axis=0), 0, g), None, None, None, None
+
+
+def _channel_slices(t: fixed.FixedTensor, groups: int) -> list[fixed.FixedTensor]:
+    c = t.shape[1] // groups
+    return [fixed.FixedTensor._trusted(np.ascontiguousarray(t.mantissa[:, i * c : (i + 1) * c]), t.exponent, t.bits) for i in range(groups)]
+
+
+def _group_slices(xq: fixed.FixedTensor, wq: fixed.FixedTensor, groups: int) -> tuple[list[fixed.FixedTensor], list[fixed.FixedTensor]]:
+    fo = wq.shape[0] // groups
+    ws = [fixed.FixedTensor._trusted(np.ascontiguousarray(wq.mantissa[i * fo : (i + 1) * fo]), wq.exponent, wq.bits) for i in range(groups)]
+    return _channel_slices(xq, groups), ws
 
 
 class IntTorchBackend(TorchBackend):
