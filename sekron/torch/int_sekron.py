@@ -71,8 +71,8 @@ class _BmmFn(torch.autograd.Function):
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         aq, bq, bits, rounding, bwd = ctx.saved
         gn = g.detach().contiguous().numpy()
-        g1 = fixed.to_fixed(gn, bits, rounding, bwd, stream=1)
-        g2 = fixed.to_fixed(gn, bits, rounding, bwd, stream=2)
+        g1 = _quantize(g, bits, rounding, bwd, 1)
+        g2 = _quantize(g, bits, rounding, bwd, 2)
         M, N = gn.shape[1], gn.shape[2]
         da = [_int_gemm(g1.mantissa[p], bq.mantissa[p].T, _bound(N, bits, bits)) for p in range(gn.shape[0])]
         db = [_int_gemm(aq.mantissa[p].T, g2.mantissa[p], _bound(M, bits, bits)) for p in range(gn.shape[0])]
@@ -205,8 +205,8 @@ class _GroupConvFn(torch.autograd.Function):
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         xq, wq, bits, rounding, bwd, (stride, dilation, groups) = ctx.saved
         gn = np.ascontiguousarray(g.detach().numpy())
-        g1 = fixed.to_fixed(gn, bits, rounding, bwd, stream=1)
-        g2 = fixed.to_fixed(gn, bits, rounding, bwd, stream=2)
+        g1 = _quantize(g, bits, rounding, bwd, 1)
+        g2 = _quantize(g, bits, rounding, bwd, 2)
         N, Fo, Ho, Wo = gn.shape
         kh, kw = wq.shape[2], wq.shape[3]
         exact = max(_bound((Fo // groups) * kh * kw, bits, bits), _bound(N * Ho * Wo, bits, bits)) <= _F64_EXACT

@@ -157,8 +157,8 @@ def int_linear_backward(g: torch.Tensor, xq: Any, wq: Any, bits: int, rounding: 
     """``fixed.linear_backward(xq, wq, g, bits, seed=bwd)`` dequantized, bit for bit."""
     gn = _mant(g)
     n, f = gn.shape
-    g1 = fixed.to_fixed(gn, bits, rounding, bwd, stream=1)
-    g2 = fixed.to_fixed(gn, bits, rounding, bwd, stream=2)
+    g1 = _quantize(g, bits, rounding, bwd, 1)
+    g2 = _quantize(g, bits, rounding, bwd, 2)
     dx = _int_gemm(g1.mantissa, wq.mantissa, _bound(f, g1.bits, wq.bits))
     dw = _int_gemm(g2.mantissa.T, xq.mantissa, _bound(n, g2.bits, xq.bits))
     if dx is None or dw is None:
