@@ -172,8 +172,16 @@ class IntSeKronLinear(_IntModule, SeKronLinear):
 _F64_EXACT = 1 << 53
 
 
-def _to64(q: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(q.astype(np.float64))
+_F32_EXACT = 1 << 24
+
+
+def _exact_float(bound: int) -> torch.dtype:
+    """float32 while every partial sum (an integer <= ``bound``) is exact in it, else float64."""
+    return torch.float32 if bound <= _F32_EXACT else torch.float64
+
+
+def _tof(q: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    return torch.from_numpy(q.astype(np.float32 if dtype == torch.float32 else np.float64))
 
 
 class _GroupConvFn(torch.autograd.Function):
@@ -194,8 +202,11 @@ class _GroupConvFn(torch.autograd.Function):
         wq = _quantize(w, bits, rounding, fwd, _W)
         ctx.saved = (xq, wq, bits, rounding, bwd, geo)
         k = w.shape[1] * w.shape[2] * w.shape[3]
-        if _bound(k, bits, bits) <= _F64_EXACT:
-            y = F.conv2d(_to64(xq.mantissa), _to64(wq.mantissa), stride=stride, dilation=dilation, groups=groups)
+        bound = _bound(k, bits, bits)
+        if bound <= _F64_EXACT:
+            ft = _exact_float(bound)
+            with torch.backends.nnpack.flags(enabled=False):  # no Winograd/FFT: exact sums only
+                y = F.conv2d(_tof(xq.mantissa, ft), _tof(wq.mantissa, ft), stride=stride, dilation=dilation, groups=groups)
             return _scaled(y.numpy(), int(xq.exponent) + int(wq.exponent), x)  # type: ignore[call-overload]
         xs, ws = _group_slices(xq, wq, groups)
         ys = [fixed.conv2d(xs[i], ws[i], stride, 0, dilation).to_float() for i in range(groups)]
@@ -211,8 +222,18 @@ class _GroupConvFn(torch.autograd.Function):
         kh, kw = wq.shape[2], wq.shape[3]
         exact = max(_bound((Fo // groups) * kh * kw, bits, bits), _bound(N * Ho * Wo, bits, bits)) <= _F64_EXACT
         if exact:
-            dx = conv2d_input(tuple(xq.shape), _to64(wq.mantissa), _to64(g1.mantissa), stride=stride, dilation=dilation, groups=groups)
-            dw = conv2d_weight(_to64(xq.mantissa), tuple(wq.shape), _to64(g2.mantissa), stride=stride, dilation=dilation, groups=groups)
+            with torch.backends.nnpack.flags(enabled=False):
+                ft = _exact_float(_bound((Fo // groups) * kh * kw, bits, bits))
+                dx = conv2d_input(tuple(xq.shape), _tof(wq.mantissa, ft), _tof(g1.mantissa, ft), stride=stride, dilation=dilation, groups=groups)
+                # dw sums over images: chunks small enough for float32, summed in float64
+                per_image = _bound(Ho * Wo, bits, bits)
+                chunk = max(1, _F32_EXACT // per_image) if per_image <= _F32_EXACT else N
+                ft = torch.float32 if per_image * min(chunk, N) <= _F32_EXACT else torch.float64
+                dw = torch.zeros(tuple(wq.shape), dtype=torch.float64)
+                for i in range(0, N, chunk):
+                    xs_, gs_ = xq.mantissa[i : i + chunk], g2.mantissa[i : i + chunk]
+                    dw += conv2d_weight(_tof(xs_, ft), tuple(wq.shape), _tof(gs_, ft), stride=stride, dilation=dilation, groups=groups).double()
+            dx = dx.double()
             return (
                 _scaled(dx.numpy(), int(g1.exponent) + int(wq.exponent), g),  # type: ignore[call-overload]
                 _scaled(dw.numpy(), int(g2.exponent) + int(xq.exponent), g),  # type: ignore[call-overload]

@@ -145,3 +145,25 @@ def test_integerize_converts_sekron_layers_and_trains():
         losses.append(float(loss))
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in inet.parameters())
     assert losses[-1] < losses[0]
+
+
+def test_int_backend_conv_exact_at_training_sizes():
+    # sizes where torch picks its optimized float32 kernels: still the engine's integers
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(32, 16, 8, 8, generator=g, requires_grad=True)
+    w = torch.randn(32, 4, 3, 3, generator=g, requires_grad=True)
+    be = IntTorchBackend(8, "nearest", 1)
+    y = be.conv2d(x, w, (1, 1), (1, 1), 4)
+    go = torch.randn(y.shape, generator=g)
+    y.backward(go)
+    fwd, bwd = _split_seed(stage_seed(1, 0))
+    xq, wq = fixed.to_fixed(x.detach().numpy(), 8, "nearest"), fixed.to_fixed(w.detach().numpy(), 8, "nearest")
+    g1 = fixed.to_fixed(go.numpy(), 8, "nearest")
+    for i in range(4):
+        xs = fixed.FixedTensor(xq.mantissa[:, 4 * i : 4 * i + 4], xq.exponent, 8)
+        ws = fixed.FixedTensor(wq.mantissa[8 * i : 8 * i + 8], wq.exponent, 8)
+        gs = fixed.FixedTensor(g1.mantissa[:, 8 * i : 8 * i + 8], g1.exponent, 8)
+        np.testing.assert_array_equal(y.detach().numpy()[:, 8 * i : 8 * i + 8], fixed.conv2d(xs, ws).to_float().astype(np.float32))
+        dx, dw = fixed.conv2d_backward(xs, ws, gs, 1, 0, 1, 8, rounding="nearest")
+        np.testing.assert_array_equal(x.grad.numpy()[:, 4 * i : 4 * i + 4], dx.to_float().astype(np.float32))
+        np.testing.assert_array_equal(w.grad.numpy()[8 * i : 8 * i + 8], dw.to_float().astype(np.float32))
