@@ -281,7 +281,11 @@ class IntSeKronConv2d(_IntModule, SeKronConv2d):
     """:class:`SeKronConv2d` whose plan runs on :class:`IntTorchBackend` (float master factors).
 
     Parameters are those of :class:`SeKronConv2d` plus ``bits``, ``rounding``, ``seed``.
-    Padding is applied in float before the integer stages (zeros are exact).
+    Padding is applied in float before the integer stages (zeros are exact). ``path``
+    follows :meth:`SeKronConv2d.uses_structured_path`: where the staged convolution does
+    not pay (tiny images) the kernel is rebuilt in float from the master factors and run
+    as one integer stage (torch's CPU grouped convolutions, forward and backward, made
+    the staged integer fine-tuning of the demo's 8×8 images take minutes per epoch).
 
     Examples
     --------
@@ -294,14 +298,15 @@ class IntSeKronConv2d(_IntModule, SeKronConv2d):
     True
     """
 
-    def __init__(self, structure: Structure, stride: Any = 1, padding: Any = 0, dilation: Any = 1, bias: bool = True, *, bits: int = 8, rounding: str = "stochastic", seed: int = 0, device: Any = None, dtype: Any = None):
-        SeKronConv2d.__init__(self, structure, stride, padding, dilation, bias, path="structured", device=device, dtype=dtype)
+    def __init__(self, structure: Structure, stride: Any = 1, padding: Any = 0, dilation: Any = 1, bias: bool = True, *, path: str = "auto", bits: int = 8, rounding: str = "stochastic", seed: int = 0, device: Any = None, dtype: Any = None):
+        SeKronConv2d.__init__(self, structure, stride, padding, dilation, bias, path=path, device=device, dtype=dtype)
         self._init_int(bits, rounding, seed)
 
     @classmethod
     def from_sekron(cls, layer: SeKronConv2d, bits: int = 8, **kw: Any) -> IntSeKronConv2d:
         """An integer copy of ``layer``."""
         w = layer.factors[0]
+        kw.setdefault("path", layer.path)
         out = cls(layer.structure, layer.stride, layer.padding, layer.dilation, layer.bias is not None, bits=bits, device=w.device, dtype=w.dtype, **kw)
         out.load_state_dict(layer.state_dict())
         out.fit_relative_error = layer.fit_relative_error
@@ -310,8 +315,13 @@ class IntSeKronConv2d(_IntModule, SeKronConv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         top, bottom, left, right = self._pads
         xp = F.pad(x, (left, right, top, bottom)) if any(self._pads) else x
+        backend = IntTorchBackend(self.bits, self.rounding, self.next_seed())
+        if not self.uses_structured_path((int(x.shape[-2]), int(x.shape[-1]))):
+            # one integer stage: the kernel rebuilt in float from the master factors
+            y = backend.conv2d(xp, self.dense_weight(), self.stride, self.dilation, 1)
+            return y if self.bias is None else y + self.bias[:, None, None]
         plan = conv2d_plan(self.structure, (int(xp.shape[-2]), int(xp.shape[-1])), self.stride, 0, self.dilation)
-        y = execute_plan(plan, xp, list(self.factors), IntTorchBackend(self.bits, self.rounding, self.next_seed()))
+        y = execute_plan(plan, xp, list(self.factors), backend)
         return y if self.bias is None else y + self.bias[:, None, None]
 
     def extra_repr(self) -> str:

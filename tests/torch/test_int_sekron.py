@@ -86,7 +86,10 @@ def test_int_sekron_gradients_close_to_float():
     lin = SeKronLinear(sk.Structure([(2, 3), (3, 2), (2, 2)], ranks=(2, 3)), dtype=torch.float64)
     _close_grads(IntSeKronLinear.from_sekron(lin, bits=16), lin, torch.randn(6, 12, dtype=torch.float64), 16)
     conv = SeKronConv2d(sk.Structure([(2, 2, 3, 1), (3, 2, 1, 3)], ranks=2), padding=1, stride=2, dtype=torch.float64)
-    _close_grads(IntSeKronConv2d.from_sekron(conv, bits=16), conv, torch.randn(2, 4, 7, 7, dtype=torch.float64), 16)
+    for path in ("structured", "dense"):
+        conv.path = path
+        conv.zero_grad()
+        _close_grads(IntSeKronConv2d.from_sekron(conv, bits=16), conv, torch.randn(2, 4, 7, 7, dtype=torch.float64), 16)
 
 
 @pytest.mark.parametrize("groups", [1, 2])
