@@ -63,7 +63,7 @@ def gemm_section(n: int, rounds: int) -> list[dict]:
         a, b = ops[bits]
         key = f"exact {bits}-bit GEMM {n}^3 via matmul, method={method}"
         fns[key] = lambda a=a, b=b, method=method: matmul(a, b, method=method)
-        meta[key] = plan_gemm(n, bits, method=method).path
+        meta[key] = plan_gemm(n, bits, method=method, macs=n**3).path
     for bits, kernel, acc in ((8, _kernels.gemm_acc32, np.int32), (16, _kernels.gemm_acc64, np.int64)):
         a, b = ops[bits]
         bt = np.ascontiguousarray(b.mantissa.T)
