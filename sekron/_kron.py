@@ -133,6 +133,11 @@ def rearrange(W: Any, shapes: Sequence[Sequence[int]]) -> np.ndarray:
     """
     W = _as_numeric(W, "W")
     shapes_t = as_shapes(shapes, "shapes", target=W.shape)
+    return _rearrange(W, shapes_t)
+
+
+def _rearrange(W: np.ndarray, shapes_t: tuple[tuple[int, ...], ...]) -> np.ndarray:
+    """:func:`rearrange` without validation, for callers that validated ``W`` and shapes."""
     n_levels, n_modes = len(shapes_t), W.ndim
     split = [shapes_t[k][n] for n in range(n_modes) for k in range(n_levels)]
     T = W.reshape(split).transpose(_level_major_axes(n_levels, n_modes))

@@ -19,13 +19,14 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
-from ._kron import rearrange
+from ._kron import _rearrange
 from ._validation import (
     as_float_array,
     as_generator,
     as_positive_int,
     as_shape,
     as_shapes,
+    check_finite,
     check_tol,
     rank_error,
 )
@@ -36,6 +37,16 @@ from .tensor import SeKronTensor
 from .typing import RandomState, SVDMethod
 
 __all__ = ["nkp", "sekron"]
+
+
+def _finite_squared_norm(W: np.ndarray) -> float:
+    """``||W||²`` in float64, checking finiteness on the way: NaN and infinity propagate
+    into the sum, so only a non-finite sum needs the entry-wise check (which also tells
+    an overflow of genuinely huge float64 entries, above about 1e154, from bad input)."""
+    norm_sq = _squared_norm(W)
+    if not math.isfinite(norm_sq):
+        check_finite(W, "W")  # raises NonFiniteError with the count of bad entries
+    return norm_sq
 
 
 def _complement_shape(
@@ -147,7 +158,8 @@ def nkp(
     >>> sk.nkp(rng.normal(size=(16, 16)), (4, 4), tol=0.5).structure.ranks[0] <= 16
     True
     """
-    W = as_float_array(W, "W", min_ndim=1)
+    # finiteness is checked through the norm below (one pass over W instead of two)
+    W = as_float_array(W, "W", min_ndim=1, finite=False)
     _check_solver(method, random_state)
     a = as_shape(shape_a, "shape_a")
     b = _complement_shape(W.shape, a, "shape_a")
@@ -166,8 +178,8 @@ def nkp(
             raise RankError(str(exc)) from None
         if rank > max_rank:
             raise rank_error("rank", rank, max_rank, f"min(|a|, |b|) for shapes {a} and {b}")
-    T = np.ascontiguousarray(rearrange(W, [a, b]).reshape(size_a, size_b))
-    norm_sq = _squared_norm(T)
+    norm_sq = _finite_squared_norm(W)
+    T = np.ascontiguousarray(_rearrange(W, (a, b)).reshape(size_a, size_b))
     if tol is not None:
         tol = check_tol(tol)
         U, s, Vt = truncated_svd(T, max_rank, method="full")
@@ -181,7 +193,9 @@ def nkp(
             discarded = float(np.sum(s[r:].astype(np.float64) ** 2))
             U, s, Vt = U[:, :r], s[:r], Vt[:r]
         else:
-            U, s, Vt = truncated_svd(T, r, method=method, random_state=random_state)
+            U, s, Vt = truncated_svd(
+                T, r, method=method, random_state=random_state, squared_norm=norm_sq
+            )
             discarded = max(norm_sq - float(np.sum(s.astype(np.float64) ** 2)), 0.0)
     root = np.sqrt(s).astype(T.dtype)
     A = (U * root).T.reshape((r, *a))
@@ -316,7 +330,7 @@ def sekron(
     >>> exact.relative_error_bound < 1e-12
     True
     """
-    W = as_float_array(W, "W", min_ndim=1)
+    W = as_float_array(W, "W", min_ndim=1, finite=False)
     _check_solver(method, random_state)
     base, ranks_given = _resolve_structure(W.shape, shapes_or_structure, ranks)
     refine = as_positive_int(refine, "refine", minimum=0)
@@ -324,8 +338,8 @@ def sekron(
         tol = check_tol(tol)
     S, sizes = base.n_factors, base.sizes
     cap = base.ranks if ranks_given else base.max_ranks
-    T = rearrange(W, base.shapes).reshape(sizes)
-    norm_sq = _squared_norm(T)
+    norm_sq = _finite_squared_norm(W)
+    T = _rearrange(W, base.shapes).reshape(sizes)
     level_budget = None if tol is None else tol * tol * norm_sq / (S - 1)
 
     factors, chosen, discarded = _recursive_fit(

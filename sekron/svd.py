@@ -89,14 +89,24 @@ def _apply_t(M: Any, X: np.ndarray) -> np.ndarray:
     return M.T @ X if isinstance(M, np.ndarray) else M.rmatmat(X)
 
 
+def _qr(Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Thin Householder QR of a tall ``Y`` in float64; ``Q`` comes back in ``Y``'s dtype."""
+    Q, R = np.linalg.qr(Y.astype(np.float64))
+    return Q.astype(Y.dtype, copy=False), R
+
+
 def _orthonormalize(Y: np.ndarray) -> np.ndarray:
-    """Orthonormal basis of the columns of a tall, thin ``Y`` (QR in float64)."""
-    Q, _ = np.linalg.qr(Y.astype(np.float64, copy=False))
-    return Q.astype(Y.dtype, copy=False)
+    """Orthonormal basis of the columns of a tall, thin ``Y``."""
+    return _qr(Y)[0]
 
 
 def _randomized(
-    M: Any, rank: int, rng: np.random.Generator, n_oversamples: int, n_iter: int | None
+    M: Any,
+    rank: int,
+    rng: np.random.Generator,
+    n_oversamples: int,
+    n_iter: int | None,
+    squared_norm: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Randomized range finder with power iterations (Halko–Martinsson–Tropp, alg. 4.4).
 
@@ -108,7 +118,10 @@ def _randomized(
     m, n = M.shape
     ell = min(rank + n_oversamples, m, n)
     dtype = M.dtype
-    total = _squared_norm(M) if n_iter is None else None
+    if n_iter is None:
+        total = _squared_norm(M) if squared_norm is None else float(squared_norm)
+    else:
+        total = None
     Omega = rng.standard_normal((n, ell)).astype(dtype, copy=False)
     Q = _orthonormalize(_apply(M, Omega))
     Bt = _apply_t(M, Q)  # (n, ell) = M^T Q
@@ -116,18 +129,22 @@ def _randomized(
     max_iter = 7 if n_iter is None else n_iter
     for _ in range(max_iter):
         if total is not None:
-            s_top = np.linalg.svd(Bt.astype(np.float64), compute_uv=False)[:rank]
-            energy = float(np.sum(s_top**2))
+            # σ² of B are the eigenvalues of the small Gram Bt^T Bt
+            B64 = Bt.astype(np.float64)
+            ev = np.linalg.eigvalsh(B64.T @ B64)[::-1][:rank]
+            energy = float(np.sum(np.maximum(ev, 0.0)))
             if captured is not None and energy - captured <= 5e-3 * max(total - energy, 0.0):
                 break
             captured = energy
         Q = _orthonormalize(_apply(M, _orthonormalize(Bt)))
         Bt = _apply_t(M, Q)
-    Ub, s, Vt = scipy.linalg.svd(
-        Bt.T, full_matrices=False, lapack_driver="gesdd", check_finite=False
-    )
-    U = Q @ Ub[:, :rank]
-    return U, s[:rank], Vt[:rank]
+    # SVD of B = Bt^T through a QR of the tall Bt = Q2 R2 and the SVD of the small R2:
+    # Bt = (Q2 Ur) S Vr^T, so B = Vr S (Q2 Ur)^T
+    Q2, R2 = _qr(Bt)
+    Ur, s, Vrt = np.linalg.svd(R2)
+    U = Q @ Vrt.T[:, :rank].astype(Q.dtype)
+    Vt = (Q2 @ Ur[:, :rank].astype(Q2.dtype)).T
+    return U, s[:rank].astype(Bt.dtype), np.ascontiguousarray(Vt)
 
 
 def _squared_norm(M: Any) -> float:
@@ -151,6 +168,7 @@ def truncated_svd(
     random_state: RandomState = None,
     n_oversamples: int | None = None,
     n_iter: int | None = None,
+    squared_norm: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Leading ``rank`` singular triplets of a matrix.
 
@@ -172,6 +190,8 @@ def truncated_svd(
     n_iter : int, optional
         Power iterations of the randomized solver. By default they stop adaptively, once
         the captured energy has settled (at most 7).
+    squared_norm : float, optional
+        ``||M||_F²`` if the caller already has it (the adaptive stop needs it).
 
     Returns
     -------
@@ -216,6 +236,6 @@ def truncated_svd(
         U, s, Vt = _arpack(M, rank, rng)
     else:
         p = max(10, 3 * rank) if n_oversamples is None else int(n_oversamples)
-        U, s, Vt = _randomized(M, rank, rng, p, n_iter)
+        U, s, Vt = _randomized(M, rank, rng, p, n_iter, squared_norm)
     U, Vt = _fix_signs(U, Vt)
     return U, s, Vt
