@@ -26,6 +26,9 @@ STRUCTURES = [
     ([(16, 4, 3, 3), (4, 16, 1, 1)], 1),  # 3x3 on few channels, then a 1x1 mix
     ([(16, 4, 3, 3), (4, 16, 1, 1)], 2),
     ([(4, 4, 1, 1), (4, 4, 3, 1), (4, 4, 1, 3)], (2, 2)),  # S = 3
+    # channel low rank: a 3x3 conv to R channels, then a 1x1 back to 64 (Tucker-2-like)
+    ([(64, 1, 1, 1), (1, 64, 3, 3)], 8),
+    ([(64, 1, 1, 1), (1, 64, 3, 3)], 4),
 ]
 
 
