@@ -9,8 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 
-def best_time(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> float:
-    """Best wall time of ``repeat`` calls after ``warmup`` untimed calls (JIT, caches)."""
+def _times(fn: Callable[[], Any], repeat: int, warmup: int) -> list[float]:
     for _ in range(warmup):
         fn()
     times = []
@@ -18,18 +17,17 @@ def best_time(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> float:
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return min(times)
+    return times
+
+
+def best_time(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> float:
+    """Best wall time of ``repeat`` calls after ``warmup`` untimed calls (JIT, caches)."""
+    return min(_times(fn, repeat, warmup))
 
 
 def median_time(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median wall time of ``repeat`` calls after ``warmup`` untimed calls."""
+    return statistics.median(_times(fn, repeat, warmup))
 
 
 def blas_report() -> str:
