@@ -13,13 +13,7 @@ The strategies are grouped by topic in private modules and re-exported here.
 
 from ._core_strategies import *  # noqa: F403
 from ._core_strategies import __all__ as _core_all
+from ._format_strategies import *  # noqa: F403
+from ._format_strategies import __all__ as _format_all
 
-__all__ = list(_core_all)
-
-try:  # format strategies arrive with sekron.formats
-    from ._format_strategies import *  # noqa: F403
-    from ._format_strategies import __all__ as _format_all
-
-    __all__ += list(_format_all)
-except ImportError:  # pragma: no cover
-    pass
+__all__ = list(_core_all) + list(_format_all)
