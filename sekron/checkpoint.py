@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -20,10 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ._validation import as_positive_int, check_tol
-from .decompose import nkp, sekron
+from ._selection import select
 from .errors import FormatError, ShapeError
-from .structure import Structure, structures
 from .tensor import SeKronTensor
 
 __all__ = [
@@ -118,33 +115,6 @@ def _read_torch(p: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def _split_budget_rank(st: Structure, budget: float) -> Structure | None:
-    """Largest ranks within ``budget`` parameters, level 1 first (None if rank 1 is over)."""
-    if st.with_ranks(1, clip=True).n_params > budget:
-        return None
-    ranks = [1] * len(st.ranks)
-    for k in range(len(ranks)):
-        lo, hi = ranks[k], st.max_ranks[k]
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            trial = ranks[:k] + [mid] + ranks[k + 1 :]
-            if st.with_ranks(tuple(trial), clip=True).n_params <= budget:
-                lo = mid
-            else:
-                hi = mid - 1
-        ranks[k] = lo
-        if k + 1 < len(ranks):
-            # leave room for the later levels: split the level-1 rank down to a square root
-            ranks[k] = max(1, int(round(math.sqrt(lo)))) if lo > 1 else 1
-    return st.with_ranks(tuple(ranks), clip=True)
-
-
-def _fit(W: np.ndarray, st: Structure, random_state: Any) -> SeKronTensor:
-    if st.n_factors == 2:
-        return nkp(W, st.shapes[0], rank=st.ranks[0], random_state=random_state)
-    return sekron(W, st, random_state=random_state)
-
-
 def choose_structure(
     W: np.ndarray,
     *,
@@ -156,11 +126,10 @@ def choose_structure(
 ) -> SeKronTensor:
     """Fit ``W`` with the best of a few candidate structures under a budget or a target.
 
-    With ``ratio``, each candidate factor-shape set gets the largest ranks within
-    ``W.size / ratio`` parameters; the ``max_candidates`` sets that use the budget best
-    (plus the plain low-rank split ``(w_1, 1, ..) ⊗ (1, w_2, ..)``) are fitted and the least
-    certified error wins. With ``tol``, the candidate sets are fitted with that error
-    target and the fewest parameters win.
+    The selection of the torch layers' ``from_linear``/``from_conv``, aimed at storage:
+    with ``ratio``, the candidates that use most of the budget of ``W.size / ratio``
+    parameters (plus the plain low-rank split) are fitted and the least certified error
+    wins; with ``tol``, the fewest parameters meeting it win.
 
     Parameters
     ----------
@@ -194,37 +163,18 @@ def choose_structure(
     """
     if (ratio is None) == (tol is None):
         raise ValueError("expected exactly one of ratio= and tol=")
-    S = as_positive_int(n_factors, "n_factors", minimum=2)
-    cands = structures(W.shape, S, ranks=1, min_factor_size=2)
-    if not cands:
-        raise ShapeError(f"W: no {S}-factor structure of shape {W.shape} has factors of size >= 2")
-    if ratio is not None:
-        r = float(ratio)
-        if not math.isfinite(r) or r < 1.0:
-            raise ValueError(f"ratio: expected a compression ratio >= 1, got {ratio!r}")
-        budget = W.size / r
-        sized = [s for s in (_split_budget_rank(c, budget) for c in cands) if s is not None]
-        if not sized:
-            raise ShapeError(
-                f"ratio: no {S}-factor structure of shape {W.shape} reaches compression {r:g}"
-            )
-        sized.sort(key=lambda s: (-s.n_params, s.shapes))
-        tried = sized[:max_candidates]
-        low_rank = [
-            s
-            for s in sized
-            if S == 2 and s.shapes[1][0] == 1 and all(d == 1 for d in s.shapes[0][1:])
-        ]
-        if low_rank and low_rank[0] not in tried:
-            tried.append(low_rank[0])
-        fits = [_fit(W, s, random_state) for s in tried]
-        return min(fits, key=lambda t: (t.error_bound, t.n_params))
-    t_ = check_tol(tol)
-    balanced = sorted(cands, key=lambda s: (max(s.sizes) / min(s.sizes), s.shapes))[:max_candidates]
-    fits = [
-        nkp(W, s.shapes[0], tol=t_) if S == 2 else sekron(W, s.shapes, tol=t_) for s in balanced
-    ]
-    return min(fits, key=lambda t: (t.n_params, t.error_bound))
+    sel = select(
+        W,
+        ratio=ratio,
+        tol=tol,
+        n_factors=n_factors,
+        cost=lambda st: st.n_params,
+        dense_cost=W.size,
+        order="params",
+        max_candidates=max_candidates,
+        random_state=random_state,
+    )
+    return sel.fit
 
 
 @dataclass

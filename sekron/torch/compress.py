@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._selection import check_ratio
 from ..errors import SekronError
-from ._selection import check_ratio
 from .layers import KroneckerEmbedding, SeKronConv2d, SeKronLinear
 
 __all__ = ["LayerReport", "CompressionReport", "compress"]

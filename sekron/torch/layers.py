@@ -16,13 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._selection import Selection, select
 from ..errors import ShapeError
 from ..structure import Structure
 from ..tensor import SeKronTensor
 from ._contract import dense_from_factors, linear_macs, sekron_linear
 from ._conv import conv_cost, same_padding, sekron_conv2d
 from ._convert import structure_from_state, structure_state, to_numpy, to_torch
-from ._selection import Selection, select
 
 __all__ = ["SeKronLinear", "SeKronConv2d", "KroneckerEmbedding"]
 

@@ -6,7 +6,8 @@ Three ways to say what is wanted, exactly one at a time:
 * ``ratio=``: a compression ratio ``dense size / parameters >= ratio``. For two
   factors, every factor shape that :func:`sekron.structures` enumerates gets the
   largest rank that fits the parameter budget and the candidates are ordered by the
-  layer's cost model (multiply-adds). For S >= 3, each shape set gets non-uniform rank
+  layer's cost model (multiply-adds), or by parameters used with ``order="params"``
+  (for storage, as ``sekron compress`` does). For S >= 3, each shape set gets non-uniform rank
   tuples (``R_1`` on a geometric grid, the deeper ranks the largest within budget),
   those using at least half the budget are kept, and they are ordered by a lower bound
   of their error (the tail of the first split's spectrum beyond ``R_1``) and then by
@@ -31,12 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from .._kron import rearrange
-from .._validation import as_positive_int, check_tol
-from ..decompose import nkp, sekron
-from ..errors import ShapeError
-from ..structure import Structure, structures
-from ..tensor import SeKronTensor
+from ._kron import rearrange
+from ._validation import as_positive_int, check_tol
+from .decompose import nkp, sekron
+from .errors import ShapeError
+from .structure import Structure, structures
+from .tensor import SeKronTensor
 
 __all__ = ["Selection", "fit_structure", "select", "check_ratio"]
 
@@ -67,7 +68,9 @@ def check_ratio(ratio: Any) -> float:
     return r
 
 
-def fit_structure(W: np.ndarray, structure: Structure, *, tol: float | None = None, random_state: Any = 0) -> SeKronTensor:
+def fit_structure(
+    W: np.ndarray, structure: Structure, *, tol: float | None = None, random_state: Any = 0
+) -> SeKronTensor:
     """Fit ``W`` (float64) with the core: NKP for two factors, SeKron otherwise."""
     if structure.n_factors == 2:
         shape_a = structure.shapes[0]
@@ -94,7 +97,9 @@ def _largest_uniform_rank(shapes: tuple[tuple[int, ...], ...], budget: float) ->
     return Structure(shapes, lo, clip=True)
 
 
-def _rank_tuples(shapes: tuple[tuple[int, ...], ...], budget: float, grid: int = 6) -> list[Structure]:
+def _rank_tuples(
+    shapes: tuple[tuple[int, ...], ...], budget: float, grid: int = 6
+) -> list[Structure]:
     """Structures with these shapes within ``budget``: for S >= 3, non-uniform ranks.
 
     For each ``R_1`` on a geometric grid (1, 2, 4, ... up to its maximum, at most
@@ -181,8 +186,13 @@ def select(
     accept: Callable[[Structure], bool] | None = None,
     max_candidates: int = 6,
     random_state: Any = 0,
+    order: str = "cost",
 ) -> Selection:
     """Choose and fit a structure for the weight ``W`` (see the module docstring).
+
+    ``order="params"`` ranks the two-factor candidates of ``ratio=`` by the parameters
+    they use (most first) instead of by ``cost``: for storage, where every parameter of
+    the budget may lower the error, rather than for speed.
 
     Raises
     ------
@@ -192,6 +202,8 @@ def select(
     ShapeError
         If no structure of ``W``'s shape meets the budget (the message says why).
     """
+    if order not in ("cost", "params"):
+        raise ValueError(f"order: expected 'cost' or 'params', got {order!r}")
     given = [structure is not None, ratio is not None, tol is not None]
     if sum(given) != 1:
         raise ValueError("expected exactly one of structure=, ratio= and tol=")
@@ -214,7 +226,9 @@ def select(
         r = check_ratio(ratio)
         budget = W.size / r
         if S == 2:
-            cands = [c for c in (_largest_uniform_rank(s, budget) for s in shape_sets) if c is not None]
+            cands = [
+                c for c in (_largest_uniform_rank(s, budget) for s in shape_sets) if c is not None
+            ]
         else:
             cands = [c for s in shape_sets for c in _rank_tuples(s, budget)]
         if not cands:
@@ -231,8 +245,12 @@ def select(
                 costs[st] = cost(st)
             return costs[st]
 
-        if S == 2:
-            cands.sort(key=lambda st: (cost_of(st) >= dense_cost, cost_of(st), -st.n_params, st.shapes))
+        if S == 2 and order == "params":
+            cands.sort(key=lambda st: (-st.n_params, cost_of(st), st.shapes))
+        elif S == 2:
+            cands.sort(
+                key=lambda st: (cost_of(st) >= dense_cost, cost_of(st), -st.n_params, st.shapes)
+            )
         else:
             # use the budget: a structure far below it wastes parameters (and error)
             full = [c for c in cands if 2 * c.n_params >= budget]
