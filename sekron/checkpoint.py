@@ -30,6 +30,7 @@ __all__ = [
     "save_compressed",
     "load_compressed",
     "TensorReport",
+    "format_report",
     "FILE_FORMAT",
 ]
 
@@ -309,6 +310,17 @@ def load_compressed(path: str | os.PathLike[str]) -> dict[str, Any]:
     ------
     FormatError
         For anything that is not such a file.
+
+    Examples
+    --------
+    >>> import numpy as np, os, tempfile
+    >>> from sekron.checkpoint import compress_weights, save_compressed, load_compressed
+    >>> w = {"fc.weight": np.kron(np.eye(8), np.ones((8, 8))), "fc.bias": np.zeros(64)}
+    >>> path = os.path.join(tempfile.mkdtemp(), "c.npz")
+    >>> save_compressed(path, compress_weights(w, ratio=4, min_size=64)[0])
+    >>> back = load_compressed(path)
+    >>> type(back["fc.weight"]).__name__, np.allclose(back["fc.weight"].to_dense(), w["fc.weight"])
+    ('SeKronTensor', True)
     """
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -336,7 +348,16 @@ def load_compressed(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def format_report(report: Iterable[TensorReport]) -> str:
-    """The report as a text table with totals."""
+    """The report of :func:`compress_weights` as a text table with totals.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sekron.checkpoint import compress_weights, format_report
+    >>> _, report = compress_weights({"w": np.ones((64, 64))}, ratio=4)
+    >>> print(format_report(report).splitlines()[-1].split()[-2:])
+    ['4.00×', 'smaller']
+    """
     rows = list(report)
     header = ("tensor", "shape", "structure", "params", "after", "rel. error", "note")
     body = [

@@ -40,14 +40,16 @@ def test_ratio_budget_is_respected_and_certificates_are_true(ratio):
         assert t.n_params <= W.size / ratio
         true = np.linalg.norm(W - t.to_dense())
         eps = np.finfo(np.float64).eps
-        assert abs(t.error_bound**2 - true**2) <= 1e3 * W.size * eps * np.linalg.norm(W) ** 2
+        # both are sums of squares of the same residual, rounded differently
+        assert abs(t.error_bound**2 - true**2) <= 64 * eps * np.linalg.norm(W) ** 2
 
 
 def test_exact_structure_is_found_within_budget():
     rng = np.random.default_rng(1)
     W = _weights(rng)["fc.weight"].astype(np.float64)
     t = choose_structure(W, ratio=8)
-    assert t.relative_error_bound < 1e3 * math.sqrt(np.finfo(np.float64).eps)
+    # float32 weights: the discarded singular values are at float32 rounding level
+    assert t.relative_error_bound < 16 * math.sqrt(W.size) * np.finfo(np.float32).eps
 
 
 def test_tol_meets_its_target():
