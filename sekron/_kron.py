@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ._validation import as_shapes, check_finite
-from .errors import DTypeError, ShapeError
+from .errors import DTypeError, NonFiniteError, OverflowRiskError, ShapeError
 
 __all__ = ["kron", "rearrange", "unrearrange"]
 
@@ -23,6 +23,41 @@ def _as_numeric(x: Any, name: str) -> np.ndarray:
         raise DTypeError(f"{name}: expected a real numeric array, got dtype {arr.dtype}")
     check_finite(arr, name)
     return arr
+
+
+def _check_product_range(arrays: list[np.ndarray], dtype: np.dtype) -> None:
+    """Refuse a product that would wrap (integers) or overflow to infinity (floats).
+
+    Every entry of the Kronecker product is a product of one entry per factor, so its
+    magnitude is at most the product of the factors' largest magnitudes; that bound is
+    reached, so it decides exactly whether the result fits ``dtype``.
+    """
+    if dtype.kind not in "iuf" or any(a.size == 0 for a in arrays):
+        return
+    peaks = [_peak(a) for a in arrays]
+    bound: float | int = 1
+    for p in peaks:
+        bound = bound * p
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if bound > info.max:
+            raise OverflowRiskError(
+                f"factors: the Kronecker product reaches magnitude {bound}, beyond {dtype}'s "
+                f"maximum {info.max}; cast the factors to a wider dtype (e.g. np.int64 or "
+                f"np.float64) first"
+            )
+    elif not np.isfinite(np.float64(bound)) or bound > float(np.finfo(dtype).max):
+        raise NonFiniteError(
+            f"factors: the Kronecker product reaches magnitude {bound:.3g}, beyond {dtype}'s "
+            f"largest finite value {float(np.finfo(dtype).max):.3g}; rescale the factors first"
+        )
+
+
+def _peak(a: np.ndarray) -> int | float:
+    """Largest magnitude of ``a``: a Python int for integer arrays (exact, no wrap)."""
+    if a.dtype.kind in "biu":
+        return max(abs(int(a.max())), abs(int(a.min())))
+    return float(np.abs(a).max())
 
 
 def _interleave_axes(n_levels: int, n_modes: int) -> list[int]:
@@ -56,7 +91,11 @@ def kron(*factors: Any) -> np.ndarray:
     ShapeError
         If fewer than one factor is given.
     DTypeError, NonFiniteError
-        For non-numeric or non-finite factors.
+        For non-numeric or non-finite factors, or a float product that would overflow
+        to infinity.
+    OverflowRiskError
+        If an integer product would not fit the result dtype (it would wrap); cast the
+        factors to a wider dtype first.
 
     Notes
     -----
@@ -79,6 +118,7 @@ def kron(*factors: Any) -> np.ndarray:
     arrays = [_as_numeric(f, f"factors[{k}]") for k, f in enumerate(factors)]
     if len(arrays) == 1:
         return arrays[0].copy()
+    _check_product_range(arrays, np.result_type(*arrays))
     ndim = max(a.ndim for a in arrays)
     arrays = [a.reshape((1,) * (ndim - a.ndim) + a.shape) for a in arrays]
     if ndim == 0:
@@ -108,7 +148,8 @@ def rearrange(W: Any, shapes: Sequence[Sequence[int]]) -> np.ndarray:
     -------
     T : ndarray, shape ``(|a^(1)|, ..., |a^(S)|)``
         A permutation of ``W``'s entries (same dtype) such that
-        ``rearrange(kron(A_1, ..., A_S)) == outer(vec A_1, ..., vec A_S)``.
+        ``rearrange(kron(A_1, ..., A_S)) == outer(vec A_1, ..., vec A_S)``. Always a
+        new array: writing into it never changes ``W``.
 
     Raises
     ------
@@ -133,7 +174,12 @@ def rearrange(W: Any, shapes: Sequence[Sequence[int]]) -> np.ndarray:
     """
     W = _as_numeric(W, "W")
     shapes_t = as_shapes(shapes, "shapes", target=W.shape)
-    return _rearrange(W, shapes_t)
+    return _owned(_rearrange(W, shapes_t), W)
+
+
+def _owned(out: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """``out``, copied if it is a view into ``source`` (some shapes need no data movement)."""
+    return out.copy() if np.may_share_memory(out, source) else out
 
 
 def _rearrange(W: np.ndarray, shapes_t: tuple[tuple[int, ...], ...]) -> np.ndarray:
@@ -156,6 +202,7 @@ def unrearrange(T: Any, shapes: Sequence[Sequence[int]]) -> np.ndarray:
     Returns
     -------
     W : ndarray, shape ``(prod_k a^(k)_1, ..., prod_k a^(k)_N)``
+        Always a new array: writing into it never changes ``T``.
 
     Raises
     ------
@@ -181,4 +228,4 @@ def unrearrange(T: Any, shapes: Sequence[Sequence[int]]) -> np.ndarray:
     level_major = [s[n] for s in shapes_t for n in range(n_modes)]
     W = T.reshape(level_major).transpose(_interleave_axes(n_levels, n_modes))
     out_shape = tuple(int(np.prod([s[n] for s in shapes_t])) for n in range(n_modes))
-    return W.reshape(out_shape)
+    return _owned(W.reshape(out_shape), T)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sekron as sk
-from sekron.errors import DTypeError, NonFiniteError, ShapeError
+from sekron.errors import DTypeError, NonFiniteError, OverflowRiskError, ShapeError
 from sekron.testing.strategies import factorable_shapes, kronecker_factors
 
 
@@ -178,3 +179,54 @@ def test_kron_and_rearrange_reject_non_finite(value):
 def test_kron_without_factors_raises():
     with pytest.raises(ShapeError):
         sk.kron()
+
+
+# --- hardening: no silent wrap or overflow, no view into the input -------------------
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.uint8])
+def test_kron_integer_product_that_would_wrap_is_refused(dtype):
+    m = np.iinfo(dtype).max
+    A = np.array([[m]], dtype=dtype)
+    with pytest.raises(OverflowRiskError, match="factors"):
+        sk.kron(A, A)
+
+
+def test_kron_integer_product_at_the_dtype_limit_is_exact():
+    A = np.array([[127, -1]], dtype=np.int8)
+    B = np.array([[1], [-1]], dtype=np.int8)
+    out = sk.kron(A, B)
+    expected = np.kron(A.astype(np.int64), B.astype(np.int64))
+    assert out.dtype == np.int8 and np.array_equal(out.astype(np.int64), expected)
+
+
+def test_kron_wide_uint64_factors_are_checked_exactly():
+    A = np.array([2**63], dtype=np.uint64)
+    with pytest.raises(OverflowRiskError, match="factors"):
+        sk.kron(A, np.array([2], dtype=np.uint64))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kron_float_product_that_would_overflow_is_refused(dtype):
+    big = np.array([np.finfo(dtype).max / 2], dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning on the way either
+        with pytest.raises(NonFiniteError, match="factors"):
+            sk.kron(big, np.array([4.0], dtype=dtype))
+
+
+@pytest.mark.parametrize(
+    ("shape", "shapes"), [((6,), [(2,), (3,)]), ((6, 8), [(6, 1), (1, 8)]), ((4, 6), [(1, 1), (4, 6)])]
+)
+def test_rearrange_and_unrearrange_never_return_a_view(shape, shapes):
+    W = np.arange(np.prod(shape), dtype=np.float64).reshape(shape)
+    before = W.copy()
+    T = sk.rearrange(W, shapes)
+    assert not np.shares_memory(T, W)
+    T[...] = -1.0
+    assert np.array_equal(W, before)
+    T2 = sk.rearrange(W, shapes)
+    back = sk.unrearrange(T2, shapes)
+    assert not np.shares_memory(back, T2)
+    back[...] = -2.0
+    assert np.array_equal(T2, sk.rearrange(W, shapes))
