@@ -11,7 +11,10 @@ from torch import nn  # noqa: E402
 
 from sekron import fixed  # noqa: E402
 from sekron.torch import IntConv2d, IntEmbedding, IntLayerNorm, IntLinear, integerize  # noqa: E402
-from sekron.torch.integer import _B, _W, _X, _split_seed  # noqa: E402
+from sekron.fixed import STREAM_BIAS as _B  # noqa: E402
+from sekron.fixed import STREAM_INPUT as _X  # noqa: E402
+from sekron.fixed import STREAM_WEIGHT as _W  # noqa: E402
+from sekron.fixed import forward_backward_keys as _split_seed  # noqa: E402
 
 
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
@@ -118,14 +121,17 @@ def test_integerize_and_train_step():
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_large_weight_mapping_equals_engine(rounding, dtype):
-    from sekron.torch.integer import _DIRECT_MIN, _quantize
+    # large tensors take to_fixed's scaled route: its bits must be the reference mapping's
+    from sekron.fixed import _reference as R
+    from sekron.fixed._kernels import PARALLEL_MIN_ELEMENTS
+    from sekron.torch._int_base import quantize
 
     g = torch.Generator().manual_seed(9)
     for scale in (1e-30, 1.0, 1e30):
-        w = torch.randn(_DIRECT_MIN // 64 + 1, 64, dtype=dtype, generator=g) * scale
+        w = torch.randn(PARALLEL_MIN_ELEMENTS // 64 + 1, 64, dtype=dtype, generator=g) * scale
         for bits in (4, 8, 16):
-            got = _quantize(w, bits, rounding, 77, _W)
-            ref = fixed.to_fixed(w.numpy(), bits, rounding, 77, stream=_W)
-            assert got.exponent == ref.exponent and got.bits == ref.bits
-            np.testing.assert_array_equal(got.mantissa, ref.mantissa)
-            assert got.mantissa.dtype == ref.mantissa.dtype
+            got = quantize(w, bits, rounding, 77, _W)
+            q_ref, e_ref = R.map_fixed_ref(w.numpy(), bits, rounding == "stochastic", R.stream_key(77, _W))
+            assert got.exponent == e_ref and got.bits == bits
+            np.testing.assert_array_equal(got.mantissa.ravel(), q_ref)
+            assert got.mantissa.dtype == fixed.mantissa_dtype(bits)
