@@ -191,8 +191,8 @@ class _GroupConvFn(torch.autograd.Function):
         ctx.saved = (xq, wq, bits, rounding, bwd, geo)
         bound = fixed.accumulator_bound(w.shape[1] * w.shape[2] * w.shape[3], bits)
         if fixed.exact_float_dtype(bound) is None:
-            y = fixed.conv2d(xq, wq, stride, 0, dilation, groups=groups)
-            return scaled(y.mantissa, int(y.exponent), x)  # type: ignore[call-overload]
+            yq = fixed.conv2d(xq, wq, stride, 0, dilation, groups=groups)
+            return scaled(yq.mantissa, int(yq.exponent), x)  # type: ignore[call-overload]
         ft = _exact_float(bound)
         with torch.backends.nnpack.flags(enabled=False):  # no Winograd/FFT: exact sums only
             y = F.conv2d(_tof(xq.mantissa, ft), _tof(wq.mantissa, ft), stride=stride, dilation=dilation, groups=groups)

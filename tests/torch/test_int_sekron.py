@@ -13,6 +13,9 @@ from torch import nn  # noqa: E402
 
 import sekron as sk  # noqa: E402
 from sekron import fixed  # noqa: E402
+from sekron.fixed import STREAM_INPUT as _X  # noqa: E402
+from sekron.fixed import STREAM_WEIGHT as _W  # noqa: E402
+from sekron.fixed import forward_backward_keys as _split_seed  # noqa: E402
 from sekron.torch import (  # noqa: E402
     IntSeKronConv2d,
     IntSeKronLinear,
@@ -22,9 +25,6 @@ from sekron.torch import (  # noqa: E402
     integerize,
 )
 from sekron.torch.int_sekron import int_bmm, stage_seed  # noqa: E402
-from sekron.fixed import STREAM_INPUT as _X  # noqa: E402
-from sekron.fixed import STREAM_WEIGHT as _W  # noqa: E402
-from sekron.fixed import forward_backward_keys as _split_seed  # noqa: E402
 
 
 def _engine_mm(a: np.ndarray, b: np.ndarray, bits: int, rounding: str, seed: int) -> np.ndarray:

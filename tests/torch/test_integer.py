@@ -10,11 +10,11 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from sekron import fixed  # noqa: E402
-from sekron.torch import IntConv2d, IntEmbedding, IntLayerNorm, IntLinear, integerize  # noqa: E402
 from sekron.fixed import STREAM_BIAS as _B  # noqa: E402
 from sekron.fixed import STREAM_INPUT as _X  # noqa: E402
 from sekron.fixed import STREAM_WEIGHT as _W  # noqa: E402
 from sekron.fixed import forward_backward_keys as _split_seed  # noqa: E402
+from sekron.torch import IntConv2d, IntEmbedding, IntLayerNorm, IntLinear, integerize  # noqa: E402
 
 
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
