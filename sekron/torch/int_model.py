@@ -28,9 +28,19 @@ def _integer_twin(mod: nn.Module, bits: int, kw: dict[str, Any]) -> nn.Module | 
         return IntSeKronConv2d.from_sekron(mod, bits, **kw)  # type: ignore[arg-type]
     if t is nn.Linear:
         return IntLinear.from_linear(mod, bits, **kw)  # type: ignore[arg-type]
-    if t is nn.Conv2d and mod.groups == 1 and mod.padding_mode == "zeros" and not isinstance(mod.padding, str):  # type: ignore[union-attr]
+    if (
+        t is nn.Conv2d
+        and mod.groups == 1
+        and mod.padding_mode == "zeros"
+        and not isinstance(mod.padding, str)
+    ):  # type: ignore[union-attr]
         return IntConv2d.from_conv(mod, bits, **kw)  # type: ignore[arg-type]
-    if t is nn.LayerNorm and len(mod.normalized_shape) == 1 and mod.weight is not None and mod.bias is not None:  # type: ignore[arg-type,union-attr]
+    if (
+        t is nn.LayerNorm
+        and len(mod.normalized_shape) == 1
+        and mod.weight is not None
+        and mod.bias is not None
+    ):  # type: ignore[arg-type,union-attr]
         return IntLayerNorm.from_layer_norm(mod, bits, **kw)  # type: ignore[arg-type]
     if t is nn.Embedding and mod.max_norm is None and not mod.sparse:  # type: ignore[union-attr]
         return IntEmbedding.from_embedding(mod, bits, **kw)  # type: ignore[arg-type]
@@ -101,4 +111,3 @@ def integerize(
         parent = target.get_submodule(parent_name) if parent_name else target
         setattr(parent, attr, twin)
     return target
-

@@ -13,10 +13,29 @@ from sekron.fixed import _reference as R
 from sekron.fixed._kernels import PARALLEL_MIN_ELEMENTS
 
 ADAPTER_API = [
-    "mantissa_dtype", "align_to", "batched_matmul", "FLOAT32_EXACT", "FLOAT64_EXACT",
-    "accumulator_bound", "exact_float_dtype", "exact_float_matmul", "scaled_to_float",
-    "GAMMA", "M1", "M2", "MASK64", "MASK62", "STREAM_INPUT", "STREAM_WEIGHT", "STREAM_BIAS",
-    "mix64", "stream_key", "splitmix64_outputs", "call_key", "forward_backward_keys", "stage_key",
+    "mantissa_dtype",
+    "align_to",
+    "batched_matmul",
+    "FLOAT32_EXACT",
+    "FLOAT64_EXACT",
+    "accumulator_bound",
+    "exact_float_dtype",
+    "exact_float_matmul",
+    "scaled_to_float",
+    "GAMMA",
+    "M1",
+    "M2",
+    "MASK64",
+    "MASK62",
+    "STREAM_INPUT",
+    "STREAM_WEIGHT",
+    "STREAM_BIAS",
+    "mix64",
+    "stream_key",
+    "splitmix64_outputs",
+    "call_key",
+    "forward_backward_keys",
+    "stage_key",
 ]
 
 
@@ -98,7 +117,9 @@ def test_exact_float_matmul_batched_and_past_the_limit():
     rng = np.random.default_rng(1)
     a, b = _worst((4, 3, 50), 8, rng), _worst((4, 50, 5), 8, rng)
     got = fixed.exact_float_matmul(a, np.ascontiguousarray(b), fixed.accumulator_bound(50, 8))
-    np.testing.assert_array_equal(got, np.einsum("pmk,pkn->pmn", a.astype(np.int64), b.astype(np.int64)))
+    np.testing.assert_array_equal(
+        got, np.einsum("pmk,pkn->pmn", a.astype(np.int64), b.astype(np.int64))
+    )
     assert fixed.exact_float_matmul(a, b, 2**53 + 1) is None
     with pytest.raises(DTypeError, match="a_q"):
         fixed.exact_float_matmul([[1]], b, 4)
@@ -155,7 +176,9 @@ def test_batched_matmul_rejects_bad_shapes():
         fixed.batched_matmul(a, fixed.FixedTensor(np.ones((2, 5, 4), np.int8), 0, 8))
     with pytest.raises(ShapeError, match="b"):
         fixed.batched_matmul(a, fixed.FixedTensor(np.ones((4, 2), np.int8), 0, 8))
-    per_slice = fixed.FixedTensor(np.ones((2, 4, 1), np.int8), np.zeros((2, 1, 1), np.int64) + [[[0]], [[1]]], 8)
+    per_slice = fixed.FixedTensor(
+        np.ones((2, 4, 1), np.int8), np.zeros((2, 1, 1), np.int64) + [[[0]], [[1]]], 8
+    )
     with pytest.raises(ShapeError, match="b"):
         fixed.batched_matmul(a, per_slice)
     with pytest.raises(TypeError, match="a"):
@@ -163,15 +186,23 @@ def test_batched_matmul_rejects_bad_shapes():
 
 
 @settings(max_examples=15, deadline=None)
-@given(groups=st.sampled_from([1, 2, 3]), cg=st.integers(1, 2), fg=st.integers(1, 2),
-       bits=st.sampled_from([4, 8, 16]), seed=st.integers(0, 2**32))
+@given(
+    groups=st.sampled_from([1, 2, 3]),
+    cg=st.integers(1, 2),
+    fg=st.integers(1, 2),
+    bits=st.sampled_from([4, 8, 16]),
+    seed=st.integers(0, 2**32),
+)
 def test_grouped_conv2d_equals_per_group_int64(groups, cg, fg, bits, seed):
     rng = np.random.default_rng(seed)
     xq, wq = _worst((2, groups * cg, 5, 6), bits, rng), _worst((groups * fg, cg, 3, 2), bits, rng)
     x, w = fixed.FixedTensor(xq, 1, bits), fixed.FixedTensor(wq, -2, bits)
     out = fixed.conv2d(x, w, (1, 2), (1, 0), (1, 1), groups=groups)
     ref = np.concatenate(
-        [conv_ref(xq[:, i * cg : (i + 1) * cg], wq[i * fg : (i + 1) * fg], (1, 2), (1, 0)) for i in range(groups)],
+        [
+            conv_ref(xq[:, i * cg : (i + 1) * cg], wq[i * fg : (i + 1) * fg], (1, 2), (1, 0))
+            for i in range(groups)
+        ],
         axis=1,
     )
     np.testing.assert_array_equal(out.mantissa, ref)
@@ -212,8 +243,13 @@ def test_grouped_conv2d_rejects_bad_groups():
 
 
 @settings(max_examples=40, deadline=None)
-@given(bits=st.integers(2, 16), e_t=st.integers(-20, 20), e=st.integers(-40, 40),
-       rounding=st.sampled_from(["nearest", "stochastic"]), seed=st.integers(0, 2**40))
+@given(
+    bits=st.integers(2, 16),
+    e_t=st.integers(-20, 20),
+    e=st.integers(-40, 40),
+    rounding=st.sampled_from(["nearest", "stochastic"]),
+    seed=st.integers(0, 2**40),
+)
 def test_align_to_equals_python_int_shifts(bits, e_t, e, rounding, seed):
     m = 2 ** (bits - 1) - 1
     q = np.array([m, -m, 1, -1, 0, m // 2], dtype=fixed.mantissa_dtype(bits))
@@ -233,7 +269,9 @@ def test_align_to_equals_python_int_shifts(bits, e_t, e, rounding, seed):
     else:
         s = -d
         # stochastic: one of the two neighbours, from stream 4 of the seed
-        assert all(int(v) >> s <= g <= (int(v) >> s) + 1 for v, g in zip(q, got.tolist(), strict=True))
+        assert all(
+            int(v) >> s <= g <= (int(v) >> s) + 1 for v, g in zip(q, got.tolist(), strict=True)
+        )
         ref = R.shift_ref(q, s, True, R.stream_key(seed, 4)) if s <= 62 else None
         if ref is not None:
             assert got.tolist() == ref.tolist()
@@ -300,7 +338,10 @@ def test_adapter_keys_keep_their_formulas(seed, call, stage):
     fwd, bwd = fixed.forward_backward_keys(seed)
     assert fwd == (seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) & mask
     assert bwd == (seed * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) & mask
-    assert fixed.stage_key(seed, stage) == (seed * 0xD6E8FEB86659FD93 + stage * 0x9E3779B97F4A7C15 + 1) & mask
+    assert (
+        fixed.stage_key(seed, stage)
+        == (seed * 0xD6E8FEB86659FD93 + stage * 0x9E3779B97F4A7C15 + 1) & mask
+    )
     assert (fixed.STREAM_INPUT, fixed.STREAM_WEIGHT, fixed.STREAM_BIAS) == (11, 12, 13)
 
 

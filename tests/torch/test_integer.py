@@ -135,3 +135,27 @@ def test_large_weight_mapping_equals_engine(rounding, dtype):
             assert got.exponent == e_ref and got.bits == bits
             np.testing.assert_array_equal(got.mantissa.ravel(), q_ref)
             assert got.mantissa.dtype == fixed.mantissa_dtype(bits)
+
+
+def test_integerize_checks_bits_once(monkeypatch):
+    import sekron.torch._int_base as base
+    import sekron.torch.int_model as int_model
+    from sekron._validation import check_bits
+
+    calls = []
+
+    def counting(bits, name="bits"):
+        calls.append(name)
+        return check_bits(bits, name)
+
+    monkeypatch.setattr(int_model, "check_bits", counting)
+    monkeypatch.setattr(base, "check_bits", counting)
+    net = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 8), nn.Linear(8, 2))
+    inet = integerize(net, bits=8, norm_bits=None)
+    assert calls == ["bits"]
+    assert [m.bits for m in inet] == [8, 8, 8, 8] and all(type(m.bits) is int for m in inet)
+    calls.clear()
+    integerize(net, bits=8, norm_bits=16)
+    assert calls == ["bits", "norm_bits"]
+    IntLinear(2, 2, bits=8)  # a layer built directly still validates its bits
+    assert calls == ["bits", "norm_bits", "bits"]
