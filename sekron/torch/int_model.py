@@ -21,29 +21,26 @@ __all__ = ["integerize"]
 
 
 def _integer_twin(mod: nn.Module, bits: int, kw: dict[str, Any]) -> nn.Module | None:
+    """The integer layer replacing ``mod``, or None; exact types only (no subclasses)."""
     t = type(mod)
-    if t is SeKronLinear:
-        return IntSeKronLinear.from_sekron(mod, bits, **kw)  # type: ignore[arg-type]
-    if t is SeKronConv2d:
-        return IntSeKronConv2d.from_sekron(mod, bits, **kw)  # type: ignore[arg-type]
-    if t is nn.Linear:
-        return IntLinear.from_linear(mod, bits, **kw)  # type: ignore[arg-type]
-    if (
-        t is nn.Conv2d
-        and mod.groups == 1
-        and mod.padding_mode == "zeros"
-        and not isinstance(mod.padding, str)
-    ):  # type: ignore[union-attr]
-        return IntConv2d.from_conv(mod, bits, **kw)  # type: ignore[arg-type]
-    if (
-        t is nn.LayerNorm
-        and len(mod.normalized_shape) == 1
-        and mod.weight is not None
-        and mod.bias is not None
-    ):  # type: ignore[arg-type,union-attr]
-        return IntLayerNorm.from_layer_norm(mod, bits, **kw)  # type: ignore[arg-type]
-    if t is nn.Embedding and mod.max_norm is None and not mod.sparse:  # type: ignore[union-attr]
-        return IntEmbedding.from_embedding(mod, bits, **kw)  # type: ignore[arg-type]
+    # each `t is X` is paired with isinstance so that the type checker narrows `mod`
+    if t is SeKronLinear and isinstance(mod, SeKronLinear):
+        return IntSeKronLinear.from_sekron(mod, bits, **kw)
+    if t is SeKronConv2d and isinstance(mod, SeKronConv2d):
+        return IntSeKronConv2d.from_sekron(mod, bits, **kw)
+    if t is nn.Linear and isinstance(mod, nn.Linear):
+        return IntLinear.from_linear(mod, bits, **kw)
+    if t is nn.Conv2d and isinstance(mod, nn.Conv2d):
+        if mod.groups == 1 and mod.padding_mode == "zeros" and not isinstance(mod.padding, str):
+            return IntConv2d.from_conv(mod, bits, **kw)
+        return None
+    if t is nn.LayerNorm and isinstance(mod, nn.LayerNorm):
+        if len(mod.normalized_shape) == 1 and mod.weight is not None and mod.bias is not None:
+            return IntLayerNorm.from_layer_norm(mod, bits, **kw)
+        return None
+    if t is nn.Embedding and isinstance(mod, nn.Embedding):
+        if mod.max_norm is None and not mod.sparse:
+            return IntEmbedding.from_embedding(mod, bits, **kw)
     return None
 
 
