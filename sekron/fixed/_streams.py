@@ -50,6 +50,16 @@ _FWD = 0x632BE59BD9B4E019
 def mix64(z: int) -> int:
     """splitmix64's output function on a Python int (taken modulo ``2**64``).
 
+    Parameters
+    ----------
+    z : int
+        Any Python int; only its low 64 bits matter.
+
+    Returns
+    -------
+    int
+        The mixed 64-bit word, in ``[0, 2**64)``.
+
     Examples
     --------
     >>> from sekron.fixed import mix64
@@ -65,6 +75,19 @@ def mix64(z: int) -> int:
 def stream_key(seed: int, stream: int) -> np.uint64:
     """The 64-bit key of random stream ``stream`` under ``seed`` (Python ints, any size).
 
+    Parameters
+    ----------
+    seed : int
+        A resolved seed (e.g. from :func:`split_seed` or an adapter key).
+    stream : int
+        Stream id (1..4 backward draws, 5..7 element-wise ops, 11..13 adapter mappings).
+
+    Returns
+    -------
+    numpy.uint64
+        ``mix64(mix64(seed + GAMMA) xor (stream * M2 + GAMMA))``; element ``i`` of the
+        stream draws ``mix64(key + (i + 1) * GAMMA)``.
+
     Examples
     --------
     >>> from sekron.fixed import GAMMA, M2, mix64, stream_key
@@ -76,6 +99,18 @@ def stream_key(seed: int, stream: int) -> np.uint64:
 
 def splitmix64_outputs(seed: int, n: int) -> tuple[int, ...]:
     """The first ``n`` outputs ``mix64(seed + (i + 1) * GAMMA)`` of splitmix64 from ``seed``.
+
+    Parameters
+    ----------
+    seed : int
+        Start state (any Python int, taken modulo ``2**64``).
+    n : int
+        Number of outputs (>= 0); the caller validates it (:func:`split_seed` does).
+
+    Returns
+    -------
+    tuple of int
+        ``n`` 64-bit words.
 
     Examples
     --------
@@ -92,6 +127,18 @@ def call_key(seed: int, call: int) -> int:
     The low 32 bits of ``seed`` and the low 30 bits of ``call`` are kept, so keys repeat
     only after ``2**30`` calls of one layer.
 
+    Parameters
+    ----------
+    seed : int
+        The layer's base seed.
+    call : int
+        The call counter (0 for the first forward call).
+
+    Returns
+    -------
+    int
+        ``((seed mod 2**32) << 30 | (call mod 2**30))``, below ``2**62``.
+
     Examples
     --------
     >>> from sekron.fixed import call_key
@@ -103,6 +150,17 @@ def call_key(seed: int, call: int) -> int:
 
 def forward_backward_keys(key: int) -> tuple[int, int]:
     """Independent keys for the forward mappings and for the backward pass of one call.
+
+    Parameters
+    ----------
+    key : int
+        The call's key (:func:`call_key`, or :func:`stage_key` for one stage).
+
+    Returns
+    -------
+    fwd, bwd : int
+        ``(key * GAMMA + c) mod 2**62`` and ``(key * M1 + M2) mod 2**62`` (two affine
+        maps with odd multipliers, so distinct keys give distinct results).
 
     Examples
     --------
@@ -118,6 +176,18 @@ def forward_backward_keys(key: int) -> tuple[int, int]:
 
 def stage_key(key: int, stage: int) -> int:
     """The key of stage ``stage`` (one product of a multi-stage layer) of a call keyed ``key``.
+
+    Parameters
+    ----------
+    key : int
+        The call's key.
+    stage : int
+        Stage index (0 for the first product).
+
+    Returns
+    -------
+    int
+        ``(key * c + stage * GAMMA + 1) mod 2**62`` for a fixed odd ``c``.
 
     Examples
     --------

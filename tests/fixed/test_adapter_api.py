@@ -59,6 +59,17 @@ def conv_ref(x, w, stride, padding):
     return out
 
 
+@pytest.mark.parametrize("name", [n for n in ADAPTER_API if callable(getattr(fixed, n))] + ["FixedTensor.trusted"])
+def test_adapter_callables_have_numpydoc_with_examples(name):
+    import inspect
+
+    obj = fixed.FixedTensor.trusted if name == "FixedTensor.trusted" else getattr(fixed, name)
+    doc = inspect.getdoc(obj)
+    for section in ("Parameters\n---", "Returns\n---", "Examples\n---"):
+        assert section in doc, f"{name}: no {section.split()[0]} section"
+    assert ">>> " in doc.split("Examples", 1)[1]
+
+
 def _worst(shape, bits, rng, dtype=None):
     """Mantissas of magnitude exactly m = 2**(bits-1) - 1 with random signs."""
     m = 2 ** (bits - 1) - 1
