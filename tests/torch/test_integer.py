@@ -159,3 +159,24 @@ def test_integerize_checks_bits_once(monkeypatch):
     assert calls == ["bits", "norm_bits"]
     IntLinear(2, 2, bits=8)  # a layer built directly still validates its bits
     assert calls == ["bits", "norm_bits", "bits"]
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_int_linear_integer_route_equals_float_route(monkeypatch, rounding):
+    # past 2**53 IntLinear runs fixed.linear / linear_backward: forced here, same bits
+    torch.manual_seed(3)
+    layer = IntLinear(6, 5, bits=12, rounding=rounding, seed=2)
+    x = torch.randn(4, 6, requires_grad=True)
+    gy = torch.randn(4, 5)
+    out = []
+    for patch in (False, True):
+        if patch:
+            monkeypatch.setattr(fixed, "exact_float_matmul", lambda *args: None)
+        layer.calls = 0
+        layer.zero_grad()
+        x.grad = None
+        y = layer(x)
+        y.backward(gy)
+        out.append([y.detach().clone(), x.grad.clone(), layer.weight.grad.clone(), layer.bias.grad.clone()])
+    for f, s in zip(*out, strict=True):
+        assert torch.equal(f, s)
