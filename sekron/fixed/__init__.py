@@ -15,10 +15,19 @@ from __future__ import annotations
 
 from ._backward import linear, linear_backward, linear_relu, matmul_backward
 from ._conv import conv2d, conv2d_backward
-from ._gemm import GemmPlan, matmul, plan_gemm
+from ._exact import (
+    FLOAT32_EXACT,
+    FLOAT64_EXACT,
+    accumulator_bound,
+    exact_float_dtype,
+    exact_float_matmul,
+    scaled_to_float,
+)
+from ._gemm import GemmPlan, batched_matmul, matmul, plan_gemm
 from ._ops import (
     LayerNormCache,
     add,
+    align_to,
     embedding,
     embedding_backward,
     layer_norm,
@@ -26,7 +35,23 @@ from ._ops import (
     mul,
 )
 from ._sgd import SGDState, sgd_step
-from ._tensor import FixedTensor, requantize, split_seed, to_fixed
+from ._streams import (
+    GAMMA,
+    M1,
+    M2,
+    MASK62,
+    MASK64,
+    STREAM_BIAS,
+    STREAM_INPUT,
+    STREAM_WEIGHT,
+    call_key,
+    forward_backward_keys,
+    mix64,
+    splitmix64_outputs,
+    stage_key,
+    stream_key,
+)
+from ._tensor import FixedTensor, mantissa_dtype, requantize, split_seed, to_fixed
 
 __all__ = [
     "FixedTensor",
@@ -51,4 +76,28 @@ __all__ = [
     "embedding_backward",
     "SGDState",
     "sgd_step",
+    # API for adapters (docs/fixed.md): alignment, exact float routes, the seed scheme
+    "mantissa_dtype",
+    "align_to",
+    "batched_matmul",
+    "FLOAT32_EXACT",
+    "FLOAT64_EXACT",
+    "accumulator_bound",
+    "exact_float_dtype",
+    "exact_float_matmul",
+    "scaled_to_float",
+    "GAMMA",
+    "M1",
+    "M2",
+    "MASK64",
+    "MASK62",
+    "STREAM_INPUT",
+    "STREAM_WEIGHT",
+    "STREAM_BIAS",
+    "mix64",
+    "stream_key",
+    "splitmix64_outputs",
+    "call_key",
+    "forward_backward_keys",
+    "stage_key",
 ]

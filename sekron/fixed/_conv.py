@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .._validation import check_bits
+from .._validation import as_positive_int, check_bits
 from ..errors import ShapeError
 from ._gemm import Method, check_operand, gemm_nt, plan_gemm, transposed
 from ._tensor import (
@@ -42,6 +42,27 @@ def _per_tensor(t: FixedTensor, name: str) -> int:
     if not t.per_tensor:
         raise ShapeError(f"{name}: expected a per-tensor exponent, got one of shape {np.shape(t.exponent)}")
     return int(t.exponent)  # type: ignore[arg-type]
+
+
+def _check_groups(groups: Any, x: FixedTensor, weight: FixedTensor) -> int:
+    g = as_positive_int(groups, "groups")
+    if x.shape[1] % g or weight.shape[0] % g:
+        raise ShapeError(
+            f"groups: expected a divisor of the {x.shape[1]} input channels and the "
+            f"{weight.shape[0]} filters, got {g}"
+        )
+    return g
+
+
+def _channels(t: FixedTensor, groups: int, i: int) -> FixedTensor:
+    """Slice ``i`` of ``groups`` equal slices of ``t``'s axis 1 (same exponent and bits)."""
+    c = t.shape[1] // groups
+    return FixedTensor._trusted(np.ascontiguousarray(t.mantissa[:, i * c : (i + 1) * c]), t.exponent, t.bits)
+
+
+def _filters(w: FixedTensor, groups: int, i: int) -> FixedTensor:
+    f = w.shape[0] // groups
+    return FixedTensor._trusted(np.ascontiguousarray(w.mantissa[i * f : (i + 1) * f]), w.exponent, w.bits)
 
 
 def _geometry(x_shape, w_shape, stride, padding, dilation):  # type: ignore[no-untyped-def]
@@ -97,6 +118,7 @@ def conv2d(
     acc_dtype: Any = None,
     rounding: Rounding = "stochastic",
     seed: Seed = None,
+    groups: int = 1,
 ) -> FixedTensor:
     """Exact integer 2-d cross-correlation (NCHW), lowered to the integer GEMM.
 
@@ -104,16 +126,19 @@ def conv2d(
     ----------
     x : FixedTensor, shape (N, C, H, W)
         Per-tensor exponent.
-    weight : FixedTensor, shape (F, C, kh, kw)
+    weight : FixedTensor, shape (F, C // groups, kh, kw)
         Per-tensor exponent.
     stride, padding, dilation : int or pair of int
         As in ``torch.nn.functional.conv2d`` (zero padding).
     out_bits : int or None
         None returns the exact accumulator; 2..16 requantizes it.
     method, acc_dtype :
-        As in :func:`matmul`; the reduction length is ``C * kh * kw``.
+        As in :func:`matmul`; the reduction length is ``C // groups * kh * kw``.
     rounding, seed :
         Rounding of the requantization (with ``out_bits`` only).
+    groups : int, keyword-only, default 1
+        As in ``torch.nn.functional.conv2d``: group ``i`` convolves input channels
+        ``i*C/groups ..`` with filters ``i*F/groups ..``; ``groups`` divides C and F.
 
     Returns
     -------
@@ -136,9 +161,23 @@ def conv2d(
     >>> w = to_fixed(np.ones((1, 1, 2, 2)), bits=8, rounding="nearest")
     >>> conv2d(x, w, stride=2).to_float()
     array([[[[10., 18.], [42., 50.]]]])
+    >>> x2 = to_fixed(np.ones((1, 2, 2, 2)), bits=8, rounding="nearest")
+    >>> w2 = to_fixed(np.stack([np.ones((1, 2, 2)), 2 * np.ones((1, 2, 2))]), bits=8, rounding="nearest")
+    >>> conv2d(x2, w2, groups=2).to_float().ravel()
+    array([4., 8.])
     """
     x = check_operand(x, "x", 4)
     weight = check_operand(weight, "weight", 4)
+    if groups != 1:
+        g = _check_groups(groups, x, weight)
+        if g > 1:
+            parts = [
+                conv2d(_channels(x, g, i), _filters(weight, g, i), stride, padding, dilation, method=method, acc_dtype=acc_dtype)
+                for i in range(g)
+            ]
+            # every group has the same reduction length, so the same accumulator and bits
+            out = FixedTensor._trusted(np.concatenate([p.mantissa for p in parts], axis=1), parts[0].exponent, parts[0].bits)
+            return out if out_bits is None else requantize(out, out_bits, rounding, seed)
     st, pd, dl = _pair(stride, "stride", 1), _pair(padding, "padding", 0), _pair(dilation, "dilation", 1)
     ex, ew = _per_tensor(x, "x"), _per_tensor(weight, "weight")
     n, c, _, _, f, kh, kw, ho, wo = _geometry(x.shape, weight.shape, st, pd, dl)
@@ -162,6 +201,7 @@ def conv2d_backward(
     method: Method = "auto",
     rounding: Rounding = "stochastic",
     seed: Seed = None,
+    groups: int = 1,
 ) -> tuple[FixedTensor, FixedTensor]:
     """Gradients of :func:`conv2d` with respect to ``x`` and ``weight``, as integer GEMMs.
 
@@ -185,6 +225,9 @@ def conv2d_backward(
         Mapping of ``grad_out``.
     seed : int, numpy Generator or None
         Key of the two mapping draws (streams 1 and 2).
+    groups : int, keyword-only, default 1
+        As in the forward call. ``grad_out`` is mapped once over all groups (one
+        exponent per mapping), then each group's products run as above.
 
     Returns
     -------
@@ -214,14 +257,37 @@ def conv2d_backward(
     """
     x = check_operand(x, "x", 4)
     weight = check_operand(weight, "weight", 4)
+    g = 1 if groups == 1 else _check_groups(groups, x, weight)
     st, pd, dl = _pair(stride, "stride", 1), _pair(padding, "padding", 0), _pair(dilation, "dilation", 1)
-    ex, ew = _per_tensor(x, "x"), _per_tensor(weight, "weight")
-    n, c, _, _, f, kh, kw, ho, wo = _geometry(x.shape, weight.shape, st, pd, dl)
+    _per_tensor(x, "x")
+    _per_tensor(weight, "weight")
+    x_group = (x.shape[0], x.shape[1] // g, *x.shape[2:])
+    n, _, _, _, f, _, _, ho, wo = _geometry(x_group, weight.shape, st, pd, dl)
     b = weight.bits if bits is None else check_bits(bits)
     key = resolve_seed(seed)
     g1 = map_grad(grad_out, (n, f, ho, wo), b, rounding, key, 1)
     g2 = map_grad(grad_out, (n, f, ho, wo), b, rounding, key, 2)
-    eg1, eg2 = _per_tensor(g1, "grad_out"), _per_tensor(g2, "grad_out")
+    _per_tensor(g1, "grad_out")
+    _per_tensor(g2, "grad_out")
+    if g == 1:
+        return _backward_mapped(x, weight, g1, g2, st, pd, dl, method)
+    parts = [
+        _backward_mapped(_channels(x, g, i), _filters(weight, g, i), _channels(g1, g, i), _channels(g2, g, i), st, pd, dl, method)
+        for i in range(g)
+    ]
+    dx0, dw0 = parts[0]
+    dx = FixedTensor._trusted(np.concatenate([p[0].mantissa for p in parts], axis=1), dx0.exponent, dx0.bits)
+    dw = FixedTensor._trusted(np.concatenate([p[1].mantissa for p in parts], axis=0), dw0.exponent, dw0.bits)
+    return dx, dw
+
+
+def _backward_mapped(
+    x: FixedTensor, weight: FixedTensor, g1: FixedTensor, g2: FixedTensor, st: tuple[int, int],
+    pd: tuple[int, int], dl: tuple[int, int], method: Method,
+) -> tuple[FixedTensor, FixedTensor]:
+    """dX from ``g1`` and dW from ``g2``, both mapped gradients of one group (checked)."""
+    ex, ew, eg1, eg2 = int(x.exponent), int(weight.exponent), int(g1.exponent), int(g2.exponent)  # type: ignore[call-overload]
+    n, c, _, _, f, kh, kw, ho, wo = _geometry(x.shape, weight.shape, st, pd, dl)
     g1_mat = g1.mantissa.transpose(0, 2, 3, 1).reshape(-1, f)  # (N*Ho*Wo, F)
     g2_mat = g2.mantissa.transpose(0, 2, 3, 1).reshape(-1, f)
     w_mat = weight.mantissa.reshape(f, -1)  # (F, C*kh*kw)

@@ -28,6 +28,7 @@ import numpy as np
 from .._validation import as_positive_int, check_bits
 from ..errors import DTypeError, OverflowRiskError, ShapeError
 from . import _kernels
+from ._exact import FLOAT32_EXACT, FLOAT64_EXACT, exact_float_matmul
 from ._tensor import (
     Exponent,
     FixedTensor,
@@ -38,14 +39,12 @@ from ._tensor import (
     requantize,
 )
 
-__all__ = ["GemmPlan", "plan_gemm", "matmul", "Method"]
+__all__ = ["GemmPlan", "plan_gemm", "matmul", "batched_matmul", "Method"]
 
 Method = Literal["auto", "numba", "blas"]
 
 INT32_MAX = (1 << 31) - 1
 INT64_SAFE = 1 << 62  # keeps later stochastic shifts (x + r) >> s from wrapping
-FLOAT32_EXACT = 1 << 24
-FLOAT64_EXACT = 1 << 53
 # below this chunk length the int32-chunk path loses to plain int64 accumulation
 _MIN_CHUNK = 2048
 # from this many multiply-adds on, "auto" runs an exact GEMM through float BLAS: measured
@@ -229,8 +228,9 @@ _NARROW = (np.dtype(np.int8), np.dtype(np.int16))
 def _gemm_blas(a_q: np.ndarray, b_q: np.ndarray, plan: GemmPlan) -> np.ndarray:
     """Exact ``a_q @ b_q`` on float BLAS: every partial sum is an integer below the
     float's 2**24 / 2**53 (``plan.bound``), so any summation order gives the exact result."""
-    ft = np.float32 if plan.path == "blas-float32" else np.float64
-    return np.matmul(a_q.astype(ft), b_q.astype(ft)).astype(plan.acc_dtype)
+    prod = exact_float_matmul(a_q, b_q, plan.bound)
+    assert prod is not None  # a blas plan exists only for bounds <= 2**53
+    return prod.astype(plan.acc_dtype)
 
 
 def gemm_nt(a_q: np.ndarray, bt_q: np.ndarray, plan: GemmPlan) -> np.ndarray:
@@ -242,10 +242,7 @@ def gemm_nt(a_q: np.ndarray, bt_q: np.ndarray, plan: GemmPlan) -> np.ndarray:
     m, k = a.shape
     n = bt.shape[0]
     if plan.path.startswith("blas"):
-        ft = np.float32 if plan.path == "blas-float32" else np.float64
-        # exact: every partial sum is an integer below the float's 2**24 / 2**53
-        prod = np.matmul(a.astype(ft), bt.astype(ft).T)
-        return np.asarray(prod).astype(plan.acc_dtype)
+        return _gemm_blas(a, bt.T, plan)
     big = m * n * k >= _kernels.PARALLEL_MIN_MACS
     acc32 = _kernels.gemm_acc32 if big else _kernels.gemm_acc32_serial
     if plan.path == "numba-int32":
@@ -366,3 +363,61 @@ def matmul(
     if out_bits is None:
         return out
     return requantize(out, out_bits, rounding, seed)
+
+
+def batched_matmul(a: FixedTensor, b: FixedTensor, *, method: Method = "auto") -> FixedTensor:
+    """Exact integer product of two stacks of fixed-point matrices, slice by slice.
+
+    Parameters
+    ----------
+    a : FixedTensor, shape (P, M, K) or (M, K)
+        Per-tensor exponent.
+    b : FixedTensor, shape (P, K, N) or (K, N)
+        Per-tensor exponent; as many slices as ``a``.
+    method : {"auto", "numba", "blas"}
+        GEMM path of every slice (see :func:`plan_gemm`); every path gives the same bits.
+
+    Returns
+    -------
+    FixedTensor, shape (P, M, N) (or (M, N))
+        Slice ``p`` is ``matmul(a[p], b[p])``: the exact accumulator (int32/int64),
+        exponent ``a.exponent + b.exponent``, bits from the bound ``K * m_a * m_b``.
+
+    Raises
+    ------
+    ShapeError
+        If the operands are not both 2-d or both 3-d, the slice counts or inner
+        dimensions differ, or an exponent is per-slice.
+    TypeError, ValueError
+        If an operand is not a FixedTensor of at most 16 bits.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sekron.fixed import to_fixed, batched_matmul
+    >>> a = to_fixed(np.stack([np.eye(2), 2 * np.eye(2)]), bits=8, rounding="nearest")
+    >>> batched_matmul(a, a).to_float()[1]
+    array([[4., 0.], [0., 4.]])
+    """
+    a = check_operand(a, "a")
+    b = check_operand(b, "b")
+    if a.ndim == b.ndim == 2:
+        return matmul(a, b, method=method)
+    if a.ndim != 3 or b.ndim != 3:
+        raise ShapeError(f"b: expected two 2-d or two 3-d operands, got shapes {a.shape} and {b.shape}")
+    if a.shape[0] != b.shape[0] or a.shape[2] != b.shape[1]:
+        raise ShapeError(f"b: expected shape ({a.shape[0]}, {a.shape[2]}, N) to match a of shape {a.shape}, got {b.shape}")
+    for name, t in (("a", a), ("b", b)):
+        if not t.per_tensor:
+            raise ShapeError(f"{name}: expected a per-tensor exponent, got one of shape {np.shape(t.exponent)}")
+    p, m, k = a.shape
+    n = b.shape[2]
+    plan = plan_for(k, a.bits, b.bits, method).for_size(m * n * k)
+    if plan.path.startswith("blas"):
+        acc = _gemm_blas(a.mantissa, b.mantissa, plan)  # one stacked BLAS call
+    else:
+        acc = np.empty((p, m, n), plan.acc_dtype)
+        for i in range(p):
+            acc[i] = gemm_nt(a.mantissa[i], transposed(np.ascontiguousarray(b.mantissa[i])), plan)
+    e = int(a.exponent) + int(b.exponent)  # type: ignore[call-overload]
+    return FixedTensor._trusted(acc, e, bits_for_bound(plan.bound))

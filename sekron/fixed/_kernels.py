@@ -27,10 +27,13 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
-# splitmix64 constants (Steele, Lea & Flood 2014)
-GAMMA = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
+from . import _streams
+
+# the constants are frozen into the compiled code (and its cache): they define the random
+# bits, so they never change
+GAMMA = np.uint64(_streams.GAMMA)
+_M1 = np.uint64(_streams.M1)
+_M2 = np.uint64(_streams.M2)
 _S30 = np.uint64(30)
 _S27 = np.uint64(27)
 _S31 = np.uint64(31)

@@ -8,6 +8,7 @@ per-row scale with integers), as in the integer fine-tuning paper's setting.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -31,6 +32,7 @@ from ._tensor import (
 )
 
 __all__ = [
+    "align_to",
     "add",
     "mul",
     "layer_norm",
@@ -55,11 +57,53 @@ def _narrow(q: np.ndarray, bound: int) -> np.ndarray:
 
 
 def align_to(t: FixedTensor, exponent: int, rounding: Rounding, seed: Seed) -> tuple[np.ndarray, int]:
-    """Mantissas of ``t`` re-expressed at ``exponent`` (int64) and their magnitude bound.
+    """Mantissas of ``t`` re-expressed at ``exponent`` (int64), and their magnitude bound.
 
-    A coarser ``t`` shifts left (exact; raises if that would pass 2**62); a finer one
-    shifts right with ``rounding``.
+    Used to add a tensor onto an accumulator of another exponent (a bias onto a GEMM
+    result). A coarser ``t`` shifts left (exact); a finer one shifts right with
+    ``rounding``, drawing from stream 4 of ``seed``.
+
+    Parameters
+    ----------
+    t : FixedTensor
+        Not modified.
+    exponent : int
+        Target exponent.
+    rounding : {"stochastic", "nearest"}
+    seed : int, numpy Generator or None
+        Key of the stochastic right shift.
+
+    Returns
+    -------
+    mantissas : ndarray of int64, t's shape
+        ``round(t.mantissa * 2**(t.exponent - exponent))``.
+    bound : int
+        ``t.max_mantissa * 2**max(t.exponent - exponent, 0)``, a bound on their magnitude.
+
+    Raises
+    ------
+    TypeError
+        If ``t`` is not a FixedTensor or ``exponent`` not an int.
+    OverflowRiskError
+        If a left shift would pass ``2**62``.
+    ValueError
+        If ``rounding`` is unknown.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sekron.fixed import FixedTensor, align_to
+    >>> b = FixedTensor(np.array([3, -1], dtype=np.int8), exponent=0, bits=4)
+    >>> align_to(b, -2, "nearest", 0)
+    (array([12, -4]), 28)
+    >>> align_to(b, 1, "nearest", 0)[0]
+    array([2, 0])
     """
+    if not isinstance(t, FixedTensor):
+        raise TypeError(f"t: expected a FixedTensor, got {_describe(t)}")
+    if isinstance(exponent, (bool, np.bool_)) or not isinstance(exponent, numbers.Integral):
+        raise TypeError(f"exponent: expected an int, got {_describe(exponent)}")
+    exponent = int(exponent)
     diff = np.asarray(t.exponent, np.int64) - exponent
     if np.any(diff > 0) and t.bits - 1 + int(diff.max()) > 62:
         raise OverflowRiskError(

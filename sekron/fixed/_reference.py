@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._streams import GAMMA as _GAMMA
+from ._streams import M1 as _M1
+from ._streams import M2 as _M2
+from ._streams import MASK64, stream_key
+
 __all__ = [
     "MASK64",
     "stream_key",
@@ -25,22 +30,6 @@ __all__ = [
     "split_seed_ref",
 ]
 
-MASK64 = (1 << 64) - 1
-_GAMMA = 0x9E3779B97F4A7C15
-_M1 = 0xBF58476D1CE4E5B9
-_M2 = 0x94D049BB133111EB
-
-
-def _mix64_int(z: int) -> int:
-    z &= MASK64
-    z = ((z ^ (z >> 30)) * _M1) & MASK64
-    z = ((z ^ (z >> 27)) * _M2) & MASK64
-    return z ^ (z >> 31)
-
-
-def stream_key(seed: int, stream: int) -> np.uint64:
-    """The 64-bit key of random stream ``stream`` under ``seed`` (Python ints, any size)."""
-    return np.uint64(_mix64_int(_mix64_int(seed + _GAMMA) ^ ((stream * _M2 + _GAMMA) & MASK64)))
 
 
 def hash_stream(key: np.uint64, n: int) -> np.ndarray:

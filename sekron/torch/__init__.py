@@ -12,8 +12,9 @@ from ._contract import linear_macs
 from ._conv import TorchBackend
 from .compress import CompressionReport, LayerReport, compress
 from .distill import Capture, attention_loss, distill, hidden_loss, logit_loss
+from .int_model import integerize
 from .int_sekron import IntSeKronConv2d, IntSeKronLinear, IntTorchBackend
-from .integer import IntConv2d, IntEmbedding, IntLayerNorm, IntLinear, integerize
+from .integer import IntConv2d, IntEmbedding, IntLayerNorm, IntLinear
 from .layers import KroneckerEmbedding, SeKronConv2d, SeKronLinear
 
 __all__ = [

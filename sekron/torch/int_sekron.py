@@ -21,33 +21,22 @@ import torch.nn.functional as F
 from torch.nn.grad import conv2d_input, conv2d_weight
 
 from .. import fixed
+from ..fixed import STREAM_INPUT, STREAM_WEIGHT
 from ..ops import conv2d_plan, execute_plan
 from ..structure import Structure
 from ._conv import TorchBackend
-from .integer import (
-    _W,
-    _X,
-    _bound,
-    _int_gemm,
-    _IntModule,
-    _quantize,
-    _scaled,
-    _split_seed,
-)
+from ._int_base import IntModule, numpy_view, quantize, scaled
 from .layers import SeKronConv2d, SeKronLinear
 
 __all__ = ["IntSeKronLinear", "IntSeKronConv2d", "IntTorchBackend", "int_bmm", "stage_seed"]
 
-_MASK = (1 << 62) - 1
+#: The key of stage ``stage`` of a call keyed ``seed``: the engine's :func:`sekron.fixed.stage_key`.
+stage_seed = fixed.stage_key
 
 
-def stage_seed(seed: int, stage: int) -> int:
-    """The key of stage ``stage`` of a call keyed ``seed`` (62 bits)."""
-    return (seed * 0xD6E8FEB86659FD93 + stage * 0x9E3779B97F4A7C15 + 1) & _MASK
-
-
-def _slice(t: fixed.FixedTensor, i: int) -> fixed.FixedTensor:
-    return fixed.FixedTensor._trusted(np.ascontiguousarray(t.mantissa[i]), t.exponent, t.bits)
+def _swap(t: fixed.FixedTensor) -> fixed.FixedTensor:
+    """The slice-wise transpose of a stack of matrices (a view; same exponent and bits)."""
+    return fixed.FixedTensor.trusted(np.swapaxes(t.mantissa, 1, 2), t.exponent, t.bits)
 
 
 class _BmmFn(torch.autograd.Function):
@@ -55,37 +44,34 @@ class _BmmFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, bits: int, rounding: Any, seed: int) -> torch.Tensor:  # type: ignore[override]
-        fwd, bwd = _split_seed(seed)
-        aq = _quantize(a, bits, rounding, fwd, _X)
-        bq = _quantize(b, bits, rounding, fwd, _W)
-        K = a.shape[2]
-        e = int(aq.exponent) + int(bq.exponent)  # type: ignore[call-overload]
-        accs = [_int_gemm(aq.mantissa[p], bq.mantissa[p], _bound(K, bits, bits)) for p in range(a.shape[0])]
+        fwd, bwd = fixed.forward_backward_keys(seed)
+        aq = quantize(a, bits, rounding, fwd, STREAM_INPUT)
+        bq = quantize(b, bits, rounding, fwd, STREAM_WEIGHT)
         ctx.saved = (aq, bq, bits, rounding, bwd)
-        if any(acc is None for acc in accs):
-            outs = [fixed.matmul(_slice(aq, p), _slice(bq, p)).to_float() for p in range(a.shape[0])]
-            return _scaled(np.stack(outs), 0, a)
-        return _scaled(np.stack(accs), e, a)  # type: ignore[arg-type]
+        acc = fixed.exact_float_matmul(aq.mantissa, bq.mantissa, fixed.accumulator_bound(a.shape[2], bits))
+        if acc is None:
+            exact = fixed.batched_matmul(aq, bq)
+            return scaled(exact.mantissa, int(exact.exponent), a)  # type: ignore[call-overload]
+        return scaled(acc, int(aq.exponent) + int(bq.exponent), a)  # type: ignore[call-overload]
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         aq, bq, bits, rounding, bwd = ctx.saved
-        gn = g.detach().contiguous().numpy()
-        g1 = _quantize(g, bits, rounding, bwd, 1)
-        g2 = _quantize(g, bits, rounding, bwd, 2)
+        gn = numpy_view(g.contiguous())
+        g1 = quantize(g, bits, rounding, bwd, 1)
+        g2 = quantize(g, bits, rounding, bwd, 2)
         M, N = gn.shape[1], gn.shape[2]
-        da = [_int_gemm(g1.mantissa[p], bq.mantissa[p].T, _bound(N, bits, bits)) for p in range(gn.shape[0])]
-        db = [_int_gemm(aq.mantissa[p].T, g2.mantissa[p], _bound(M, bits, bits)) for p in range(gn.shape[0])]
-        if any(x is None for x in da + db):
-            pairs = [
-                fixed.matmul_backward(_slice(aq, p), _slice(bq, p), _slice(g1, p), bits, rounding=rounding, seed=bwd)
-                for p in range(gn.shape[0])
-            ]
-            return _scaled(np.stack([d.to_float() for d, _ in pairs]), 0, g), _scaled(np.stack([d.to_float() for _, d in pairs]), 0, g), None, None, None
+        da = fixed.exact_float_matmul(g1.mantissa, np.swapaxes(bq.mantissa, 1, 2), fixed.accumulator_bound(N, bits))
+        db = fixed.exact_float_matmul(np.swapaxes(aq.mantissa, 1, 2), g2.mantissa, fixed.accumulator_bound(M, bits))
+        if da is None or db is None:
+            # past 2**53: the engine's integer kernels, the same mapped operands
+            dq = fixed.batched_matmul(g1, _swap(bq))
+            wq = fixed.batched_matmul(_swap(aq), g2)
+            return scaled(dq.mantissa, int(dq.exponent), g), scaled(wq.mantissa, int(wq.exponent), g), None, None, None  # type: ignore[call-overload]
         e1, e2 = int(g1.exponent), int(g2.exponent)  # type: ignore[call-overload]
         return (
-            _scaled(np.stack(da), e1 + int(bq.exponent), g),  # type: ignore[arg-type, call-overload]
-            _scaled(np.stack(db), int(aq.exponent) + e2, g),  # type: ignore[arg-type, call-overload]
+            scaled(da, e1 + int(bq.exponent), g),  # type: ignore[call-overload]
+            scaled(db, int(aq.exponent) + e2, g),  # type: ignore[call-overload]
             None,
             None,
             None,
@@ -104,8 +90,12 @@ def int_bmm(a: torch.Tensor, b: torch.Tensor, bits: int, rounding: Any, seed: in
     return _BmmFn.apply(a, b, bits, rounding, seed)
 
 
+# --- the linear SeKron contraction (to be replaced by the shared matmul plan of sekron.ops) ---
 def int_sekron_linear(x: torch.Tensor, factors: Sequence[torch.Tensor], structure: Structure, bits: int, rounding: Any, seed: int) -> torch.Tensor:
-    """``x @ W.T`` right to left, every stage one integer GEMM (:func:`int_bmm`)."""
+    """``x @ W.T`` right to left, every stage one integer GEMM (:func:`int_bmm`).
+
+    The whole linear contraction of the integer SeKron layer is this one function.
+    """
     S, ranks = structure.n_factors, structure.ranks
     m = [s[0] for s in structure.shapes]
     n = [s[1] for s in structure.shapes]
@@ -122,7 +112,10 @@ def int_sekron_linear(x: torch.Tensor, factors: Sequence[torch.Tensor], structur
     return Z.reshape(B, math.prod(m))
 
 
-class IntSeKronLinear(_IntModule, SeKronLinear):
+# --- end of the linear SeKron contraction ---
+
+
+class IntSeKronLinear(IntModule, SeKronLinear):
     """:class:`SeKronLinear` whose stages are integer GEMMs (float master factors).
 
     Parameters are those of :class:`SeKronLinear` plus ``bits``, ``rounding`` and
@@ -169,15 +162,9 @@ class IntSeKronLinear(_IntModule, SeKronLinear):
         return f"{SeKronLinear.extra_repr(self)}, {self._int_repr()}"
 
 
-_F64_EXACT = 1 << 53
-
-
-_F32_EXACT = 1 << 24
-
-
 def _exact_float(bound: int) -> torch.dtype:
     """float32 while every partial sum (an integer <= ``bound``) is exact in it, else float64."""
-    return torch.float32 if bound <= _F32_EXACT else torch.float64
+    return torch.float32 if fixed.exact_float_dtype(bound) == np.float32 else torch.float64
 
 
 def _tof(q: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
@@ -185,76 +172,67 @@ def _tof(q: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
 
 
 class _GroupConvFn(torch.autograd.Function):
-    """Grouped 'valid' convolution of the mapped operands, exact, as ``fixed.conv2d`` per group.
+    """Grouped 'valid' convolution of the mapped operands, exact, as ``fixed.conv2d(groups=)``.
 
-    The mantissas run through torch's float64 convolution (im2col and GEMM, no
-    transform-based algorithm for float64), exact while every partial sum is an integer
-    below ``2**53``; past that bound the engine runs group by group. Backward maps the
-    gradient twice (streams 1 and 2 of the backward key, as
-    :func:`sekron.fixed.conv2d_backward`) with one exponent over all groups.
+    The mantissas run through torch's float convolution (im2col and GEMM, no
+    transform-based algorithm), exact while every partial sum is an integer below the
+    float's limit (:func:`sekron.fixed.exact_float_dtype`); past ``2**53`` the engine's
+    grouped integer convolution runs. Backward maps the gradient twice (streams 1 and 2
+    of the backward key, as :func:`sekron.fixed.conv2d_backward`) with one exponent over
+    all groups.
     """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, bits: int, rounding: Any, seed: int, geo: tuple[Any, Any, int]) -> torch.Tensor:  # type: ignore[override]
-        fwd, bwd = _split_seed(seed)
+        fwd, bwd = fixed.forward_backward_keys(seed)
         stride, dilation, groups = geo
-        xq = _quantize(x, bits, rounding, fwd, _X)
-        wq = _quantize(w, bits, rounding, fwd, _W)
+        xq = quantize(x, bits, rounding, fwd, STREAM_INPUT)
+        wq = quantize(w, bits, rounding, fwd, STREAM_WEIGHT)
         ctx.saved = (xq, wq, bits, rounding, bwd, geo)
-        k = w.shape[1] * w.shape[2] * w.shape[3]
-        bound = _bound(k, bits, bits)
-        if bound <= _F64_EXACT:
-            ft = _exact_float(bound)
-            with torch.backends.nnpack.flags(enabled=False):  # no Winograd/FFT: exact sums only
-                y = F.conv2d(_tof(xq.mantissa, ft), _tof(wq.mantissa, ft), stride=stride, dilation=dilation, groups=groups)
-            return _scaled(y.numpy(), int(xq.exponent) + int(wq.exponent), x)  # type: ignore[call-overload]
-        xs, ws = _group_slices(xq, wq, groups)
-        ys = [fixed.conv2d(xs[i], ws[i], stride, 0, dilation).to_float() for i in range(groups)]
-        return _scaled(np.concatenate(ys, axis=1), 0, x)
+        bound = fixed.accumulator_bound(w.shape[1] * w.shape[2] * w.shape[3], bits)
+        if fixed.exact_float_dtype(bound) is None:
+            yq = fixed.conv2d(xq, wq, stride, 0, dilation, groups=groups)
+            return scaled(yq.mantissa, int(yq.exponent), x)  # type: ignore[call-overload]
+        ft = _exact_float(bound)
+        with torch.backends.nnpack.flags(enabled=False):  # no Winograd/FFT: exact sums only
+            y = F.conv2d(_tof(xq.mantissa, ft), _tof(wq.mantissa, ft), stride=stride, dilation=dilation, groups=groups)
+        return scaled(y.numpy(), int(xq.exponent) + int(wq.exponent), x)  # type: ignore[call-overload]
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         xq, wq, bits, rounding, bwd, (stride, dilation, groups) = ctx.saved
-        gn = np.ascontiguousarray(g.detach().numpy())
-        g1 = _quantize(g, bits, rounding, bwd, 1)
-        g2 = _quantize(g, bits, rounding, bwd, 2)
+        gn = np.ascontiguousarray(numpy_view(g))
         N, Fo, Ho, Wo = gn.shape
         kh, kw = wq.shape[2], wq.shape[3]
-        exact = max(_bound((Fo // groups) * kh * kw, bits, bits), _bound(N * Ho * Wo, bits, bits)) <= _F64_EXACT
-        if exact:
-            with torch.backends.nnpack.flags(enabled=False):
-                ft = _exact_float(_bound((Fo // groups) * kh * kw, bits, bits))
-                dx = conv2d_input(tuple(xq.shape), _tof(wq.mantissa, ft), _tof(g1.mantissa, ft), stride=stride, dilation=dilation, groups=groups)
-                # dw sums over images: chunks small enough for float32, summed in float64
-                per_image = _bound(Ho * Wo, bits, bits)
-                chunk = max(1, _F32_EXACT // per_image) if per_image <= _F32_EXACT else N
-                ft = torch.float32 if per_image * min(chunk, N) <= _F32_EXACT else torch.float64
-                dw = torch.zeros(tuple(wq.shape), dtype=torch.float64)
-                for i in range(0, N, chunk):
-                    xs_, gs_ = xq.mantissa[i : i + chunk], g2.mantissa[i : i + chunk]
-                    dw += conv2d_weight(_tof(xs_, ft), tuple(wq.shape), _tof(gs_, ft), stride=stride, dilation=dilation, groups=groups).double()
-            dx = dx.double()
-            return (
-                _scaled(dx.numpy(), int(g1.exponent) + int(wq.exponent), g),  # type: ignore[call-overload]
-                _scaled(dw.numpy(), int(g2.exponent) + int(xq.exponent), g),  # type: ignore[call-overload]
-                None, None, None, None,
-            )
-        xs, ws = _group_slices(xq, wq, groups)
-        g1s, g2s = (_channel_slices(t, groups) for t in (g1, g2))
-        dxs = [fixed.conv2d_backward(xs[i], ws[i], g1s[i], stride, 0, dilation, bits, rounding=rounding, seed=bwd)[0].to_float() for i in range(groups)]
-        dws = [fixed.conv2d_backward(xs[i], ws[i], g2s[i], stride, 0, dilation, bits, rounding=rounding, seed=bwd)[1].to_float() for i in range(groups)]
-        return _scaled(np.concatenate(dxs, axis=1), 0, g), _scaled(np.concatenate(dws, axis=0), 0, g), None, None, None, None
+        bound_x = fixed.accumulator_bound((Fo // groups) * kh * kw, bits)
+        bound_w = fixed.accumulator_bound(N * Ho * Wo, bits)
+        if fixed.exact_float_dtype(max(bound_x, bound_w)) is None:
+            dxq, dwq = fixed.conv2d_backward(xq, wq, gn, stride, 0, dilation, bits, rounding=rounding, seed=bwd, groups=groups)
+            return scaled(dxq.mantissa, int(dxq.exponent), g), scaled(dwq.mantissa, int(dwq.exponent), g), None, None, None, None  # type: ignore[call-overload]
+        g1 = quantize(g, bits, rounding, bwd, 1)
+        g2 = quantize(g, bits, rounding, bwd, 2)
+        with torch.backends.nnpack.flags(enabled=False):
+            ft = _exact_float(bound_x)
+            dx = conv2d_input(tuple(xq.shape), _tof(wq.mantissa, ft), _tof(g1.mantissa, ft), stride=stride, dilation=dilation, groups=groups)
+            dw = _conv_weight_grad(xq, wq, g2, stride, dilation, groups)
+        return (
+            scaled(dx.double().numpy(), int(g1.exponent) + int(wq.exponent), g),  # type: ignore[call-overload]
+            scaled(dw.numpy(), int(g2.exponent) + int(xq.exponent), g),  # type: ignore[call-overload]
+            None, None, None, None,
+        )
 
 
-def _channel_slices(t: fixed.FixedTensor, groups: int) -> list[fixed.FixedTensor]:
-    c = t.shape[1] // groups
-    return [fixed.FixedTensor._trusted(np.ascontiguousarray(t.mantissa[:, i * c : (i + 1) * c]), t.exponent, t.bits) for i in range(groups)]
-
-
-def _group_slices(xq: fixed.FixedTensor, wq: fixed.FixedTensor, groups: int) -> tuple[list[fixed.FixedTensor], list[fixed.FixedTensor]]:
-    fo = wq.shape[0] // groups
-    ws = [fixed.FixedTensor._trusted(np.ascontiguousarray(wq.mantissa[i * fo : (i + 1) * fo]), wq.exponent, wq.bits) for i in range(groups)]
-    return _channel_slices(xq, groups), ws
+def _conv_weight_grad(xq: fixed.FixedTensor, wq: fixed.FixedTensor, g2: fixed.FixedTensor, stride: Any, dilation: Any, groups: int) -> torch.Tensor:
+    """Exact dW in float64: images in chunks whose sums are exact in float32, summed in float64."""
+    n, _, ho, wo = g2.shape
+    per_image = fixed.accumulator_bound(ho * wo, xq.bits, g2.bits)
+    chunk = max(1, fixed.FLOAT32_EXACT // per_image) if per_image <= fixed.FLOAT32_EXACT else n
+    ft = _exact_float(per_image * min(chunk, n))
+    dw = torch.zeros(tuple(wq.shape), dtype=torch.float64)
+    for i in range(0, n, chunk):
+        xs, gs = xq.mantissa[i : i + chunk], g2.mantissa[i : i + chunk]
+        dw += conv2d_weight(_tof(xs, ft), tuple(wq.shape), _tof(gs, ft), stride=stride, dilation=dilation, groups=groups).double()
+    return dw
 
 
 class IntTorchBackend(TorchBackend):
@@ -277,7 +255,7 @@ class IntTorchBackend(TorchBackend):
         return _GroupConvFn.apply(x, weight, self.bits, self.rounding, s, geo)
 
 
-class IntSeKronConv2d(_IntModule, SeKronConv2d):
+class IntSeKronConv2d(IntModule, SeKronConv2d):
     """:class:`SeKronConv2d` whose plan runs on :class:`IntTorchBackend` (float master factors).
 
     Parameters are those of :class:`SeKronConv2d` plus ``bits``, ``rounding``, ``seed``.

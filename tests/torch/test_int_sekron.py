@@ -13,6 +13,9 @@ from torch import nn  # noqa: E402
 
 import sekron as sk  # noqa: E402
 from sekron import fixed  # noqa: E402
+from sekron.fixed import STREAM_INPUT as _X  # noqa: E402
+from sekron.fixed import STREAM_WEIGHT as _W  # noqa: E402
+from sekron.fixed import forward_backward_keys as _split_seed  # noqa: E402
 from sekron.torch import (  # noqa: E402
     IntSeKronConv2d,
     IntSeKronLinear,
@@ -22,7 +25,6 @@ from sekron.torch import (  # noqa: E402
     integerize,
 )
 from sekron.torch.int_sekron import int_bmm, stage_seed  # noqa: E402
-from sekron.torch.integer import _W, _X, _split_seed  # noqa: E402
 
 
 def _engine_mm(a: np.ndarray, b: np.ndarray, bits: int, rounding: str, seed: int) -> np.ndarray:
@@ -170,3 +172,43 @@ def test_int_backend_conv_exact_at_training_sizes():
         dx, dw = fixed.conv2d_backward(xs, ws, gs, 1, 0, 1, 8, rounding="nearest")
         np.testing.assert_array_equal(x.grad.numpy()[:, 4 * i : 4 * i + 4], dx.to_float().astype(np.float32))
         np.testing.assert_array_equal(w.grad.numpy()[8 * i : 8 * i + 8], dw.to_float().astype(np.float32))
+
+
+def _run(fn, inputs, gy):
+    for t in inputs:
+        t.grad = None
+    y = fn()
+    y.backward(gy)
+    return [y.detach().clone()] + [t.grad.clone() for t in inputs]
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_int_bmm_integer_route_equals_float_route(monkeypatch, rounding, dtype):
+    # past 2**53 the layer runs the engine's integer kernels: forced here, same bits
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 4, 5, dtype=dtype, generator=g, requires_grad=True)
+    b = torch.randn(3, 5, 2, dtype=dtype, generator=g, requires_grad=True)
+    gy = torch.randn(3, 4, 2, dtype=dtype, generator=g)
+    fast = _run(lambda: int_bmm(a, b, 8, rounding, 5), [a, b], gy)
+    monkeypatch.setattr(fixed, "exact_float_matmul", lambda *args: None)
+    slow = _run(lambda: int_bmm(a, b, 8, rounding, 5), [a, b], gy)
+    for f, s in zip(fast, slow, strict=True):
+        assert torch.equal(f, s)
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_grouped_int_conv_integer_route_equals_float_route(monkeypatch, rounding):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, 6, 5, generator=g, requires_grad=True)
+    w = torch.randn(6, 2, 3, 2, generator=g, requires_grad=True)
+    gy = torch.randn(2, 6, 2, 4, generator=g)
+
+    def conv():
+        return IntTorchBackend(8, rounding, 3).conv2d(x, w, (2, 1), (1, 1), 2)
+
+    fast = _run(conv, [x, w], gy)
+    monkeypatch.setattr(fixed, "exact_float_dtype", lambda bound: None)
+    slow = _run(conv, [x, w], gy)
+    for f, s in zip(fast, slow, strict=True):
+        assert torch.equal(f, s)

@@ -10,8 +10,11 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from sekron import fixed  # noqa: E402
+from sekron.fixed import STREAM_BIAS as _B  # noqa: E402
+from sekron.fixed import STREAM_INPUT as _X  # noqa: E402
+from sekron.fixed import STREAM_WEIGHT as _W  # noqa: E402
+from sekron.fixed import forward_backward_keys as _split_seed  # noqa: E402
 from sekron.torch import IntConv2d, IntEmbedding, IntLayerNorm, IntLinear, integerize  # noqa: E402
-from sekron.torch.integer import _B, _W, _X, _split_seed  # noqa: E402
 
 
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
@@ -118,14 +121,62 @@ def test_integerize_and_train_step():
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_large_weight_mapping_equals_engine(rounding, dtype):
-    from sekron.torch.integer import _DIRECT_MIN, _quantize
+    # large tensors take to_fixed's scaled route: its bits must be the reference mapping's
+    from sekron.fixed import _reference as R
+    from sekron.fixed._kernels import PARALLEL_MIN_ELEMENTS
+    from sekron.torch._int_base import quantize
 
     g = torch.Generator().manual_seed(9)
     for scale in (1e-30, 1.0, 1e30):
-        w = torch.randn(_DIRECT_MIN // 64 + 1, 64, dtype=dtype, generator=g) * scale
+        w = torch.randn(PARALLEL_MIN_ELEMENTS // 64 + 1, 64, dtype=dtype, generator=g) * scale
         for bits in (4, 8, 16):
-            got = _quantize(w, bits, rounding, 77, _W)
-            ref = fixed.to_fixed(w.numpy(), bits, rounding, 77, stream=_W)
-            assert got.exponent == ref.exponent and got.bits == ref.bits
-            np.testing.assert_array_equal(got.mantissa, ref.mantissa)
-            assert got.mantissa.dtype == ref.mantissa.dtype
+            got = quantize(w, bits, rounding, 77, _W)
+            q_ref, e_ref = R.map_fixed_ref(w.numpy(), bits, rounding == "stochastic", R.stream_key(77, _W))
+            assert got.exponent == e_ref and got.bits == bits
+            np.testing.assert_array_equal(got.mantissa.ravel(), q_ref)
+            assert got.mantissa.dtype == fixed.mantissa_dtype(bits)
+
+
+def test_integerize_checks_bits_once(monkeypatch):
+    import sekron.torch._int_base as base
+    import sekron.torch.int_model as int_model
+    from sekron._validation import check_bits
+
+    calls = []
+
+    def counting(bits, name="bits"):
+        calls.append(name)
+        return check_bits(bits, name)
+
+    monkeypatch.setattr(int_model, "check_bits", counting)
+    monkeypatch.setattr(base, "check_bits", counting)
+    net = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 8), nn.Linear(8, 2))
+    inet = integerize(net, bits=8, norm_bits=None)
+    assert calls == ["bits"]
+    assert [m.bits for m in inet] == [8, 8, 8, 8] and all(type(m.bits) is int for m in inet)
+    calls.clear()
+    integerize(net, bits=8, norm_bits=16)
+    assert calls == ["bits", "norm_bits"]
+    IntLinear(2, 2, bits=8)  # a layer built directly still validates its bits
+    assert calls == ["bits", "norm_bits", "bits"]
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_int_linear_integer_route_equals_float_route(monkeypatch, rounding):
+    # past 2**53 IntLinear runs fixed.linear / linear_backward: forced here, same bits
+    torch.manual_seed(3)
+    layer = IntLinear(6, 5, bits=12, rounding=rounding, seed=2)
+    x = torch.randn(4, 6, requires_grad=True)
+    gy = torch.randn(4, 5)
+    out = []
+    for patch in (False, True):
+        if patch:
+            monkeypatch.setattr(fixed, "exact_float_matmul", lambda *args: None)
+        layer.calls = 0
+        layer.zero_grad()
+        x.grad = None
+        y = layer(x)
+        y.backward(gy)
+        out.append([y.detach().clone(), x.grad.clone(), layer.weight.grad.clone(), layer.bias.grad.clone()])
+    for f, s in zip(*out, strict=True):
+        assert torch.equal(f, s)
