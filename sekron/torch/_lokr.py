@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.sparse.linalg
 
 from .._kron import rearrange
 from ..decompose import nkp
@@ -398,9 +399,21 @@ def nkp_start(D: np.ndarray, shape_w1: tuple[int, int], shape_w2: tuple[int, ...
 
 
 def lowrank_start(op: LowRankRearranged, random_state: Any) -> tuple[float, np.ndarray, np.ndarray]:
-    """Leading singular pair of an implicit rearranged operator (randomized solver)."""
+    """Leading singular pair of an implicit rearranged operator.
+
+    The randomized range finder of :func:`sekron.svd.truncated_svd` gives a start that
+    ARPACK's Lanczos iteration (through the same products) polishes to working precision:
+    the range finder alone stops at about 0.25 % of the error, not at the optimum.
+    """
     U, s, Vt = truncated_svd(op, 1, method="randomized", random_state=random_state,
                              squared_norm=op.squared_norm())
+    if min(op.shape) > 1 and s[0] > 0:
+        lin = scipy.sparse.linalg.LinearOperator(
+            op.shape, matvec=lambda v: op.matmat(v.reshape(-1, 1))[:, 0],
+            rmatvec=lambda v: op.rmatmat(v.reshape(-1, 1))[:, 0],
+            matmat=op.matmat, rmatmat=op.rmatmat, dtype=np.float64)
+        v0 = Vt[0] if op.shape[0] >= op.shape[1] else U[:, 0]  # svds iterates on the short side
+        U, s, Vt = scipy.sparse.linalg.svds(lin, k=1, v0=v0, tol=0, solver="arpack")
     root = math.sqrt(float(s[0]))
     return op.squared_norm(), U[:, 0] * root, Vt[0] * root
 
