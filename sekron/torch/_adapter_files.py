@@ -71,7 +71,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def _tensor(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
+    return torch.from_numpy(np.array(a, dtype=np.float64, order="C")).to(dtype)  # a private, writable copy
 
 
 def _full_w2(lokr: LoKr) -> bool:
