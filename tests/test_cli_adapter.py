@@ -46,14 +46,27 @@ def _run(argv: list[str]) -> tuple[int, str]:
 @pytest.fixture
 def checkpoints(tmp_path: Path) -> tuple[Path, Path, dict[str, np.ndarray]]:
     rng = np.random.default_rng(0)
-    base = {"fc.weight": rng.normal(size=(32, 24)), "fc.bias": rng.normal(size=32),
-            "conv.weight": rng.normal(size=(12, 8, 3, 3)), "head.weight": rng.normal(size=(4, 32))}
-    deltas = {"fc.weight": np.kron(rng.normal(size=(4, 4)), rng.normal(size=(8, 1)) @ rng.normal(size=(1, 6))),
-              "conv.weight": np.kron(rng.normal(size=(3, 2, 1, 1)), rng.normal(size=(4, 4, 3, 3)))}
+    base = {
+        "fc.weight": rng.normal(size=(32, 24)),
+        "fc.bias": rng.normal(size=32),
+        "conv.weight": rng.normal(size=(12, 8, 3, 3)),
+        "head.weight": rng.normal(size=(4, 32)),
+    }
+    deltas = {
+        "fc.weight": np.kron(
+            rng.normal(size=(4, 4)), rng.normal(size=(8, 1)) @ rng.normal(size=(1, 6))
+        ),
+        "conv.weight": np.kron(rng.normal(size=(3, 2, 1, 1)), rng.normal(size=(4, 4, 3, 3))),
+    }
     tuned = {k: v + deltas.get(k, 0.0) for k, v in base.items()}
-    safetensors_torch.save_file({k: torch.tensor(v) for k, v in base.items()}, str(tmp_path / "base.safetensors"))
+    safetensors_torch.save_file(
+        {k: torch.tensor(v) for k, v in base.items()}, str(tmp_path / "base.safetensors")
+    )
     (tmp_path / "tuned").mkdir()
-    safetensors_torch.save_file({k: torch.tensor(v) for k, v in tuned.items()}, str(tmp_path / "tuned" / "model.safetensors"))
+    safetensors_torch.save_file(
+        {k: torch.tensor(v) for k, v in tuned.items()},
+        str(tmp_path / "tuned" / "model.safetensors"),
+    )
     return tmp_path / "base.safetensors", tmp_path / "tuned", deltas
 
 
@@ -85,15 +98,30 @@ def test_convert_lokr_to_lora_and_back(checkpoints, tmp_path) -> None:
     D = deltas["fc.weight"]
     assert np.linalg.norm(loras["lycoris_fc"].delta() - D) <= 1e-6 * np.linalg.norm(D)
     back_file = tmp_path / "back.safetensors"
-    assert _run(["adapter", "convert", str(lora_file), "-o", str(back_file), "--to", "lokr"])[0] == 0
+    assert (
+        _run(["adapter", "convert", str(lora_file), "-o", str(back_file), "--to", "lokr"])[0] == 0
+    )
     back = ad.load_lycoris(back_file)
     assert np.linalg.norm(back["lycoris_fc"].delta() - D) <= 1e-5 * np.linalg.norm(D)
-    rc, _ = _run(["adapter", "convert", str(lokr_file), "-o", str(tmp_path / "r2.safetensors"), "--to", "lora",
-                  "--rank", "2"])
+    rc, _ = _run(
+        [
+            "adapter",
+            "convert",
+            str(lokr_file),
+            "-o",
+            str(tmp_path / "r2.safetensors"),
+            "--to",
+            "lora",
+            "--rank",
+            "2",
+        ]
+    )
     assert rc == 0 and ad.load_lycoris(tmp_path / "r2.safetensors")["lycoris_fc"].rank == 2
 
 
-def test_refuses_to_write_onto_an_input_and_reports_bad_files(checkpoints, tmp_path, capsys) -> None:
+def test_refuses_to_write_onto_an_input_and_reports_bad_files(
+    checkpoints, tmp_path, capsys
+) -> None:
     base, tuned, _ = checkpoints
     before = base.read_bytes()
     rc, _ = _run(["adapter", "extract", str(base), str(tuned), "-o", str(base)])
@@ -101,8 +129,12 @@ def test_refuses_to_write_onto_an_input_and_reports_bad_files(checkpoints, tmp_p
     assert "output" in capsys.readouterr().err
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"junk")
-    rc, _ = _run(["adapter", "convert", str(junk), "-o", str(tmp_path / "x.safetensors"), "--to", "lora"])
+    rc, _ = _run(
+        ["adapter", "convert", str(junk), "-o", str(tmp_path / "x.safetensors"), "--to", "lora"]
+    )
     assert rc == 2 and "safetensors" in capsys.readouterr().err
-    rc, _ = _run(["adapter", "extract", str(base), str(tuned), "-o", str(tmp_path / "y"), "--rank", "0"])
+    rc, _ = _run(
+        ["adapter", "extract", str(base), str(tuned), "-o", str(tmp_path / "y"), "--rank", "0"]
+    )
     assert rc == 2 and "rank" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()

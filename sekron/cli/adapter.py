@@ -49,23 +49,37 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     >>> args.action, args.to, args.rank
     ('convert', 'lora', None)
     """
-    p = subparsers.add_parser("adapter", help="LoKr / LoRA adapters: extract from a fine-tune, convert")
+    p = subparsers.add_parser(
+        "adapter", help="LoKr / LoRA adapters: extract from a fine-tune, convert"
+    )
     sub = p.add_subparsers(dest="action", required=True)
     e = sub.add_parser("extract", help="optimal LoKr adapter of TUNED - BASE, layer by layer")
-    e.add_argument("base", help="base checkpoint (.safetensors, or a directory with model.safetensors)")
+    e.add_argument(
+        "base", help="base checkpoint (.safetensors, or a directory with model.safetensors)"
+    )
     e.add_argument("tuned", help="fine-tuned checkpoint, same layout")
     e.add_argument("-o", "--output", required=True, help="LyCORIS file or PEFT directory to write")
     e.add_argument("--format", choices=("lycoris", "peft"), default="lycoris")
     e.add_argument("--rank", type=int, default=None, help="rank of w2 (default: full)")
-    e.add_argument("--tol", type=float, default=None, help="pick each layer's rank for this relative error")
-    e.add_argument("--factor", type=int, default=-1, help="LyCORIS factorization factor (-1: balanced)")
+    e.add_argument(
+        "--tol", type=float, default=None, help="pick each layer's rank for this relative error"
+    )
+    e.add_argument(
+        "--factor", type=int, default=-1, help="LyCORIS factorization factor (-1: balanced)"
+    )
     e.add_argument("--targets", nargs="*", default=None, help="glob patterns of layer names")
-    c = sub.add_parser("convert", help="LoKr -> LoRA (exact SVD) or LoRA -> LoKr (nearest Kronecker)")
+    c = sub.add_parser(
+        "convert", help="LoKr -> LoRA (exact SVD) or LoRA -> LoKr (nearest Kronecker)"
+    )
     c.add_argument("input", help="LyCORIS .safetensors file or PEFT adapter directory")
     c.add_argument("-o", "--output", required=True)
     c.add_argument("--to", choices=("lora", "lokr"), required=True)
-    c.add_argument("--rank", type=int, default=None,
-                   help="LoRA rank (default: exact) or w2 rank of the LoKr (default: full)")
+    c.add_argument(
+        "--rank",
+        type=int,
+        default=None,
+        help="LoRA rank (default: exact) or w2 rank of the LoKr (default: full)",
+    )
     c.add_argument("--factor", type=int, default=-1, help="factor of the LoKr shapes (--to lokr)")
     p.set_defaults(func=run)
     return p
@@ -80,11 +94,15 @@ def _state_dict(path: str) -> dict[str, Any]:
     if p.is_dir():
         p = p / "model.safetensors"
     if not p.is_file() or p.suffix != ".safetensors":
-        raise FormatError(f"checkpoint: expected a .safetensors file or a directory with model.safetensors, got {path!r}")
+        raise FormatError(
+            f"checkpoint: expected a .safetensors file or a directory with model.safetensors, got {path!r}"
+        )
     try:
         return dict(load_file(str(p)))
     except Exception as exc:  # safetensors raises its own error type and OSError
-        raise FormatError(f"checkpoint: expected a safetensors file, got {path!r} ({exc})") from None
+        raise FormatError(
+            f"checkpoint: expected a safetensors file, got {path!r} ({exc})"
+        ) from None
 
 
 def _same(a: str, b: str) -> bool:
@@ -108,15 +126,24 @@ def _write(path: str, adapters: dict[str, Any], peft: bool) -> None:
 def _extract(args: argparse.Namespace, out: TextIO) -> int:
     from sekron.torch import adapters as ad
 
-    ex = ad.extract(_state_dict(args.base), _state_dict(args.tuned), rank=args.rank, tol=args.tol,
-                    factor=args.factor, targets=args.targets)
+    ex = ad.extract(
+        _state_dict(args.base),
+        _state_dict(args.tuned),
+        rank=args.rank,
+        tol=args.tol,
+        factor=args.factor,
+        targets=args.targets,
+    )
     if not ex.adapters:
         print("no layer changed between BASE and TUNED; nothing written", file=out)
         return 1
     _write(args.output, ex.adapters, args.format == "peft")
     print(ex.format_report(), file=out)
-    print(f"wrote {len(ex.adapters)} LoKr layers ({sum(f.n_params for f in ex.report):,} values) "
-          f"to {args.output} [{args.format}]", file=out)
+    print(
+        f"wrote {len(ex.adapters)} LoKr layers ({sum(f.n_params for f in ex.report):,} values) "
+        f"to {args.output} [{args.format}]",
+        file=out,
+    )
     return 0
 
 
@@ -128,7 +155,9 @@ def _convert(args: argparse.Namespace, out: TextIO) -> int:
     peft = _is_peft(args.input)
     src = ad.load_peft(args.input) if peft else ad.load_lycoris(args.input)
     result: dict[str, Any] = {}
-    print(f"{'layer':<28} {'from':<6} {'to':<6} {'rank':>5} {'rel.err':>10} {'params':>9}", file=out)
+    print(
+        f"{'layer':<28} {'from':<6} {'to':<6} {'rank':>5} {'rel.err':>10} {'params':>9}", file=out
+    )
     for name, upd in src.items():
         norm = float(np.linalg.norm(upd.delta()))
         if args.to == "lora":
@@ -147,9 +176,14 @@ def _convert(args: argparse.Namespace, out: TextIO) -> int:
                 kind = "LoRA"
             r = result[name].rank or "full"
         rel = err / norm if norm > 0 else 0.0
-        print(f"{name:<28} {kind:<6} {args.to:<6} {r!s:>5} {rel:>10.3e} {result[name].n_params:>9}", file=out)
+        print(
+            f"{name:<28} {kind:<6} {args.to:<6} {r!s:>5} {rel:>10.3e} {result[name].n_params:>9}",
+            file=out,
+        )
     _write(args.output, result, peft)
-    print(f"wrote {len(result)} layers to {args.output} [{'peft' if peft else 'lycoris'}]", file=out)
+    print(
+        f"wrote {len(result)} layers to {args.output} [{'peft' if peft else 'lycoris'}]", file=out
+    )
     return 0
 
 
@@ -178,7 +212,10 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     """
     inputs = [args.base, args.tuned] if args.action == "extract" else [args.input]
     if any(_same(args.output, i) for i in inputs):
-        print(f"error: output: expected a path other than the inputs, got {args.output!r}", file=sys.stderr)
+        print(
+            f"error: output: expected a path other than the inputs, got {args.output!r}",
+            file=sys.stderr,
+        )
         return 2
     try:
         return _extract(args, out) if args.action == "extract" else _convert(args, out)

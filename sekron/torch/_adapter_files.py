@@ -51,7 +51,11 @@ def lycoris_name(module_name: str) -> str:
     >>> lycoris_name("blocks.0.attn.q")
     'lycoris_blocks_0_attn_q'
     """
-    return module_name if module_name.startswith("lycoris_") else "lycoris_" + module_name.replace(".", "_")
+    return (
+        module_name
+        if module_name.startswith("lycoris_")
+        else "lycoris_" + module_name.replace(".", "_")
+    )
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -71,7 +75,9 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def _tensor(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-    return torch.from_numpy(np.array(a, dtype=np.float64, order="C")).to(dtype)  # a private, writable copy
+    return torch.from_numpy(np.array(a, dtype=np.float64, order="C")).to(
+        dtype
+    )  # a private, writable copy
 
 
 def _full_w2(lokr: LoKr) -> bool:
@@ -102,15 +108,23 @@ def _lora_tensors(lora: LoRA, dtype: torch.dtype) -> tuple[torch.Tensor, torch.T
 
 def _check_adapters(adapters: Any) -> dict[str, LoKr | LoRA]:
     if not isinstance(adapters, Mapping) or not adapters:
-        raise FormatError(f"adapters: expected a non-empty dict of name to LoKr/LoRA, got {adapters!r}")
+        raise FormatError(
+            f"adapters: expected a non-empty dict of name to LoKr/LoRA, got {adapters!r}"
+        )
     kinds = {type(v) for v in adapters.values()}
     if not kinds <= {LoKr, LoRA}:
-        raise FormatError(f"adapters: expected LoKr or LoRA values, got {sorted(k.__name__ for k in kinds)}")
+        raise FormatError(
+            f"adapters: expected LoKr or LoRA values, got {sorted(k.__name__ for k in kinds)}"
+        )
     return dict(adapters)
 
 
-def save_lycoris(path: str | os.PathLike[str], adapters: Mapping[str, LoKr | LoRA], *,
-                 dtype: torch.dtype = torch.float32) -> Path:
+def save_lycoris(
+    path: str | os.PathLike[str],
+    adapters: Mapping[str, LoKr | LoRA],
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
     """Write adapters as a LyCORIS ``.safetensors`` file (atomically).
 
     Parameters
@@ -184,17 +198,23 @@ def _kernels(model: nn.Module | None) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def _lokr_from(name: str, t: dict[str, np.ndarray], scale_of: Any, shape: tuple[int, ...] | None) -> LoKr:
+def _lokr_from(
+    name: str, t: dict[str, np.ndarray], scale_of: Any, shape: tuple[int, ...] | None
+) -> LoKr:
     unknown = set(t) - _LOKR_KEYS - {"alpha"}
     if unknown:
-        raise FormatError(f"{name}: expected LoKr tensors {sorted(_LOKR_KEYS)}, got also {sorted(unknown)}")
+        raise FormatError(
+            f"{name}: expected LoKr tensors {sorted(_LOKR_KEYS)}, got also {sorted(unknown)}"
+        )
     if "lokr_w1" in t:
         w1 = t["lokr_w1"]
     elif "lokr_w1_a" in t and "lokr_w1_b" in t:
         w1 = t["lokr_w1_a"] @ t["lokr_w1_b"]
     else:
         raise FormatError(f"{name}: expected lokr_w1 or lokr_w1_a and lokr_w1_b, got {sorted(t)}")
-    rank = next((t[k].shape[1] for k in ("lokr_w1_a", "lokr_w2_a") if k in t and "lokr_t2" not in t), None)
+    rank = next(
+        (t[k].shape[1] for k in ("lokr_w1_a", "lokr_w2_a") if k in t and "lokr_t2" not in t), None
+    )
     if "lokr_t2" in t:
         rank = t["lokr_w2_a"].shape[0]
     scale = scale_of(rank)
@@ -219,7 +239,9 @@ def _group(tensors: dict[str, np.ndarray], split: Any) -> dict[str, dict[str, np
     return groups
 
 
-def load_lycoris(path: str | os.PathLike[str], model: nn.Module | None = None) -> dict[str, LoKr | LoRA]:
+def load_lycoris(
+    path: str | os.PathLike[str], model: nn.Module | None = None
+) -> dict[str, LoKr | LoRA]:
     """Read a LyCORIS ``.safetensors`` file of LoKr and LoRA layers.
 
     Parameters
@@ -274,8 +296,12 @@ def load_lycoris(path: str | os.PathLike[str], model: nn.Module | None = None) -
         elif set(t) - {"alpha"} == _LORA_LYCORIS:
             up, down = t["lora_up.weight"], t["lora_down.weight"]
             kernel = tuple(down.shape[2:])
-            out[key] = LoRA(up.reshape(up.shape[0], -1), down.reshape(down.shape[0], -1),
-                            scale=scale_of(down.shape[0]), kernel=kernel)
+            out[key] = LoRA(
+                up.reshape(up.shape[0], -1),
+                down.reshape(down.shape[0], -1),
+                scale=scale_of(down.shape[0]),
+                kernel=kernel,
+            )
         else:
             raise FormatError(f"path: expected LoKr or LoRA tensors for {lname!r}, got {sorted(t)}")
     return out
@@ -309,8 +335,13 @@ def _pattern(name: str) -> str:
     return "^" + re.escape(name) + "$"
 
 
-def save_peft(directory: str | os.PathLike[str], adapters: Mapping[str, LoKr | LoRA], *,
-              base_model_name_or_path: str | None = None, dtype: torch.dtype = torch.float32) -> Path:
+def save_peft(
+    directory: str | os.PathLike[str],
+    adapters: Mapping[str, LoKr | LoRA],
+    *,
+    base_model_name_or_path: str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
     """Write adapters (all LoKr or all LoRA) as a PEFT adapter directory (atomically per file).
 
     Parameters
@@ -357,9 +388,15 @@ def save_peft(directory: str | os.PathLike[str], adapters: Mapping[str, LoKr | L
             b, d = u.shape_w2[:2]
             ranks[name] = max(b, d) if _full_w2(u) else int(u.rank or 1)
         config: dict[str, Any] = {
-            "peft_type": "LOKR", "alpha": 0, "decompose_both": False, "decompose_factor": factor,
-            "use_effective_conv2d": False, "rank_dropout": 0.0, "module_dropout": 0.0,
-            "rank_dropout_scale": False, "init_weights": True,
+            "peft_type": "LOKR",
+            "alpha": 0,
+            "decompose_both": False,
+            "decompose_factor": factor,
+            "use_effective_conv2d": False,
+            "rank_dropout": 0.0,
+            "module_dropout": 0.0,
+            "rank_dropout_scale": False,
+            "init_weights": True,
         }
         alpha_key = "alpha"
     else:
@@ -369,25 +406,41 @@ def save_peft(directory: str | os.PathLike[str], adapters: Mapping[str, LoKr | L
             tensors[f"{_PEFT_PREFIX}{name}.lora_A.weight"] = down
             tensors[f"{_PEFT_PREFIX}{name}.lora_B.weight"] = up
             ranks[name] = lo.rank
-        config = {"peft_type": "LORA", "lora_alpha": 0, "lora_dropout": 0.0, "bias": "none",
-                  "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
-                  "init_lora_weights": True}
+        config = {
+            "peft_type": "LORA",
+            "lora_alpha": 0,
+            "lora_dropout": 0.0,
+            "bias": "none",
+            "fan_in_fan_out": False,
+            "use_rslora": False,
+            "use_dora": False,
+            "init_lora_weights": True,
+        }
         alpha_key = "lora_alpha"
     first = next(iter(ranks.values()))
     # alpha = r everywhere: scale 1, the adapter's own scale is already in w1 / up
-    config.update({
-        "r": first, alpha_key: first, "target_modules": sorted(ranks),
-        "rank_pattern": {_pattern(n): r for n, r in ranks.items()},
-        "alpha_pattern": {_pattern(n): r for n, r in ranks.items()},
-        "base_model_name_or_path": base_model_name_or_path, "inference_mode": True,
-        "task_type": None, "modules_to_save": None, "revision": None,
-    })
+    config.update(
+        {
+            "r": first,
+            alpha_key: first,
+            "target_modules": sorted(ranks),
+            "rank_pattern": {_pattern(n): r for n, r in ranks.items()},
+            "alpha_pattern": {_pattern(n): r for n, r in ranks.items()},
+            "base_model_name_or_path": base_model_name_or_path,
+            "inference_mode": True,
+            "task_type": None,
+            "modules_to_save": None,
+            "revision": None,
+        }
+    )
     target = Path(directory)
     if target.exists() and not target.is_dir():
         raise FormatError(f"directory: expected a directory, got the file {str(target)!r}")
     target.mkdir(parents=True, exist_ok=True)
     _atomic_write(target / "adapter_model.safetensors", save(tensors, metadata={"format": "pt"}))
-    _atomic_write(target / "adapter_config.json", json.dumps(config, indent=2, sort_keys=True).encode())
+    _atomic_write(
+        target / "adapter_config.json", json.dumps(config, indent=2, sort_keys=True).encode()
+    )
     return target
 
 
@@ -398,7 +451,9 @@ def _match(patterns: Mapping[str, Any], name: str, default: Any) -> Any:
     return default
 
 
-def load_peft(directory: str | os.PathLike[str], model: nn.Module | None = None) -> dict[str, LoKr | LoRA]:
+def load_peft(
+    directory: str | os.PathLike[str], model: nn.Module | None = None
+) -> dict[str, LoKr | LoRA]:
     """Read a PEFT LoKr or LoRA adapter directory (safetensors only).
 
     Parameters
@@ -428,10 +483,14 @@ def load_peft(directory: str | os.PathLike[str], model: nn.Module | None = None)
     root = Path(directory)
     cfg_path, st_path = root / "adapter_config.json", root / "adapter_model.safetensors"
     if not cfg_path.is_file():
-        raise FormatError(f"directory: expected a PEFT adapter with adapter_config.json, got {str(root)!r}")
+        raise FormatError(
+            f"directory: expected a PEFT adapter with adapter_config.json, got {str(root)!r}"
+        )
     if not st_path.is_file():
-        raise FormatError(f"directory: expected adapter_model.safetensors (pickle files are not read), "
-                          f"got {sorted(p.name for p in root.iterdir())}")
+        raise FormatError(
+            f"directory: expected adapter_model.safetensors (pickle files are not read), "
+            f"got {sorted(p.name for p in root.iterdir())}"
+        )
     try:
         config = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -446,7 +505,7 @@ def load_peft(directory: str | os.PathLike[str], model: nn.Module | None = None)
     def split(key: str) -> tuple[str, str]:
         if not key.startswith(_PEFT_PREFIX):
             raise FormatError(f"directory: expected keys under {_PEFT_PREFIX!r}, got {key!r}")
-        rest = key[len(_PEFT_PREFIX):]
+        rest = key[len(_PEFT_PREFIX) :]
         suffixes = _LOKR_KEYS if kind == "LOKR" else {"lora_A.weight", "lora_B.weight"}
         for s in suffixes:
             if rest.endswith("." + s):
@@ -464,12 +523,20 @@ def load_peft(directory: str | os.PathLike[str], model: nn.Module | None = None)
             alpha = _match(config.get("alpha_pattern") or {}, name, config.get("lora_alpha", r0))
             scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
             if set(t) != {"lora_A.weight", "lora_B.weight"}:
-                raise FormatError(f"directory: expected lora_A and lora_B for {name!r}, got {sorted(t)}")
+                raise FormatError(
+                    f"directory: expected lora_A and lora_B for {name!r}, got {sorted(t)}"
+                )
             down, up = t["lora_A.weight"], t["lora_B.weight"]
-            out[name] = LoRA(up.reshape(up.shape[0], -1), down.reshape(down.shape[0], -1),
-                             scale=scale, kernel=tuple(down.shape[2:]))
+            out[name] = LoRA(
+                up.reshape(up.shape[0], -1),
+                down.reshape(down.shape[0], -1),
+                scale=scale,
+                kernel=tuple(down.shape[2:]),
+            )
     if model is not None:
         for name, upd in out.items():
             if name in shapes and shapes[name] != upd.shape:
-                raise ShapeError(f"directory: expected {name!r} of shape {shapes[name]}, got {upd.shape}")
+                raise ShapeError(
+                    f"directory: expected {name!r} of shape {shapes[name]}, got {upd.shape}"
+                )
     return out

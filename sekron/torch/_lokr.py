@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse.linalg
 
-from .._kron import rearrange
+from .. import rearrange
 from ..decompose import nkp
-from ..errors import RankError, ShapeError
+from ..errors import NonFiniteError, RankError, ShapeError
 from ..svd import truncated_svd
 
 __all__ = [
@@ -39,8 +39,6 @@ def _matrix(x: Any, name: str) -> np.ndarray:
     if arr.ndim != 2:
         raise ShapeError(f"{name}: expected a 2-d array, got shape {arr.shape}")
     if not np.isfinite(arr).all():
-        from ..errors import NonFiniteError
-
         raise NonFiniteError(f"{name}: expected finite values, got NaN or infinity")
     return arr
 
@@ -87,10 +85,12 @@ class LoKr:
             raise ValueError(f"scale: expected a finite float, got {self.scale!r}")
         set_(self, "scale", float(self.scale))
         if (self.w2 is None) == (self.w2_a is None or self.w2_b is None):
-            raise ShapeError("w2: expected either w2 or both w2_a and w2_b, got "
-                             f"w2={'set' if self.w2 is not None else None}, "
-                             f"w2_a={'set' if self.w2_a is not None else None}, "
-                             f"w2_b={'set' if self.w2_b is not None else None}")
+            raise ShapeError(
+                "w2: expected either w2 or both w2_a and w2_b, got "
+                f"w2={'set' if self.w2 is not None else None}, "
+                f"w2_a={'set' if self.w2_a is not None else None}, "
+                f"w2_b={'set' if self.w2_b is not None else None}"
+            )
         ksize = math.prod(self.kernel)
         if self.w2 is not None:
             w2 = np.asarray(self.w2, dtype=np.float64)
@@ -228,7 +228,9 @@ def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
     return (m, n) if m <= n else (n, m)
 
 
-def lokr_shapes(shape: tuple[int, ...], factor: int = -1) -> tuple[tuple[int, int], tuple[int, ...]]:
+def lokr_shapes(
+    shape: tuple[int, ...], factor: int = -1
+) -> tuple[tuple[int, int], tuple[int, ...]]:
     """Factor shapes ``(a, c)`` and ``(b, d, *k)`` LyCORIS picks for a weight ``shape``."""
     out_l, out_k = factorization(shape[0], factor)
     in_m, in_n = factorization(shape[1], factor)
@@ -243,16 +245,18 @@ def kron_lowrank_svd(
     The low-rank case goes through QR of both factors and the SVD of the small core,
     never forming ``w2``.
     """
-    svd1 = np.linalg.svd(w1, full_matrices=False)
+    U1, s1, V1t = np.linalg.svd(w1, full_matrices=False)
+    svd2: tuple[np.ndarray, np.ndarray, np.ndarray]
     if len(w2_parts) == 1:
-        svd2 = np.linalg.svd(w2_parts[0], full_matrices=False)
+        U2, s2, V2t = np.linalg.svd(w2_parts[0], full_matrices=False)
+        svd2 = (U2, s2, V2t)
     else:
         a, b = w2_parts
         qa, ra = np.linalg.qr(a)
         qb, rb = np.linalg.qr(b.T)
         u, s, vt = np.linalg.svd(ra @ rb.T, full_matrices=False)
         svd2 = (qa @ u, s, vt @ qb.T)
-    return svd1, svd2
+    return (U1, s1, V1t), svd2
 
 
 class LowRankRearranged:
@@ -264,7 +268,9 @@ class LowRankRearranged:
     cost ``r·a·d'·(b + c)`` per column instead of ``a·b·c·d'``.
     """
 
-    def __init__(self, up: np.ndarray, down: np.ndarray, shape_a: tuple[int, int], shape_b: tuple[int, int]):
+    def __init__(
+        self, up: np.ndarray, down: np.ndarray, shape_a: tuple[int, int], shape_b: tuple[int, int]
+    ):
         (a, c), (b, dk) = shape_a, shape_b
         r = up.shape[1]
         self.U = np.ascontiguousarray(up.T.reshape(r, a, b))
@@ -356,15 +362,33 @@ def fit_lokr(
     full = min(b, dk)
     kron_sq = _residual_sq(R, norm_sq, u, x)
     if rank is None and tol is None:
-        return KronFit(u, None, None, x.reshape(b, dk), math.sqrt(kron_sq), math.sqrt(kron_sq),
-                       math.sqrt(norm_sq), None, 0)
+        return KronFit(
+            u,
+            None,
+            None,
+            x.reshape(b, dk),
+            math.sqrt(kron_sq),
+            math.sqrt(kron_sq),
+            math.sqrt(norm_sq),
+            None,
+            0,
+        )
     U2, s2, V2t = np.linalg.svd(x.reshape(b, dk), full_matrices=False)
     if rank is None:
         assert tol is not None
         rank = _pick_rank(s2, kron_sq, float(u @ u), tol * tol * norm_sq, full)
     if rank >= full:
-        return KronFit(u, None, None, x.reshape(b, dk), math.sqrt(kron_sq), math.sqrt(kron_sq),
-                       math.sqrt(norm_sq), None, 0)
+        return KronFit(
+            u,
+            None,
+            None,
+            x.reshape(b, dk),
+            math.sqrt(kron_sq),
+            math.sqrt(kron_sq),
+            math.sqrt(norm_sq),
+            None,
+            0,
+        )
     best_u, best_x = u, ((U2[:, :rank] * s2[:rank]) @ V2t[:rank]).reshape(-1)
     best = _residual_sq(R, norm_sq, best_u, best_x)
     cur_u, sweeps = best_u, 0
@@ -383,11 +407,22 @@ def fit_lokr(
             break
     Uq, sq, Vq = _truncate(best_x.reshape(b, dk), rank)
     root = np.sqrt(sq)
-    return KronFit(best_u, Uq * root, root[:, None] * Vq, None, math.sqrt(best),
-                   math.sqrt(kron_sq), math.sqrt(norm_sq), rank, sweeps)
+    return KronFit(
+        best_u,
+        Uq * root,
+        root[:, None] * Vq,
+        None,
+        math.sqrt(best),
+        math.sqrt(kron_sq),
+        math.sqrt(norm_sq),
+        rank,
+        sweeps,
+    )
 
 
-def nkp_start(D: np.ndarray, shape_w1: tuple[int, int], shape_w2: tuple[int, ...]) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+def nkp_start(
+    D: np.ndarray, shape_w1: tuple[int, int], shape_w2: tuple[int, ...]
+) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
     """Rearranged dense update and its NKP (``sk.nkp``): ``(R, |R|², u, x)``."""
     nd = D.ndim
     sa = (*shape_w1, *([1] * (nd - 2)))
@@ -405,13 +440,18 @@ def lowrank_start(op: LowRankRearranged, random_state: Any) -> tuple[float, np.n
     ARPACK's Lanczos iteration (through the same products) polishes to working precision:
     the range finder alone stops at about 0.25 % of the error, not at the optimum.
     """
-    U, s, Vt = truncated_svd(op, 1, method="randomized", random_state=random_state,
-                             squared_norm=op.squared_norm())
+    U, s, Vt = truncated_svd(
+        op, 1, method="randomized", random_state=random_state, squared_norm=op.squared_norm()
+    )
     if min(op.shape) > 1 and s[0] > 0:
         lin = scipy.sparse.linalg.LinearOperator(
-            op.shape, matvec=lambda v: op.matmat(v.reshape(-1, 1))[:, 0],
+            op.shape,
+            matvec=lambda v: op.matmat(v.reshape(-1, 1))[:, 0],
             rmatvec=lambda v: op.rmatmat(v.reshape(-1, 1))[:, 0],
-            matmat=op.matmat, rmatmat=op.rmatmat, dtype=np.float64)
+            matmat=op.matmat,
+            rmatmat=op.rmatmat,
+            dtype=np.float64,
+        )
         v0 = Vt[0] if op.shape[0] >= op.shape[1] else U[:, 0]  # svds iterates on the short side
         U, s, Vt = scipy.sparse.linalg.svds(lin, k=1, v0=v0, tol=0, solver="arpack")
     root = math.sqrt(float(s[0]))

@@ -93,6 +93,8 @@ class LayerFit:
         Stored values of the adapter.
     sweeps : int
         Alternating least-squares sweeps that lowered the error.
+    norm : float
+        ``||ΔW||_F``.
     """
 
     name: str
@@ -105,6 +107,12 @@ class LayerFit:
     kron_error: float
     n_params: int
     sweeps: int
+    norm: float
+
+    @property
+    def relative_floor(self) -> float:
+        """``kron_error / ||ΔW||_F`` (0 for a zero update)."""
+        return self.kron_error / self.norm if self.norm > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -132,13 +140,15 @@ class Extraction:
         >>> print(ex.format_report().splitlines()[0].split()[:3])
         ['layer', 'shape', 'w1']
         """
-        lines = [f"{'layer':<24} {'shape':<18} {'w1':<10} {'w2':<16} {'rank':>5} "
-                 f"{'rel.err':>10} {'floor':>10} {'params':>9}"]
+        lines = [
+            f"{'layer':<24} {'shape':<18} {'w1':<10} {'w2':<16} {'rank':>5} "
+            f"{'rel.err':>10} {'floor':>10} {'params':>9}"
+        ]
         for f in self.report:
             lines.append(
                 f"{f.name:<24} {str(f.shape):<18} {str(f.shape_w1):<10} {str(f.shape_w2):<16} "
                 f"{'full' if f.rank is None else f.rank:>5} {f.relative_error:>10.3e} "
-                f"{f.kron_error / max(f.error, 1e-300) * f.relative_error:>10.3e} {f.n_params:>9}"
+                f"{f.relative_floor:>10.3e} {f.n_params:>9}"
             )
         return "\n".join(lines)
 
@@ -162,7 +172,25 @@ def _numpy(x: Any, name: str) -> np.ndarray:
     return as_float_array(x, name).astype(np.float64, copy=False)
 
 
-def _check_shape_w1(shape_w1: Any, shape: tuple[int, ...], name: str) -> tuple[tuple[int, int], tuple[int, ...]]:
+def _factor_shapes(
+    shape: tuple[int, ...], factor: Any, shape_w1: Any
+) -> tuple[tuple[int, int], tuple[int, ...]]:
+    """Factor shapes from a given ``w1`` shape, else from LyCORIS's rule for ``factor``."""
+    if shape_w1 is not None:
+        return _check_shape_w1(shape_w1, shape, "shape_w1")
+    if (
+        isinstance(factor, bool)
+        or not isinstance(factor, (int, np.integer))
+        or factor == 0
+        or factor < -1
+    ):
+        raise ValueError(f"factor: expected -1 or a positive int, got {factor!r}")
+    return lokr_shapes(shape, int(factor))
+
+
+def _check_shape_w1(
+    shape_w1: Any, shape: tuple[int, ...], name: str
+) -> tuple[tuple[int, int], tuple[int, ...]]:
     try:
         a, c = (int(v) for v in shape_w1)
     except (TypeError, ValueError):
@@ -238,12 +266,7 @@ def fit_update(
     if D.ndim < 2:
         raise ShapeError(f"delta: expected a weight of 2 to 4 dims, got shape {D.shape}")
     shape = tuple(D.shape)
-    if shape_w1 is None:
-        if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor == 0 or factor < -1:
-            raise ValueError(f"factor: expected -1 or a positive int, got {factor!r}")
-        sa, sb = lokr_shapes(shape, int(factor))
-    else:
-        sa, sb = _check_shape_w1(shape_w1, shape, "shape_w1")
+    sa, sb = _factor_shapes(shape, factor, shape_w1)
     b, dk = sb[0], math.prod(sb[1:])
     if tol is not None:
         tol, rank = check_tol(tol), None
@@ -258,8 +281,19 @@ def fit_update(
     else:
         lokr = LoKr(fit.w1.reshape(sa), w2_a=fit.w2_a, w2_b=fit.w2_b, kernel=kernel)
     rel = fit.error / fit.norm if fit.norm > 0 else 0.0
-    report = LayerFit(name, shape, sa, sb, fit.rank, fit.error, rel, fit.kron_error, lokr.n_params,
-                      fit.sweeps)
+    report = LayerFit(
+        name,
+        shape,
+        sa,
+        sb,
+        fit.rank,
+        fit.error,
+        rel,
+        fit.kron_error,
+        lokr.n_params,
+        fit.sweeps,
+        fit.norm,
+    )
     return lokr, report
 
 
@@ -338,8 +372,15 @@ def extract(
     if unknown:
         raise FormatError(f"shapes: expected names of changed layers, got {sorted(unknown)}")
     for name, D in todo:
-        lokr, fit = fit_update(D, rank=rank, tol=tol, factor=factor, shape_w1=shapes.get(name),
-                               refine=refine, name=name)
+        lokr, fit = fit_update(
+            D,
+            rank=rank,
+            tol=tol,
+            factor=factor,
+            shape_w1=shapes.get(name),
+            refine=refine,
+            name=name,
+        )
         adapters[name] = lokr
         report.append(fit)
     return Extraction(adapters, tuple(report))
@@ -467,10 +508,7 @@ def lora_to_lokr(
     if method not in ("auto", "implicit", "dense"):
         raise ValueError(f"method: expected 'auto', 'implicit' or 'dense', got {method!r}")
     shape = lora.shape
-    if shape_w1 is None:
-        sa, sb = lokr_shapes(shape, factor)
-    else:
-        sa, sb = _check_shape_w1(shape_w1, shape, "shape_w1")
+    sa, sb = _factor_shapes(shape, factor, shape_w1)
     b, dk = sb[0], math.prod(sb[1:])
     if rank is not None:
         rank = check_rank(rank, "rank", min(b, dk))
@@ -488,30 +526,38 @@ def lora_to_lokr(
     return LoKr(fit.w1.reshape(sa), w2_a=fit.w2_a, w2_b=fit.w2_b, kernel=lora.kernel), fit.error
 
 
-def _resolve(model: nn.Module, adapters: Mapping[str, Any]) -> list[tuple[nn.Module, Any]]:
+def _resolve(model: nn.Module, adapters: Mapping[str, Any]) -> list[tuple[torch.Tensor, Any]]:
     """Pair every adapter with its layer (by module name or LyCORIS name), checking shapes."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     if not isinstance(adapters, Mapping):
-        raise TypeError(f"adapters: expected a dict of name to LoKr/LoRA, got {type(adapters).__name__}")
+        raise TypeError(
+            f"adapters: expected a dict of name to LoKr/LoRA, got {type(adapters).__name__}"
+        )
     modules = dict(model.named_modules())
     by_lycoris = {lycoris_name(n): m for n, m in modules.items()}
     pairs = []
     for name, upd in adapters.items():
         if not isinstance(upd, (LoKr, LoRA)):
-            raise TypeError(f"adapters[{name!r}]: expected a LoKr or LoRA, got {type(upd).__name__}")
+            raise TypeError(
+                f"adapters[{name!r}]: expected a LoKr or LoRA, got {type(upd).__name__}"
+            )
         mod = modules.get(name, by_lycoris.get(name))
         weight = getattr(mod, "weight", None)
         if mod is None or not isinstance(weight, torch.Tensor):
             raise FormatError(f"adapters: expected names of layers with a weight, got {name!r}")
         if tuple(weight.shape) != upd.shape:
-            raise ShapeError(f"adapters[{name!r}]: expected an update of shape {tuple(weight.shape)}, "
-                             f"got {upd.shape}")
-        pairs.append((mod, upd))
+            raise ShapeError(
+                f"adapters[{name!r}]: expected an update of shape {tuple(weight.shape)}, "
+                f"got {upd.shape}"
+            )
+        pairs.append((weight, upd))
     return pairs
 
 
-def merge(model: nn.Module, adapters: Mapping[str, LoKr | LoRA], *, multiplier: float = 1.0) -> nn.Module:
+def merge(
+    model: nn.Module, adapters: Mapping[str, LoKr | LoRA], *, multiplier: float = 1.0
+) -> nn.Module:
     """Add ``multiplier · ΔW`` of every adapter to its layer's weight, in place.
 
     Every name and shape is checked before any weight changes.
@@ -546,13 +592,14 @@ def merge(model: nn.Module, adapters: Mapping[str, LoKr | LoRA], *, multiplier: 
     multiplier = float(multiplier)
     pairs = _resolve(model, adapters)
     with torch.no_grad():
-        for mod, upd in pairs:
-            delta = to_torch(upd.delta(), like=mod.weight)
-            mod.weight.add_(delta, alpha=multiplier)
+        for weight, upd in pairs:
+            weight.add_(to_torch(upd.delta(), like=weight), alpha=multiplier)
     return model
 
 
-def unmerge(model: nn.Module, adapters: Mapping[str, LoKr | LoRA], *, multiplier: float = 1.0) -> nn.Module:
+def unmerge(
+    model: nn.Module, adapters: Mapping[str, LoKr | LoRA], *, multiplier: float = 1.0
+) -> nn.Module:
     """Subtract what :func:`merge` added (same arguments).
 
     Examples
@@ -567,4 +614,3 @@ def unmerge(model: nn.Module, adapters: Mapping[str, LoKr | LoRA], *, multiplier
     True
     """
     return merge(model, adapters, multiplier=-float(multiplier))
-

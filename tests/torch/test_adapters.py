@@ -64,7 +64,12 @@ def test_factorization_is_lycoris_rule() -> None:
 dims = st.sampled_from([(2, 3), (4, 2), (3, 3), (1, 5), (4, 4)])
 
 
-@given(out=dims, inp=dims, kernel=st.sampled_from([(), (1, 1), (3, 3), (2,)]), seed=st.integers(0, 2**16))
+@given(
+    out=dims,
+    inp=dims,
+    kernel=st.sampled_from([(), (1, 1), (3, 3), (2,)]),
+    seed=st.integers(0, 2**16),
+)
 def test_full_rank_extraction_is_eckart_young_optimum(out, inp, kernel, seed) -> None:
     rng = np.random.default_rng(seed)
     (a, b), (c, d) = out, inp
@@ -107,7 +112,10 @@ def test_refinement_lowers_the_error_on_a_structured_update() -> None:
 
 def test_tol_picks_the_smallest_sufficient_rank() -> None:
     rng = np.random.default_rng(2)
-    D = np.kron(rng.normal(size=(4, 4)), rng.normal(size=(8, 3)) @ np.diag([10, 1, 0.1]) @ rng.normal(size=(3, 8)))
+    D = np.kron(
+        rng.normal(size=(4, 4)),
+        rng.normal(size=(8, 3)) @ np.diag([10, 1, 0.1]) @ rng.normal(size=(3, 8)),
+    )
     D += 1e-4 * rng.normal(size=D.shape)
     lokr, fit = ad.fit_update(D, tol=0.02)
     assert fit.relative_error <= 0.02
@@ -131,8 +139,14 @@ def test_extract_from_models_and_state_dicts_agree() -> None:
     by_name = {f.name: f for f in ex.report}
     assert by_name["conv"].relative_error < 1e-6  # an exact Kronecker update (float32 weights)
     for name, lokr in ex.adapters.items():
-        D = (tuned.get_submodule(name).weight.double() - base.get_submodule(name).weight.double()).detach().numpy()
-        assert abs(np.linalg.norm(D - lokr.delta()) - by_name[name].error) <= 1e-9 * np.linalg.norm(D)
+        D = (
+            (tuned.get_submodule(name).weight.double() - base.get_submodule(name).weight.double())
+            .detach()
+            .numpy()
+        )
+        assert abs(np.linalg.norm(D - lokr.delta()) - by_name[name].error) <= 1e-9 * np.linalg.norm(
+            D
+        )
         np.testing.assert_allclose(ex_sd.adapters[name].delta(), lokr.delta(), atol=1e-12)
     assert "fc" in ex.format_report()
 
@@ -147,8 +161,13 @@ def test_lokr_to_lora_is_the_truncated_svd_of_the_dense_update(kernel, low_rank)
     k = int(np.prod(kernel))
     w1 = rng.normal(size=(3, 4))
     if low_rank:
-        lokr = ad.LoKr(w1, w2_a=rng.normal(size=(5, 3)), w2_b=rng.normal(size=(3, 2 * k)), scale=-0.5,
-                       kernel=kernel)
+        lokr = ad.LoKr(
+            w1,
+            w2_a=rng.normal(size=(5, 3)),
+            w2_b=rng.normal(size=(3, 2 * k)),
+            scale=-0.5,
+            kernel=kernel,
+        )
     else:
         lokr = ad.LoKr(w1, w2=rng.normal(size=(5, 2, *kernel)), scale=0.3, kernel=kernel)
     D = lokr.delta().reshape(lokr.shape[0], -1)
@@ -180,7 +199,9 @@ def test_lokr_to_lora_at_full_rank_is_exact_and_round_trips() -> None:
 def test_lora_to_lokr_reaches_the_nkp_optimum_without_forming_the_update(kernel) -> None:
     rng = np.random.default_rng(6)
     k = int(np.prod(kernel))
-    lora = ad.LoRA(rng.normal(size=(32, 3)), rng.normal(size=(3, 24 * k)), scale=0.25, kernel=kernel)
+    lora = ad.LoRA(
+        rng.normal(size=(32, 3)), rng.normal(size=(3, 24 * k)), scale=0.25, kernel=kernel
+    )
     D = lora.delta()
     s = np.linalg.svd(_rearranged(D, 4, 4), compute_uv=False)
     optimum = math.sqrt(float(np.sum(s[1:] ** 2)))
@@ -217,11 +238,17 @@ def test_merge_and_unmerge() -> None:
     model = Net()
     before = {n: p.detach().clone() for n, p in model.state_dict().items()}
     rng = np.random.default_rng(8)
-    upd = {"fc": ad.LoKr(rng.normal(size=(4, 4)), w2=rng.normal(size=(8, 6)), scale=0.1),
-           "lycoris_conv": ad.LoRA(rng.normal(size=(12, 2)), rng.normal(size=(2, 72)), kernel=(3, 3))}
+    upd = {
+        "fc": ad.LoKr(rng.normal(size=(4, 4)), w2=rng.normal(size=(8, 6)), scale=0.1),
+        "lycoris_conv": ad.LoRA(rng.normal(size=(12, 2)), rng.normal(size=(2, 72)), kernel=(3, 3)),
+    }
     ad.merge(model, upd, multiplier=2.0)
     got = (model.fc.weight.detach() - before["fc.weight"]).double().numpy()
-    np.testing.assert_allclose(got, 2.0 * upd["fc"].delta(), atol=10 * EPS32 * before["fc.weight"].abs().max().item() + 1e-6)
+    np.testing.assert_allclose(
+        got,
+        2.0 * upd["fc"].delta(),
+        atol=10 * EPS32 * before["fc.weight"].abs().max().item() + 1e-6,
+    )
     got = (model.conv.weight.detach() - before["conv.weight"]).double().numpy()
     np.testing.assert_allclose(got, 2.0 * upd["lycoris_conv"].delta(), atol=1e-5)
     ad.unmerge(model, upd, multiplier=2.0)
@@ -246,10 +273,18 @@ def test_merge_rejects_bad_adapters_without_changing_the_model() -> None:
 
 def _sample_lokrs(rng: np.random.Generator) -> dict[str, ad.LoKr]:
     return {
-        "fc": ad.LoKr(rng.normal(size=(4, 4)), w2_a=rng.normal(size=(8, 2)), w2_b=rng.normal(size=(2, 6)),
-                      scale=0.7),
-        "conv": ad.LoKr(rng.normal(size=(3, 2)), w2=rng.normal(size=(4, 4, 3, 3)), scale=1.5, kernel=(3, 3)),
-        "blk.0": ad.LoKr(rng.normal(size=(6, 8)), w2_a=rng.normal(size=(8, 1)), w2_b=rng.normal(size=(1, 8))),
+        "fc": ad.LoKr(
+            rng.normal(size=(4, 4)),
+            w2_a=rng.normal(size=(8, 2)),
+            w2_b=rng.normal(size=(2, 6)),
+            scale=0.7,
+        ),
+        "conv": ad.LoKr(
+            rng.normal(size=(3, 2)), w2=rng.normal(size=(4, 4, 3, 3)), scale=1.5, kernel=(3, 3)
+        ),
+        "blk.0": ad.LoKr(
+            rng.normal(size=(6, 8)), w2_a=rng.normal(size=(8, 1)), w2_b=rng.normal(size=(1, 8))
+        ),
     }
 
 
@@ -267,7 +302,9 @@ def test_file_round_trips_are_exact_in_float64(tmp_path) -> None:
     for name, u in A.items():
         for got in (back[name], back_peft[name]):
             # scale folding is one float64 multiply per entry of w1
-            np.testing.assert_allclose(got.delta(), u.delta(), rtol=4 * EPS64, atol=4 * EPS64 * np.abs(u.delta()).max())
+            np.testing.assert_allclose(
+                got.delta(), u.delta(), rtol=4 * EPS64, atol=4 * EPS64 * np.abs(u.delta()).max()
+            )
     assert [f for f in os.listdir(tmp_path) if f.endswith(".tmp")] == []
 
 
@@ -287,8 +324,13 @@ def test_corrupted_and_foreign_files_raise_format_error(tmp_path) -> None:
     with pytest.raises(FormatError, match="peft_type"):
         ad.load_peft(tmp_path / "ia3")
     with pytest.raises(FormatError):
-        ad.save_peft(tmp_path / "mixed", {"a": ad.LoKr(np.ones((2, 2)), w2=np.ones((2, 2))),
-                                          "b": ad.LoRA(np.ones((4, 1)), np.ones((1, 4)))})
+        ad.save_peft(
+            tmp_path / "mixed",
+            {
+                "a": ad.LoKr(np.ones((2, 2)), w2=np.ones((2, 2))),
+                "b": ad.LoRA(np.ones((4, 1)), np.ones((1, 4))),
+            },
+        )
 
 
 def test_bad_arguments_raise_sekron_errors() -> None:
@@ -330,8 +372,14 @@ def test_sekron_lokr_loads_in_peft(tmp_path) -> None:
 def test_peft_lokr_loads_in_sekron(tmp_path) -> None:
     peft = pytest.importorskip("peft")
     torch.manual_seed(2)
-    cfg = peft.LoKrConfig(r=2, alpha=3, target_modules=["fc", "conv", "blk.0"], rank_pattern={"fc": 1},
-                          alpha_pattern={"conv": 5}, init_weights=False)
+    cfg = peft.LoKrConfig(
+        r=2,
+        alpha=3,
+        target_modules=["fc", "conv", "blk.0"],
+        rank_pattern={"fc": 1},
+        alpha_pattern={"conv": 5},
+        init_weights=False,
+    )
     pm = peft.get_peft_model(Net(), cfg)
     pm.save_pretrained(str(tmp_path / "p"))
     got = ad.load_peft(tmp_path / "p", Net())
@@ -350,7 +398,13 @@ def test_lora_files_interoperate_with_peft(tmp_path) -> None:
     pm.save_pretrained(str(tmp_path / "lora"))
     loras = ad.load_peft(tmp_path / "lora")
     for name, lo in loras.items():
-        dw = pm.base_model.model.get_submodule(name).get_delta_weight("default").detach().double().numpy()
+        dw = (
+            pm.base_model.model.get_submodule(name)
+            .get_delta_weight("default")
+            .detach()
+            .double()
+            .numpy()
+        )
         assert _rel(lo.delta(), dw) <= INTEROP_RTOL
     # and sekron's LoRA (converted from LoKr) loads back into PEFT
     lokrs = _sample_lokrs(np.random.default_rng(11))
@@ -358,7 +412,13 @@ def test_lora_files_interoperate_with_peft(tmp_path) -> None:
     ad.save_peft(tmp_path / "mine", mine)
     pm2 = peft.PeftModel.from_pretrained(Net(), str(tmp_path / "mine"))
     for name, lo in mine.items():
-        dw = pm2.base_model.model.get_submodule(name).get_delta_weight("default").detach().double().numpy()
+        dw = (
+            pm2.base_model.model.get_submodule(name)
+            .get_delta_weight("default")
+            .detach()
+            .double()
+            .numpy()
+        )
         assert _rel(dw, lo.delta()) <= INTEROP_RTOL
 
 
@@ -386,7 +446,9 @@ def test_lycoris_lokr_loads_in_sekron(tmp_path, factor) -> None:
     lycoris = pytest.importorskip("lycoris")
     torch.manual_seed(4)
     model = Net()
-    net = lycoris.create_lycoris(model, 1.0, linear_dim=2, linear_alpha=3, algo="lokr", factor=factor)
+    net = lycoris.create_lycoris(
+        model, 1.0, linear_dim=2, linear_alpha=3, algo="lokr", factor=factor
+    )
     net.apply_to()  # the modules register with the network here
     sd = net.state_dict()
     with torch.no_grad():  # LyCORIS starts from ΔW = 0; give it a real update
@@ -414,8 +476,12 @@ def test_extracted_adapter_reproduces_the_fine_tuned_model_in_peft_and_lycoris(t
     assert all(f.relative_error < 1e-5 for f in ex.report)
     ad.save_peft(tmp_path / "peft", ex.adapters)
     ad.save_lycoris(tmp_path / "l.safetensors", ex.adapters)
-    pm = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path / "peft")).merge_and_unload()
-    net, _ = lycoris.create_lycoris_from_weights(1.0, str(tmp_path / "l.safetensors"), copy.deepcopy(base))
+    pm = peft.PeftModel.from_pretrained(
+        copy.deepcopy(base), str(tmp_path / "peft")
+    ).merge_and_unload()
+    net, _ = lycoris.create_lycoris_from_weights(
+        1.0, str(tmp_path / "l.safetensors"), copy.deepcopy(base)
+    )
     for name in ("fc", "blk.0"):
         want = tuned.get_submodule(name).weight.detach().double().numpy()
         got = pm.get_submodule(name).weight.detach().double().numpy()
@@ -423,3 +489,31 @@ def test_extracted_adapter_reproduces_the_fine_tuned_model_in_peft_and_lycoris(t
         lo = next(m for m in net.loras if m.lora_name == ad.lycoris_name(name))
         base_w = base.get_submodule(name).weight.detach().double().numpy()
         assert _rel(base_w + _lycoris_delta(lo), want) <= 1e-5
+
+
+# ---------------------------------------------------------------- never forming ΔW
+
+
+def _peak_bytes(fn) -> int:
+    import tracemalloc  # numpy reports its buffers to tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_lokr_to_lora_never_allocates_the_dense_update() -> None:
+    rng = np.random.default_rng(13)
+    lokr = ad.LoKr(rng.normal(size=(64, 64)), w2=rng.normal(size=(64, 64)))
+    dense_bytes = 4096 * 4096 * 8
+    assert _peak_bytes(lambda: ad.lokr_to_lora(lokr, 64)) < dense_bytes // 16
+
+
+def test_implicit_lora_to_lokr_never_allocates_the_dense_update() -> None:
+    rng = np.random.default_rng(14)
+    lora = ad.LoRA(rng.normal(size=(1024, 4)), rng.normal(size=(4, 1024)))
+    dense_bytes = 1024 * 1024 * 8
+    assert _peak_bytes(lambda: ad.lora_to_lokr(lora, method="implicit")) < dense_bytes // 4
