@@ -288,6 +288,13 @@ def _sample_lokrs(rng: np.random.Generator) -> dict[str, ad.LoKr]:
     }
 
 
+def safetensors_keys(path) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return list(f.keys())
+
+
 def _rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
@@ -369,19 +376,25 @@ def test_sekron_lokr_loads_in_peft(tmp_path) -> None:
         assert _rel(dw, u.delta()) <= INTEROP_RTOL
 
 
-def test_peft_lokr_loads_in_sekron(tmp_path) -> None:
+@pytest.mark.parametrize("variant", ["plain", "decompose_both", "effective_conv2d"])
+def test_peft_lokr_loads_in_sekron(tmp_path, variant) -> None:
     peft = pytest.importorskip("peft")
     torch.manual_seed(2)
     cfg = peft.LoKrConfig(
-        r=2,
+        r=1 if variant == "effective_conv2d" else 2,
         alpha=3,
         target_modules=["fc", "conv", "blk.0"],
         rank_pattern={"fc": 1},
         alpha_pattern={"conv": 5},
         init_weights=False,
+        decompose_both=variant == "decompose_both",
+        use_effective_conv2d=variant == "effective_conv2d",
     )
     pm = peft.get_peft_model(Net(), cfg)
     pm.save_pretrained(str(tmp_path / "p"))
+    keys = " ".join(safetensors_keys(tmp_path / "p" / "adapter_model.safetensors"))
+    wanted = {"plain": "lokr_w2_a", "decompose_both": "lokr_w1_a", "effective_conv2d": "lokr_t2"}
+    assert wanted[variant] in keys  # the variant really stores that layout
     got = ad.load_peft(tmp_path / "p", Net())
     assert sorted(got) == ["blk.0", "conv", "fc"]
     for name, u in got.items():
@@ -441,14 +454,21 @@ def test_sekron_lokr_loads_in_lycoris(tmp_path) -> None:
         assert _rel(_lycoris_delta(lo), A[names[lo.lora_name]].delta()) <= INTEROP_RTOL
 
 
-@pytest.mark.parametrize("factor", [-1, 2])
-def test_lycoris_lokr_loads_in_sekron(tmp_path, factor) -> None:
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"factor": -1},
+        {"factor": 2},
+        {"decompose_both": True},
+        {"use_tucker": True, "linear_dim": 1},
+    ],
+)
+def test_lycoris_lokr_loads_in_sekron(tmp_path, options) -> None:
     lycoris = pytest.importorskip("lycoris")
     torch.manual_seed(4)
     model = Net()
-    net = lycoris.create_lycoris(
-        model, 1.0, linear_dim=2, linear_alpha=3, algo="lokr", factor=factor
-    )
+    kwargs = {"linear_dim": 2, "linear_alpha": 3, "algo": "lokr", **options}
+    net = lycoris.create_lycoris(model, 1.0, **kwargs)
     net.apply_to()  # the modules register with the network here
     sd = net.state_dict()
     with torch.no_grad():  # LyCORIS starts from ΔW = 0; give it a real update
@@ -456,6 +476,9 @@ def test_lycoris_lokr_loads_in_sekron(tmp_path, factor) -> None:
             if "lokr_w" in key:
                 value.copy_(torch.randn_like(value))
     net.save_weights(str(tmp_path / "l.safetensors"), torch.float32, None)
+    keys = " ".join(safetensors_keys(tmp_path / "l.safetensors"))
+    assert ("lokr_w1_a" in keys) == bool(options.get("decompose_both"))
+    assert ("lokr_t2" in keys) == bool(options.get("use_tucker"))
     got = ad.load_lycoris(tmp_path / "l.safetensors", model)
     by_name = {lo.lora_name: lo for lo in net.loras}
     assert sorted(ad.lycoris_name(n) for n in got) == sorted(by_name)
