@@ -138,3 +138,22 @@ def test_refuses_to_write_onto_an_input_and_reports_bad_files(
     )
     assert rc == 2 and "rank" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
+
+
+def test_convert_uses_the_base_for_names_and_flattened_conv_kernels(checkpoints, tmp_path) -> None:
+    base, tuned, deltas = checkpoints
+    lokr_file = tmp_path / "lokr_r1.safetensors"
+    # rank 1 < 4 / 2: LyCORIS's layout stores the conv's w2 low rank, its kernel flattened
+    assert (
+        _run(["adapter", "extract", str(base), str(tuned), "-o", str(lokr_file), "--rank", "1"])[0]
+        == 0
+    )
+    lora_file = tmp_path / "lora_r1.safetensors"
+    argv = ["adapter", "convert", str(lokr_file), "-o", str(lora_file), "--to", "lora"]
+    assert _run([*argv, "--base", str(base)])[0] == 0
+    shapes = {"conv.weight": np.zeros((12, 8, 3, 3)), "fc.weight": np.zeros((32, 24))}
+    loras = ad.load_lycoris(lora_file, shapes)
+    assert loras["conv"].shape == (12, 8, 3, 3)
+    lokrs = ad.load_lycoris(lokr_file, shapes)
+    D = lokrs["conv"].delta()
+    assert np.linalg.norm(loras["conv"].delta() - D) <= 1e-6 * np.linalg.norm(D)

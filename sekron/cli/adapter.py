@@ -3,7 +3,7 @@
 ::
 
     sekron adapter extract BASE TUNED -o OUT [--format lycoris|peft] [--rank R] [--tol T] [--factor F]
-    sekron adapter convert IN -o OUT --to lora|lokr [--rank R]
+    sekron adapter convert IN -o OUT --to lora|lokr [--rank R] [--base BASE]
 
 ``BASE`` and ``TUNED`` are safetensors state dicts (a ``.safetensors`` file, or a directory
 holding ``model.safetensors``). ``IN`` is a LyCORIS ``.safetensors`` file or a PEFT
@@ -81,6 +81,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="LoRA rank (default: exact) or w2 rank of the LoKr (default: full)",
     )
     c.add_argument("--factor", type=int, default=-1, help="factor of the LoKr shapes (--to lokr)")
+    c.add_argument(
+        "--base",
+        default=None,
+        help="base checkpoint: layer names and the kernel shapes of convs stored flattened",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -153,7 +158,8 @@ def _convert(args: argparse.Namespace, out: TextIO) -> int:
     from sekron.torch import adapters as ad
 
     peft = _is_peft(args.input)
-    src = ad.load_peft(args.input) if peft else ad.load_lycoris(args.input)
+    base = _state_dict(args.base) if getattr(args, "base", None) else None
+    src = ad.load_peft(args.input, base) if peft else ad.load_lycoris(args.input, base)
     result: dict[str, Any] = {}
     print(
         f"{'layer':<28} {'from':<6} {'to':<6} {'rank':>5} {'rel.err':>10} {'params':>9}", file=out
@@ -210,7 +216,10 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     >>> run(args, io.StringIO())
     2
     """
-    inputs = [args.base, args.tuned] if args.action == "extract" else [args.input]
+    if args.action == "extract":
+        inputs = [args.base, args.tuned]
+    else:
+        inputs = [args.input] + ([args.base] if getattr(args, "base", None) else [])
     if any(_same(args.output, i) for i in inputs):
         print(
             f"error: output: expected a path other than the inputs, got {args.output!r}",

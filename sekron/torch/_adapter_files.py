@@ -185,14 +185,20 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     return {k: v.detach().to(torch.float64).numpy() for k, v in raw.items()}
 
 
-def _kernels(model: nn.Module | None) -> dict[str, tuple[int, ...]]:
-    """Weight shapes of a model's layers, by module name and by LyCORIS name."""
+def _kernels(model: Any) -> dict[str, tuple[int, ...]]:
+    """Weight shapes of a model's layers (or a state dict's ``*.weight`` entries), by module
+    name and by LyCORIS name."""
     if model is None:
         return {}
+    if isinstance(model, nn.Module):
+        weights = {n: getattr(m, "weight", None) for n, m in model.named_modules()}
+    elif isinstance(model, Mapping):
+        weights = {k[: -len(".weight")]: v for k, v in model.items() if str(k).endswith(".weight")}
+    else:
+        raise TypeError(f"model: expected an nn.Module or a state dict, got {type(model).__name__}")
     out: dict[str, tuple[int, ...]] = {}
-    for n, m in model.named_modules():
-        w = getattr(m, "weight", None)
-        if isinstance(w, torch.Tensor):
+    for n, w in weights.items():
+        if isinstance(w, (torch.Tensor, np.ndarray)):
             out[n] = tuple(w.shape)
             out[lycoris_name(n)] = tuple(w.shape)
     return out
@@ -240,15 +246,15 @@ def _group(tensors: dict[str, np.ndarray], split: Any) -> dict[str, dict[str, np
 
 
 def load_lycoris(
-    path: str | os.PathLike[str], model: nn.Module | None = None
+    path: str | os.PathLike[str], model: nn.Module | Mapping[str, Any] | None = None
 ) -> dict[str, LoKr | LoRA]:
     """Read a LyCORIS ``.safetensors`` file of LoKr and LoRA layers.
 
     Parameters
     ----------
     path : path-like
-    model : nn.Module, optional
-        The base model: keys become its module names (otherwise the LyCORIS names), and
+    model : nn.Module or state dict, optional
+        The base model (or its state dict): keys become its module names (otherwise the LyCORIS names), and
         conv kernels stored flattened get their shape from it.
 
     Returns
@@ -273,7 +279,7 @@ def load_lycoris(
     """
     tensors = _read_safetensors(Path(path))
     shapes = _kernels(model)
-    names = {lycoris_name(n): n for n in dict(model.named_modules())} if model is not None else {}
+    names = {lycoris_name(n): n for n in shapes if not n.startswith("lycoris_")}
 
     def split(key: str) -> tuple[str, str]:
         if "." not in key:
@@ -452,15 +458,15 @@ def _match(patterns: Mapping[str, Any], name: str, default: Any) -> Any:
 
 
 def load_peft(
-    directory: str | os.PathLike[str], model: nn.Module | None = None
+    directory: str | os.PathLike[str], model: nn.Module | Mapping[str, Any] | None = None
 ) -> dict[str, LoKr | LoRA]:
     """Read a PEFT LoKr or LoRA adapter directory (safetensors only).
 
     Parameters
     ----------
     directory : path-like
-    model : nn.Module, optional
-        The base model, for the kernel shape of convs whose ``w2`` is stored flattened.
+    model : nn.Module or state dict, optional
+        The base model (or its state dict), for the kernel shape of convs whose ``w2`` is stored flattened.
 
     Returns
     -------
