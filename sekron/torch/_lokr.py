@@ -361,34 +361,18 @@ def fit_lokr(
     b, dk = shape_w2
     full = min(b, dk)
     kron_sq = _residual_sq(R, norm_sq, u, x)
+    unconstrained = KronFit(
+        u, None, None, x.reshape(b, dk), math.sqrt(kron_sq), math.sqrt(kron_sq),
+        math.sqrt(norm_sq), None, 0,
+    )  # fmt: skip
     if rank is None and tol is None:
-        return KronFit(
-            u,
-            None,
-            None,
-            x.reshape(b, dk),
-            math.sqrt(kron_sq),
-            math.sqrt(kron_sq),
-            math.sqrt(norm_sq),
-            None,
-            0,
-        )
+        return unconstrained
     U2, s2, V2t = np.linalg.svd(x.reshape(b, dk), full_matrices=False)
     if rank is None:
         assert tol is not None
         rank = _pick_rank(s2, kron_sq, float(u @ u), tol * tol * norm_sq, full)
     if rank >= full:
-        return KronFit(
-            u,
-            None,
-            None,
-            x.reshape(b, dk),
-            math.sqrt(kron_sq),
-            math.sqrt(kron_sq),
-            math.sqrt(norm_sq),
-            None,
-            0,
-        )
+        return unconstrained
     best_u, best_x = u, ((U2[:, :rank] * s2[:rank]) @ V2t[:rank]).reshape(-1)
     best = _residual_sq(R, norm_sq, best_u, best_x)
     cur_u, sweeps = best_u, 0
@@ -400,11 +384,9 @@ def fit_lokr(
             break
         cur_u = _apply(R, xq) / float(xq @ xq)
         err = _residual_sq(R, norm_sq, cur_u, xq)
-        sweeps += 1
-        if err < best * (1.0 - 1e-12):
-            best, best_u, best_x = err, cur_u, xq
-        else:
-            break
+        if not err < best * (1.0 - 1e-12):
+            break  # converged: a sweep that does not lower the error is not kept
+        best, best_u, best_x, sweeps = err, cur_u, xq, sweeps + 1
     Uq, sq, Vq = _truncate(best_x.reshape(b, dk), rank)
     root = np.sqrt(sq)
     return KronFit(
