@@ -1,4 +1,4 @@
-"""sekron.checkpoint and the ``sekron compress`` command."""
+"""sekron.cli.checkpoint and the ``sekron compress`` command."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import sekron as sk
-from sekron.checkpoint import (
+from sekron.cli.checkpoint import (
     choose_structure,
     compress_weights,
     load_compressed,

@@ -15,6 +15,7 @@ from .distill import Capture, attention_loss, distill, hidden_loss, logit_loss
 from .int_sekron import IntSeKronConv2d, IntSeKronLinear, IntTorchBackend
 from .integer import IntConv2d, IntEmbedding, IntLayerNorm, IntLinear, integerize
 from .layers import KroneckerEmbedding, SeKronConv2d, SeKronLinear
+from .state_dict import read_state_dict
 
 __all__ = [
     "SeKronLinear",
@@ -38,4 +39,5 @@ __all__ = [
     "CompressionReport",
     "LayerReport",
     "linear_macs",
+    "read_state_dict",
 ]

@@ -13,56 +13,25 @@ import fnmatch
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from .._selection import check_ratio
+from .._validation import check_exactly_one, check_ratio
 from ..errors import SekronError
+from ..selection import WeightReport
 from .layers import KroneckerEmbedding, SeKronConv2d, SeKronLinear
 
 __all__ = ["LayerReport", "CompressionReport", "compress"]
 
 
-@dataclass(frozen=True)
-class LayerReport:
-    """What :func:`compress` did to one layer.
-
-    Attributes
-    ----------
-    name : str
-        Qualified module name in the model.
-    kind : str
-        ``"Linear"``, ``"Conv2d"`` or ``"Embedding"``.
-    structure : str or None
-        The chosen structure (None when skipped).
-    params_before, params_after : int
-        Parameters of the layer (weight and bias) before and after.
-    macs_before, macs_after : int
-        Multiply-adds of one forward pass of the layer: per row (Linear), per image
-        (Conv2d, for the input size seen in ``example_input``, else 32×32) or per token
-        (Embedding: the Kronecker outer product, 0 for a dense lookup).
-    relative_error : float or None
-        Certified relative Frobenius error of the fitted weight.
-    skipped : str or None
-        Why the layer was left as it was.
-    """
-
-    name: str
-    kind: str
-    structure: str | None
-    params_before: int
-    params_after: int
-    macs_before: int
-    macs_after: int
-    relative_error: float | None
-    skipped: str | None = None
-
-    @property
-    def ratio(self) -> float:
-        return self.params_before / self.params_after
+LayerReport = WeightReport
+"""What :func:`compress` did to one layer: :class:`sekron.selection.WeightReport`, the one
+report type of sekron's compressors. ``macs_before``/``macs_after`` are multiply-adds of
+one forward pass of the layer: per row (Linear), per image (Conv2d, for the input size
+seen in ``example_input``, else 32×32) or per token (Embedding: the Kronecker outer
+product, 0 for a dense lookup)."""
 
 
 class CompressionReport(list):
@@ -260,8 +229,10 @@ def compress(
     >>> sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in net.parameters())
     True
     """
-    if (ratio is None) == (tol is None):
-        raise ValueError("compress: expected exactly one of ratio= and tol=")
+    try:
+        check_exactly_one(ratio=ratio, tol=tol)
+    except ValueError as exc:
+        raise ValueError(f"compress: {exc}") from None
     if ratio is not None:
         ratio = check_ratio(ratio)
     if not isinstance(model, nn.Module):
@@ -329,8 +300,11 @@ def _compress_one(
                 new = KroneckerEmbedding.from_embedding(mod, **opts)  # type: ignore[arg-type]
         except (SekronError, ValueError) as err:
             reason = str(err)
+    shape = tuple(mod.weight.shape)
     if reason is not None:
-        return LayerReport(name, kind, None, before, before, macs_before, macs_before, None, reason)
+        return LayerReport(
+            name, kind, None, before, before, macs_before, macs_before, None, reason, shape
+        )
     new.train(mod.training)
     _set_module(model, name, new)
     if isinstance(new, SeKronLinear):
@@ -349,4 +323,5 @@ def _compress_one(
         macs_before,
         macs_after,
         new.fit_relative_error,
+        shape=shape,
     )
