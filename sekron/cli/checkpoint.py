@@ -24,10 +24,11 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from .. import tensor as _tensor_file
 from .._validation import check_exactly_one, check_ratio
 from ..errors import FormatError, SekronError
 from ..selection import WeightReport, compress_weight, select
+from ..tensor import FILE_FORMAT as TENSOR_FORMAT
+from ..tensor import FILE_VERSION as TENSOR_VERSION
 from ..tensor import SeKronTensor
 
 __all__ = [
@@ -272,10 +273,10 @@ def _sekron_members(t: SeKronTensor) -> dict[str, np.ndarray]:
 def _sekron_from_members(contents: dict[str, np.ndarray], prefix: str) -> SeKronTensor:
     """The tensor stored under ``prefix`` with the members of :meth:`SeKronTensor.save`."""
     fmt, version = str(contents[prefix + "format"]), int(contents[prefix + "version"])
-    if fmt != _tensor_file.FILE_FORMAT or version != _tensor_file.FILE_VERSION:
+    if fmt != TENSOR_FORMAT or version != TENSOR_VERSION:
         raise FormatError(
-            f"path: expected {prefix!r} to hold a {_tensor_file.FILE_FORMAT} of version "
-            f"{_tensor_file.FILE_VERSION}, got {fmt!r} version {version}"
+            f"path: expected {prefix!r} to hold a {TENSOR_FORMAT} of version "
+            f"{TENSOR_VERSION}, got {fmt!r} version {version}"
         )
     n = int(contents[prefix + "n_factors"])
     eb, rn = float(contents[prefix + "error_bound"]), float(contents[prefix + "reference_norm"])
