@@ -28,8 +28,8 @@ Fits run in float64: :func:`sekron.nkp` for two factors (each term scaled by
 all through :func:`fit_structure`. Data-aware fits (DESIGN.md 2.8) will enter there: a
 ``gram=`` argument passed by every strategy to :func:`fit_structure` and on to the core.
 
-:func:`compress_weight` is the compressor core under a budget: one weight in, its fit
-and one :class:`WeightReport` out.
+:func:`compress_weight` is the compressor core of both compressors: one weight and a
+chooser (:func:`budget`, or an adapter's) in, its fit and one :class:`WeightReport` out.
 """
 
 from __future__ import annotations
@@ -60,6 +60,8 @@ __all__ = [
     "select_by_ratio_deep",
     "select_by_tol",
     "compress_weight",
+    "budget",
+    "Chooser",
 ]
 
 CostFn = Callable[[Structure], int]
@@ -614,11 +616,12 @@ class WeightReport:
         return self.params_before / self.params_after
 
 
-def compress_weight(
-    W: np.ndarray,
+Chooser = Callable[[Any], Selection]
+"""Chooses and fits a structure for one weight: :func:`budget` or an adapter's own."""
+
+
+def budget(
     *,
-    name: str = "",
-    kind: str = "tensor",
     ratio: float | None = None,
     tol: float | None = None,
     n_factors: int = 2,
@@ -628,18 +631,12 @@ def compress_weight(
     order: str = "params",
     max_candidates: int = 6,
     random_state: Any = 0,
-) -> tuple[Selection | None, WeightReport]:
-    """The compressor core: choose and fit a structure for one weight under a budget.
+) -> Chooser:
+    """A chooser for :func:`compress_weight`: :func:`select` under ``ratio`` or ``tol``.
 
     Parameters are as in :func:`select`; ``cost`` defaults to the parameter count and
-    ``dense_cost`` to ``W.size`` (compression for storage). A weight that no structure
-    fits within the budget is not an error: it comes back skipped, with the reason.
-
-    Returns
-    -------
-    selection : Selection or None
-        None when skipped.
-    report : WeightReport
+    ``dense_cost`` to the weight's size, and ``order`` to ``"params"``: compression for
+    storage. ``ratio`` and ``tol`` are checked here, once for every weight.
 
     Raises
     ------
@@ -649,39 +646,84 @@ def compress_weight(
     Examples
     --------
     >>> import numpy as np
-    >>> from sekron.selection import compress_weight
-    >>> sel, rep = compress_weight(np.ones((64, 64)), name="fc", ratio=4)
-    >>> rep.params_before, rep.params_after <= 64 * 64 / 4, rep.skipped
-    (4096, True, None)
-    >>> compress_weight(np.ones((4, 4)), name="tiny", ratio=100)[1].skipped[:6]
-    'ratio:'
+    >>> from sekron.selection import budget
+    >>> budget(ratio=4)(np.ones((16, 16))).structure.n_params <= 16 * 16 / 4
+    True
     """
     check_exactly_one(ratio=ratio, tol=tol)
     if ratio is not None:
-        check_ratio(ratio)
-    W = _as_weight(W)
-    try:
-        sel = select(
+        ratio = check_ratio(ratio)
+    if tol is not None:
+        tol = check_tol(tol)
+
+    def choose(W: np.ndarray) -> Selection:
+        return select(
             W,
             ratio=ratio,
             tol=tol,
             n_factors=n_factors,
             cost=cost or (lambda st: st.n_params),
-            dense_cost=W.size if dense_cost is None else dense_cost,
+            dense_cost=np.size(W) if dense_cost is None else dense_cost,
             accept=accept,
             order=order,
             max_candidates=max_candidates,
             random_state=random_state,
         )
-    except SekronError as exc:
-        return None, WeightReport(name, kind, None, W.size, W.size, skipped=str(exc), shape=W.shape)
+
+    return choose
+
+
+def compress_weight(
+    W: Any, choose: Chooser, *, name: str = "", kind: str = "tensor"
+) -> tuple[Selection | None, WeightReport]:
+    """The compressor core: choose and fit a structure for one weight, and report on it.
+
+    Both compressors run every weight through here: ``sekron compress`` with
+    :func:`budget`, :func:`sekron.torch.compress` with a chooser that builds the layer
+    (whose ``from_*`` calls :func:`select`), then fills in the layer's own parameter
+    and multiply-add counts. A weight that ``choose`` cannot compress (no structure
+    meets the budget, a layer it cannot run) is not an error: it comes back skipped,
+    with the reason.
+
+    Parameters
+    ----------
+    W : array-like
+        The weight (anything with a ``shape``; ``choose`` is what reads it).
+    choose : callable
+        ``choose(W) -> Selection``, e.g. ``budget(ratio=4)``.
+    name, kind : str
+        What the report calls the weight.
+
+    Returns
+    -------
+    selection : Selection or None
+        None when skipped.
+    report : WeightReport
+        Parameters counted as the weight's entries before and the fit's after.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sekron.selection import budget, compress_weight
+    >>> sel, rep = compress_weight(np.ones((64, 64)), budget(ratio=4), name="fc")
+    >>> rep.params_before, rep.params_after <= 64 * 64 / 4, rep.skipped
+    (4096, True, None)
+    >>> compress_weight(np.ones((4, 4)), budget(ratio=100), name="tiny")[1].skipped[:6]
+    'ratio:'
+    """
+    shape = tuple(np.shape(W))
+    size = int(np.prod(shape))
+    try:
+        sel = choose(W)
+    except (SekronError, ValueError) as exc:
+        return None, WeightReport(name, kind, None, size, size, skipped=str(exc), shape=shape)
     report = WeightReport(
         name,
         kind,
         str(sel.structure),
-        W.size,
+        size,
         sel.fit.n_params,
         relative_error=sel.fit.relative_error_bound,
-        shape=W.shape,
+        shape=shape,
     )
     return sel, report

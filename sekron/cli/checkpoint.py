@@ -26,7 +26,7 @@ import numpy as np
 
 from .._validation import check_exactly_one, check_ratio
 from ..errors import FormatError, SekronError
-from ..selection import WeightReport, compress_weight, select
+from ..selection import WeightReport, budget, compress_weight
 from ..tensor import FILE_FORMAT as TENSOR_FORMAT
 from ..tensor import FILE_VERSION as TENSOR_VERSION
 from ..tensor import SeKronTensor
@@ -165,19 +165,14 @@ def choose_structure(
     >>> t.n_params <= W.size / 8, t.relative_error_bound < 1e-12
     (True, True)
     """
-    check_exactly_one(ratio=ratio, tol=tol)
-    sel = select(
-        W,
+    choose = budget(
         ratio=ratio,
         tol=tol,
         n_factors=n_factors,
-        cost=lambda st: st.n_params,
-        dense_cost=W.size,
-        order="params",
         max_candidates=max_candidates,
         random_state=random_state,
     )
-    return sel.fit
+    return choose(np.asarray(W, dtype=np.float64)).fit
 
 
 def _ineligible(
@@ -239,9 +234,7 @@ def compress_weights(
     >>> [(r.name, r.skipped is None) for r in report]
     [('fc.weight', True), ('fc.bias', False)]
     """
-    check_exactly_one(ratio=ratio, tol=tol)
-    if ratio is not None:
-        check_ratio(ratio)
+    choose = budget(ratio=ratio, tol=tol, n_factors=n_factors, random_state=random_state)
     out: dict[str, Any] = {}
     report = []
     for name, W in weights.items():
@@ -252,9 +245,7 @@ def compress_weights(
                 WeightReport(name, "tensor", None, W.size, W.size, skipped=reason, shape=W.shape)
             )
             continue
-        sel, rec = compress_weight(
-            W, name=name, ratio=ratio, tol=tol, n_factors=n_factors, random_state=random_state
-        )
+        sel, rec = compress_weight(W.astype(np.float64), choose, name=name)
         dtype = np.float32 if W.dtype == np.float32 else np.float64
         out[name] = W if sel is None else sel.fit.astype(dtype)
         report.append(rec)
@@ -264,7 +255,7 @@ def compress_weights(
 def _sekron_members(t: SeKronTensor) -> dict[str, np.ndarray]:
     """The members :meth:`SeKronTensor.save` writes, read back from an in-memory file."""
     buf = io.BytesIO()
-    t.save(buf)
+    t.save(buf)  # type: ignore[arg-type]  # np.savez underneath takes a file object
     buf.seek(0)
     with np.load(buf, allow_pickle=False) as data:
         return {k: data[k] for k in data.files}

@@ -13,14 +13,14 @@ import fnmatch
 import sys
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from .._validation import check_exactly_one, check_ratio
-from ..errors import SekronError
-from ..selection import WeightReport
+from ..selection import Selection, WeightReport, compress_weight
 from .layers import KroneckerEmbedding, SeKronConv2d, SeKronLinear
 
 __all__ = ["LayerReport", "CompressionReport", "compress"]
@@ -231,8 +231,8 @@ def compress(
     """
     try:
         check_exactly_one(ratio=ratio, tol=tol)
-    except ValueError as exc:
-        raise ValueError(f"compress: {exc}") from None
+    except ValueError as err:
+        raise ValueError(f"compress: {err}") from None
     if ratio is not None:
         ratio = check_ratio(ratio)
     if not isinstance(model, nn.Module):
@@ -272,6 +272,33 @@ def compress(
     return target, report
 
 
+def _build(
+    mod: nn.Module,
+    kind: str,
+    in_shape: tuple[int, ...] | None,
+    n_factors: int,
+    opts: dict[str, Any],
+) -> SeKronLinear | SeKronConv2d | KroneckerEmbedding:
+    """The SeKron counterpart of ``mod``; its ``from_*`` chooses with :func:`sekron.selection.select`."""
+    if kind == "Linear":
+        return SeKronLinear.from_linear(mod, n_factors=n_factors, **opts)  # type: ignore[arg-type]
+    if kind == "Conv2d":
+        hw = (int(in_shape[-2]), int(in_shape[-1])) if in_shape else None
+        return SeKronConv2d.from_conv(mod, n_factors=n_factors, in_hw=hw, **opts)  # type: ignore[arg-type]
+    return KroneckerEmbedding.from_embedding(mod, **opts)  # type: ignore[arg-type]
+
+
+def _macs_after(new: nn.Module, in_shape: tuple[int, ...] | None) -> int:
+    """Multiply-adds of the path the new layer runs (its cost model decides)."""
+    if isinstance(new, SeKronLinear):
+        return new.macs(1)["sekron" if new.uses_structured_path() else "dense"]
+    if isinstance(new, SeKronConv2d):
+        hw = (int(in_shape[-2]), int(in_shape[-1])) if in_shape else (32, 32)
+        return new.macs(hw)["sekron" if new.uses_structured_path(hw) else "dense"]
+    assert isinstance(new, KroneckerEmbedding)
+    return new.structure.ranks[0] * new.embedding_dim
+
+
 def _compress_one(
     model: nn.Module,
     name: str,
@@ -286,42 +313,39 @@ def _compress_one(
 ) -> LayerReport:
     before = sum(p.numel() for p in mod.parameters())
     macs_before = _dense_macs(mod, kind, in_shape)
+    weight = mod.weight
+    assert isinstance(weight, torch.Tensor)
     reason = _ineligible(mod, kind)
-    new: SeKronLinear | SeKronConv2d | KroneckerEmbedding
-    if reason is None:
-        opts = dict(ratio=ratio, tol=tol, max_candidates=max_candidates, random_state=random_state)
-        try:
-            if kind == "Linear":
-                new = SeKronLinear.from_linear(mod, n_factors=n_factors, **opts)  # type: ignore[arg-type]
-            elif kind == "Conv2d":
-                hw = (int(in_shape[-2]), int(in_shape[-1])) if in_shape else None
-                new = SeKronConv2d.from_conv(mod, n_factors=n_factors, in_hw=hw, **opts)  # type: ignore[arg-type]
-            else:
-                new = KroneckerEmbedding.from_embedding(mod, **opts)  # type: ignore[arg-type]
-        except (SekronError, ValueError) as err:
-            reason = str(err)
-    shape = tuple(mod.weight.shape)
     if reason is not None:
+        shape = tuple(weight.shape)
         return LayerReport(
             name, kind, None, before, before, macs_before, macs_before, None, reason, shape
         )
+    opts = dict(ratio=ratio, tol=tol, max_candidates=max_candidates, random_state=random_state)
+    built: list[SeKronLinear | SeKronConv2d | KroneckerEmbedding] = []
+
+    def choose(W: Any) -> Selection:
+        built.append(_build(mod, kind, in_shape, n_factors, opts))
+        assert built[-1].selection is not None
+        return built[-1].selection
+
+    sel, rec = compress_weight(weight, choose, name=name, kind=kind)
+    if sel is None:
+        return replace(
+            rec,
+            params_before=before,
+            params_after=before,
+            macs_before=macs_before,
+            macs_after=macs_before,
+        )
+    new = built[-1]
     new.train(mod.training)
     _set_module(model, name, new)
-    if isinstance(new, SeKronLinear):
-        macs_after = new.macs(1)["sekron" if new.uses_structured_path() else "dense"]
-    elif isinstance(new, SeKronConv2d):
-        hw = (int(in_shape[-2]), int(in_shape[-1])) if in_shape else (32, 32)
-        macs_after = new.macs(hw)["sekron" if new.uses_structured_path(hw) else "dense"]
-    else:
-        macs_after = new.structure.ranks[0] * new.embedding_dim
-    return LayerReport(
-        name,
-        kind,
-        str(new.structure),
-        before,
-        sum(p.numel() for p in new.parameters()),
-        macs_before,
-        macs_after,
-        new.fit_relative_error,
-        shape=shape,
+    return replace(
+        rec,
+        params_after=sum(p.numel() for p in new.parameters()),
+        macs_after=_macs_after(new, in_shape),
+        relative_error=new.fit_relative_error,
+        params_before=before,
+        macs_before=macs_before,
     )
