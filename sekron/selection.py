@@ -243,8 +243,6 @@ def _spread(items: list[Any], k: int) -> list[Any]:
     return [items[i] for i in idx]
 
 
-
-
 def _as_weight(W: Any) -> np.ndarray:
     return np.asarray(W, dtype=np.float64)
 
@@ -272,7 +270,9 @@ def _memo(cost: CostFn) -> CostFn:
     return cost_of
 
 
-def _over_budget(S: int, shape: tuple[int, ...], sets: list[Any], r: float, size: int) -> ShapeError:
+def _over_budget(
+    S: int, shape: tuple[int, ...], sets: list[Any], r: float, size: int
+) -> ShapeError:
     smallest = min(Structure(s, 1).n_params for s in sets)
     return ShapeError(
         f"ratio: no {S}-factor structure of shape {shape} reaches compression {r:g} "
@@ -568,7 +568,12 @@ def select(
     if S == 2:
         return select_by_ratio(W, ratio, cost=cost, dense_cost=dense_cost, order=order, **common)  # type: ignore[arg-type]
     return select_by_ratio_deep(
-        W, ratio, n_factors=S, cost=cost, dense_cost=dense_cost, **common  # type: ignore[arg-type]
+        W,
+        ratio,
+        n_factors=S,
+        cost=cost,
+        dense_cost=dense_cost,
+        **common,  # type: ignore[arg-type]
     )
 
 

@@ -28,8 +28,12 @@ SHAPES3 = [(2, 1), (1, 2), (2, 2)]
 
 def test_error_hierarchy():
     for cls, builtin in [
-        (ShapeError, ValueError), (RankError, ValueError), (NonFiniteError, ValueError),
-        (FormatError, ValueError), (OverflowRiskError, OverflowError), (DTypeError, TypeError),
+        (ShapeError, ValueError),
+        (RankError, ValueError),
+        (NonFiniteError, ValueError),
+        (FormatError, ValueError),
+        (OverflowRiskError, OverflowError),
+        (DTypeError, TypeError),
     ]:
         assert issubclass(cls, SekronError) and issubclass(cls, builtin)
 
@@ -42,7 +46,10 @@ ARRAY_ENTRY_POINTS = {
     "unrearrange": ("T", lambda X: sk.unrearrange(X, SHAPES)),
     "nkp": ("W", lambda X: sk.nkp(X, (2, 2))),
     "sekron": ("W", lambda X: sk.sekron(X, SHAPES3, (1, 1))),
-    "SeKronTensor": (r"factors\[0\]", lambda X: sk.SeKronTensor([X.reshape(1, 4, 4), np.ones((1, 2, 2))])),
+    "SeKronTensor": (
+        r"factors\[0\]",
+        lambda X: sk.SeKronTensor([X.reshape(1, 4, 4), np.ones((1, 2, 2))]),
+    ),
 }
 
 
@@ -61,8 +68,13 @@ def test_non_finite_values_are_rejected(entry, value):
 @pytest.mark.parametrize("entry", sorted(ARRAY_ENTRY_POINTS))
 @pytest.mark.parametrize(
     "bad",
-    [W44.astype(str), W44.astype(object), W44.astype(complex), W44.astype(np.complex64),
-     np.array([[b"ab"] * 4] * 4)],
+    [
+        W44.astype(str),
+        W44.astype(object),
+        W44.astype(complex),
+        W44.astype(np.complex64),
+        np.array([[b"ab"] * 4] * 4),
+    ],
     ids=["str", "object", "complex128", "complex64", "bytes"],
 )
 def test_non_numeric_dtypes_are_rejected(entry, bad):

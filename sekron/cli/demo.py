@@ -360,12 +360,18 @@ def _distill_all(setup: _Setup, students: list[tuple[DemoRow, Any]], epochs: int
     batches = [(xb,) for xb, _ in _batches(setup.X_tr, setup.y_tr, 64, gen)]
     setup.say(f"distilling every compressed model ({epochs} epochs each)")
     for row, student in students:
-        distill(student, setup.teacher, batches, logits=True, temperature=2.0, epochs=epochs, lr=1e-3)
+        distill(
+            student, setup.teacher, batches, logits=True, temperature=2.0, epochs=epochs, lr=1e-3
+        )
         row.accuracy_distilled = _accuracy(student, setup.X_te, setup.y_te)
 
 
 def _integer_rows(
-    setup: _Setup, dense_row: DemoRow, students: list[tuple[DemoRow, Any]], bits: Iterable[int], epochs: int
+    setup: _Setup,
+    dense_row: DemoRow,
+    students: list[tuple[DemoRow, Any]],
+    bits: Iterable[int],
+    epochs: int,
 ) -> list[DemoRow]:
     """Integer fine-tuning of the dense model and of the best compressed SeKron one."""
     from ..torch import integerize

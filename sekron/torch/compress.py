@@ -103,15 +103,19 @@ def _ineligible(module: nn.Module, kind: str) -> str | None:
     return None
 
 
-def _input_sizes(model: nn.Module, names: Sequence[str], example_input: Any) -> dict[str, tuple[int, ...]]:
+def _input_sizes(
+    model: nn.Module, names: Sequence[str], example_input: Any
+) -> dict[str, tuple[int, ...]]:
     """Input shapes of the named modules on one forward pass of ``example_input``."""
     seen: dict[str, tuple[int, ...]] = {}
     handles = []
     modules = dict(model.named_modules())
     for name in names:
+
         def hook(mod: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
             if args and isinstance(args[0], torch.Tensor):
                 seen.setdefault(name, tuple(args[0].shape))
+
         handles.append(modules[name].register_forward_pre_hook(hook))
     try:
         with torch.no_grad():
@@ -251,7 +255,9 @@ def compress(
         names.append(name)
     if not names:
         kinds = "nn.Linear, nn.Conv2d" + (", nn.Embedding" if embeddings else "")
-        raise ValueError(f"model: no eligible layer ({kinds}) matched include={include!r}, exclude={exclude!r}")
+        raise ValueError(
+            f"model: no eligible layer ({kinds}) matched include={include!r}, exclude={exclude!r}"
+        )
     in_shapes = _input_sizes(target, names, example_input) if example_input is not None else {}
     report = CompressionReport()
     start = time.perf_counter()
@@ -262,7 +268,20 @@ def compress(
         mod = target.get_submodule(name)
         kind = _kind(mod, embeddings)
         assert kind is not None
-        report.append(_compress_one(target, name, mod, kind, in_shapes.get(name), ratio, tol, n_factors, max_candidates, random_state))
+        report.append(
+            _compress_one(
+                target,
+                name,
+                mod,
+                kind,
+                in_shapes.get(name),
+                ratio,
+                tol,
+                n_factors,
+                max_candidates,
+                random_state,
+            )
+        )
     if progress:
         sys.stderr.write(
             f"\rcompress: {len(report.compressed)}/{len(names)} layers in "
