@@ -7,21 +7,22 @@ time, each a strategy of its own (:func:`select` dispatches):
 
 * ``structure=`` (:func:`select_fixed`): a :class:`~sekron.Structure` (or factor
   shapes, with ``ranks``);
-* ``ratio=`` (:func:`select_by_ratio`, :func:`select_by_ratio_deep` for S >= 3): a compression ratio ``dense size / parameters >= ratio``. For two
-  factors, every factor shape that :func:`sekron.structures` enumerates gets the
-  largest rank that fits the parameter budget and the candidates are ordered by the
-  layer's cost model (multiply-adds), or by parameters used with ``order="params"``
-  (for storage, as ``sekron compress`` does). For S >= 3, each shape set gets non-uniform rank
-  tuples (``R_1`` on a geometric grid, the deeper ranks the largest within budget),
-  those using at least half the budget are kept, and they are ordered by a lower bound
-  of their error (the tail of the first split's spectrum beyond ``R_1``) and then by
-  parameters, largest first. Candidates no cheaper than the dense layer go last, up to
+* ``ratio=`` (:func:`select_by_ratio`, :func:`select_by_ratio_deep` for S >= 3): a
+  compression ratio ``dense size / parameters >= ratio``. For two factors, every factor
+  shape that :func:`sekron.structures` enumerates gets the largest rank that fits the
+  parameter budget and the candidates are ordered by the layer's cost model
+  (multiply-adds), or by parameters used with ``order="params"`` (for storage, as
+  ``sekron compress`` does). For S >= 3, each shape set gets non-uniform rank tuples
+  (``R_1`` on a geometric grid, the deeper ranks the largest within budget), those using
+  at least half the budget are kept, and they are ordered by a lower bound of their
+  error (the tail of the first split's spectrum beyond ``R_1``) and then by parameters,
+  largest first. Candidates no cheaper than the dense layer go last, up to
   ``max_candidates`` are fitted (always including the plain low-rank structure
   ``(w_1, 1, ..) ⊗ (1, w_2, ..)``, the truncated SVD of the output-mode unfolding, when
   it fits the budget), and the least certified error wins (ties: fewer MACs);
-* ``tol=`` (:func:`select_by_tol`): a relative Frobenius error. Up to ``max_candidates`` factor shapes, spread
-  over the enumeration, are fitted with ``tol`` (the core picks their ranks); the one
-  with the fewest parameters wins.
+* ``tol=`` (:func:`select_by_tol`): a relative Frobenius error. Up to
+  ``max_candidates`` factor shapes, spread over the enumeration, are fitted with ``tol``
+  (the core picks their ranks); the one with the fewest parameters wins.
 
 Fits run in float64: :func:`sekron.nkp` for two factors (each term scaled by
 ``sqrt(σ)``, so both factors have the same norm) and :func:`sekron.sekron` otherwise,
@@ -549,7 +550,7 @@ def select(
     >>> select(W, ratio=4, ranks=7, cost=lambda st: st.n_params, dense_cost=W.size)
     Traceback (most recent call last):
     ...
-    ValueError: ranks: expected None unless structure= is given (ratio= and tol= choose the ranks), got 7
+    ValueError: ranks: expected None unless structure= is given (ratio= and tol= choose ...), got 7
     """
     if order not in ("cost", "params"):
         raise ValueError(f"order: expected 'cost' or 'params', got {order!r}")
@@ -559,21 +560,39 @@ def select(
             "ranks: expected None unless structure= is given "
             f"(ratio= and tol= choose the ranks), got {ranks!r}"
         )
-    common = dict(accept=accept, max_candidates=max_candidates, random_state=random_state)
     if chosen == "structure":
         return select_fixed(W, structure, ranks=ranks, accept=accept, random_state=random_state)
     if chosen == "tol":
-        return select_by_tol(W, tol, n_factors=n_factors, cost=cost, **common)  # type: ignore[arg-type]
+        return select_by_tol(
+            W,
+            tol,
+            n_factors=n_factors,
+            cost=cost,
+            accept=accept,
+            max_candidates=max_candidates,
+            random_state=random_state,
+        )
     S = as_positive_int(n_factors, "n_factors", minimum=2)
     if S == 2:
-        return select_by_ratio(W, ratio, cost=cost, dense_cost=dense_cost, order=order, **common)  # type: ignore[arg-type]
+        return select_by_ratio(
+            W,
+            ratio,
+            cost=cost,
+            dense_cost=dense_cost,
+            accept=accept,
+            max_candidates=max_candidates,
+            order=order,
+            random_state=random_state,
+        )
     return select_by_ratio_deep(
         W,
         ratio,
         n_factors=S,
         cost=cost,
         dense_cost=dense_cost,
-        **common,  # type: ignore[arg-type]
+        accept=accept,
+        max_candidates=max_candidates,
+        random_state=random_state,
     )
 
 

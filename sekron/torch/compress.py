@@ -292,19 +292,16 @@ def compress(
 
 
 def _build(
-    mod: nn.Module,
-    kind: str,
-    in_shape: tuple[int, ...] | None,
-    n_factors: int,
-    opts: dict[str, Any],
+    mod: nn.Module, in_shape: tuple[int, ...] | None, n_factors: int, opts: dict[str, Any]
 ) -> SeKronLinear | SeKronConv2d | KroneckerEmbedding:
-    """The SeKron counterpart of ``mod``; its ``from_*`` chooses with :func:`sekron.selection.select`."""
-    if kind == "Linear":
-        return SeKronLinear.from_linear(mod, n_factors=n_factors, **opts)  # type: ignore[arg-type]
-    if kind == "Conv2d":
+    """The SeKron counterpart of ``mod``; its ``from_*`` chooses with ``sekron.selection``."""
+    if isinstance(mod, nn.Linear):
+        return SeKronLinear.from_linear(mod, n_factors=n_factors, **opts)
+    if isinstance(mod, nn.Conv2d):
         hw = (int(in_shape[-2]), int(in_shape[-1])) if in_shape else None
-        return SeKronConv2d.from_conv(mod, n_factors=n_factors, in_hw=hw, **opts)  # type: ignore[arg-type]
-    return KroneckerEmbedding.from_embedding(mod, **opts)  # type: ignore[arg-type]
+        return SeKronConv2d.from_conv(mod, n_factors=n_factors, in_hw=hw, **opts)
+    assert isinstance(mod, nn.Embedding)  # _kind admits these three types only
+    return KroneckerEmbedding.from_embedding(mod, **opts)
 
 
 def _macs_after(new: nn.Module, in_shape: tuple[int, ...] | None) -> int:
@@ -344,7 +341,7 @@ def _compress_one(
     built: list[SeKronLinear | SeKronConv2d | KroneckerEmbedding] = []
 
     def choose(W: Any) -> Selection:
-        built.append(_build(mod, kind, in_shape, n_factors, opts))
+        built.append(_build(mod, in_shape, n_factors, opts))
         assert built[-1].selection is not None
         return built[-1].selection
 
