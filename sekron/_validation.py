@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -24,6 +24,13 @@ __all__ = [
     "as_generator",
     "check_bits",
     "check_tol",
+    "as_rank",
+    "as_pair",
+    "check_ratio",
+    "check_rounding",
+    "check_exactly_one",
+    "svd_method",
+    "SVD_FULL_BELOW",
 ]
 
 _FLOAT_DTYPES = (np.float32, np.float64)
@@ -193,3 +200,137 @@ def rank_error(name: str, rank: Any, maximum: int, detail: str = "") -> RankErro
     """Build the :class:`RankError` for a rank outside ``1..maximum``."""
     extra = f" ({detail})" if detail else ""
     return RankError(f"{name}: expected a rank in 1..{maximum}{extra}, got {rank!r}")
+
+
+def as_rank(x: Any, name: str = "rank", *, maximum: int | None = None, detail: str = "") -> int:
+    """Return ``x`` as an int rank ``>= 1`` (and ``<= maximum`` if given), else :class:`RankError`.
+
+    Examples
+    --------
+    >>> from sekron._validation import as_rank
+    >>> as_rank(3, maximum=4)
+    3
+    >>> as_rank(0)
+    Traceback (most recent call last):
+    ...
+    sekron.errors.RankError: rank: expected an integer >= 1, got 0
+    """
+    try:
+        value = as_positive_int(x, name)
+    except (TypeError, ValueError) as exc:
+        raise RankError(str(exc)) from None
+    if maximum is not None and value > maximum:
+        raise rank_error(name, value, maximum, detail)
+    return value
+
+
+def as_pair(x: Any, name: str, *, minimum: int = 1) -> tuple[int, int]:
+    """Return an int or a pair of ints, each ``>= minimum``, as a pair of ints.
+
+    A wrong type (a float, a bool, a triple) raises ``TypeError``; a value below
+    ``minimum`` raises ``ValueError``.
+
+    Examples
+    --------
+    >>> from sekron._validation import as_pair
+    >>> as_pair(3, "stride"), as_pair((1, 2), "padding", minimum=0)
+    ((3, 3), (1, 2))
+    """
+    items = (x, x) if isinstance(x, numbers.Integral) else x
+    try:
+        pair = tuple(items)
+    except TypeError:
+        pair = ()
+    if len(pair) != 2 or any(
+        isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) for v in pair
+    ):
+        raise TypeError(f"{name}: expected an int or a pair of ints, got {_describe(x)}")
+    if any(int(v) < minimum for v in pair):
+        raise ValueError(f"{name}: expected ints >= {minimum}, got {_describe(x)}")
+    return int(pair[0]), int(pair[1])
+
+
+def check_ratio(ratio: Any, name: str = "ratio") -> float:
+    """Return ``ratio`` as a finite float ``>= 1`` (a compression ratio).
+
+    Examples
+    --------
+    >>> from sekron._validation import check_ratio
+    >>> check_ratio(4)
+    4.0
+    """
+    if isinstance(ratio, (bool, np.bool_)) or not isinstance(ratio, numbers.Real):
+        raise TypeError(f"{name}: expected a number >= 1, got {_describe(ratio)}")
+    r = float(ratio)
+    if not np.isfinite(r) or r < 1.0:
+        raise ValueError(f"{name}: expected a compression ratio >= 1, got {r}")
+    return r
+
+
+Rounding = Literal["stochastic", "nearest"]
+
+
+def check_rounding(rounding: Any, name: str = "rounding") -> Rounding:
+    """Return ``rounding`` if it is ``"stochastic"`` or ``"nearest"``.
+
+    Examples
+    --------
+    >>> from sekron._validation import check_rounding
+    >>> check_rounding("nearest")
+    'nearest'
+    """
+    if isinstance(rounding, str) and rounding in ("stochastic", "nearest"):
+        return cast(Rounding, rounding)
+    raise ValueError(f"{name}: expected 'stochastic' or 'nearest', got {rounding!r}")
+
+
+def check_exactly_one(**given: Any) -> str:
+    """Return the name of the one argument that is not None; raise ``ValueError`` otherwise.
+
+    Examples
+    --------
+    >>> from sekron._validation import check_exactly_one
+    >>> check_exactly_one(ratio=None, tol=0.1)
+    'tol'
+    >>> check_exactly_one(ratio=4, tol=0.1)
+    Traceback (most recent call last):
+    ...
+    ValueError: expected exactly one of ratio= and tol=, got ratio= and tol=
+    """
+    names = list(given)
+    chosen = [k for k, v in given.items() if v is not None]
+    if len(chosen) == 1:
+        return chosen[0]
+    listed = ", ".join(f"{k}=" for k in names[:-1]) + f" and {names[-1]}="
+    got = " and ".join(f"{k}=" for k in chosen) if chosen else "none"
+    raise ValueError(f"expected exactly one of {listed}, got {got}")
+
+
+# Below this many rows or columns LAPACK's full SVD is faster than a randomized range
+# finder; so it is when the rank is over a tenth of the short side.
+SVD_FULL_BELOW = 512
+
+SVDSolver = Literal["full", "arpack", "randomized"]
+
+
+def svd_method(method: Any, shape: tuple[int, ...], rank: int) -> SVDSolver:
+    """Validate an SVD ``method`` and resolve ``"auto"`` for a matrix of ``shape`` and ``rank``.
+
+    ``"auto"`` is full LAPACK when the short side is at most :data:`SVD_FULL_BELOW` or
+    ``rank`` exceeds a tenth of it, the randomized range finder otherwise. This is the
+    one place that rule lives.
+
+    Examples
+    --------
+    >>> from sekron._validation import svd_method
+    >>> svd_method("auto", (600, 800), 5), svd_method("auto", (100, 800), 5)
+    ('randomized', 'full')
+    """
+    if method not in ("auto", "full", "arpack", "randomized"):
+        raise ValueError(
+            f"method: expected 'auto', 'full', 'arpack' or 'randomized', got {method!r}"
+        )
+    if method != "auto":
+        return cast(SVDSolver, method)
+    k = min(shape)
+    return "full" if k <= SVD_FULL_BELOW or rank > k // 10 else "randomized"

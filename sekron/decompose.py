@@ -21,14 +21,16 @@ import scipy.linalg
 
 from ._kron import _rearrange
 from ._validation import (
+    SVD_FULL_BELOW,
     as_float_array,
     as_generator,
     as_positive_int,
+    as_rank,
     as_shape,
     as_shapes,
     check_finite,
     check_tol,
-    rank_error,
+    svd_method,
 )
 from .errors import RankError, ShapeError
 from .structure import Structure
@@ -172,12 +174,8 @@ def nkp(
     size_a, size_b = math.prod(a), math.prod(b)
     max_rank = min(size_a, size_b)
     if rank is not None:
-        try:
-            rank = as_positive_int(rank, "rank")
-        except (TypeError, ValueError) as exc:
-            raise RankError(str(exc)) from None
-        if rank > max_rank:
-            raise rank_error("rank", rank, max_rank, f"min(|a|, |b|) for shapes {a} and {b}")
+        detail = f"min(|a|, |b|) for shapes {a} and {b}"
+        rank = as_rank(rank, maximum=max_rank, detail=detail)
     norm_sq = _finite_squared_norm(W)
     T = np.ascontiguousarray(_rearrange(W, (a, b)).reshape(size_a, size_b))
     if tol is not None:
@@ -188,7 +186,7 @@ def nkp(
         U, s, Vt = U[:, :r], s[:r], Vt[:r]
     else:
         r = 1 if rank is None else rank
-        if r == max_rank or method == "full" or (method == "auto" and min(T.shape) <= 512):
+        if r == max_rank or svd_method(method, T.shape, r) == "full":
             U, s, Vt = truncated_svd(T, max_rank, method="full")
             discarded = float(np.sum(s[r:].astype(np.float64) ** 2))
             U, s, Vt = U[:, :r], s[:r], Vt[:r]
@@ -396,8 +394,8 @@ def _recursive_fit(
         if (
             P == 1
             and level_budget is None
-            and method != "full"
-            and min(M.shape[1:]) > 512
+            and min(M.shape[1:]) > SVD_FULL_BELOW
+            and svd_method(method, M.shape[1:], cap[k]) != "full"
             and cap[k] < min(M.shape[1:])
         ):
             U1, s1, Vt1 = truncated_svd(M[0], cap[k], method=method, random_state=random_state)

@@ -16,8 +16,7 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg
 
-from ._validation import as_generator, as_positive_int
-from .errors import RankError
+from ._validation import as_generator, as_rank, svd_method
 from .typing import RandomState, SVDMethod
 
 __all__ = ["truncated_svd", "choose_method", "MatrixOperator"]
@@ -50,12 +49,16 @@ def choose_method(shape: tuple[int, int], rank: int) -> str:
     """The solver ``method="auto"`` picks for a ``shape`` matrix and a target ``rank``.
 
     Full LAPACK below 512 on the short side or when the rank is a sizeable fraction of
-    it; the randomized range finder otherwise (a few GEMM passes over the matrix).
+    it; the randomized range finder otherwise (a few GEMM passes over the matrix). The
+    rule itself lives in one place, :func:`sekron._validation.svd_method`.
+
+    Examples
+    --------
+    >>> from sekron.svd import choose_method
+    >>> choose_method((100, 100), 5), choose_method((2000, 3000), 5)
+    ('full', 'randomized')
     """
-    k = min(shape)
-    if k <= 512 or rank > k // 10:
-        return "full"
-    return "randomized"
+    return svd_method("auto", shape, rank)
 
 
 def _full(M: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -214,19 +217,10 @@ def truncated_svd(
     array([3., 2.])
     """
     m, n = M.shape
-    try:
-        rank = as_positive_int(rank, "rank")
-    except (TypeError, ValueError) as exc:
-        raise RankError(str(exc)) from None
-    if rank > min(m, n):
-        raise RankError(f"rank: expected a rank in 1..{min(m, n)} for a {m}×{n} matrix, got {rank}")
-    if method == "auto":
-        # an implicit operator can only be used through products
-        method = choose_method((m, n), rank) if isinstance(M, np.ndarray) else "randomized"  # type: ignore[assignment]
-    if method not in ("full", "arpack", "randomized"):
-        raise ValueError(
-            f"method: expected 'auto', 'full', 'arpack' or 'randomized', got {method!r}"
-        )
+    rank = as_rank(rank, maximum=min(m, n), detail=f"for a {m}×{n} matrix")
+    if method == "auto" and not isinstance(M, np.ndarray):
+        method = "randomized"  # an implicit operator can only be used through products
+    method = svd_method(method, (m, n), rank)
     if method != "randomized" and not isinstance(M, np.ndarray):
         raise TypeError(f"M: method {method!r} needs an ndarray, got {type(M).__name__}")
     rng = as_generator(random_state)

@@ -1,22 +1,23 @@
-"""sekron.checkpoint and the ``sekron compress`` command."""
+"""sekron.cli.checkpoint and the ``sekron compress`` command."""
 
 from __future__ import annotations
 
 import io
+import json
 import math
 
 import numpy as np
 import pytest
 
 import sekron as sk
-from sekron.checkpoint import (
+from sekron.cli import main
+from sekron.cli.checkpoint import (
     choose_structure,
     compress_weights,
     load_compressed,
     read_weights,
     save_compressed,
 )
-from sekron.cli import main
 from sekron.errors import FormatError, ShapeError
 
 
@@ -160,3 +161,67 @@ def test_cli_compress(tmp_path):
     # bad arguments: exit status 2
     assert main(["compress", str(src), "-o", str(out)], out=io.StringIO()) == 2
     assert main(["compress", str(src), "--ratio", "0.5", "-o", str(out)], out=io.StringIO()) == 2
+
+
+def test_each_sekron_tensor_is_stored_as_sekron_tensor_save_stores_it(tmp_path):
+    t = sk.nkp(np.random.default_rng(6).normal(size=(8, 6)), (2, 3), rank=2)
+    t.save(tmp_path / "t.npz")
+    save_compressed(tmp_path / "c.npz", {"a": np.zeros(2), "w": t})
+    with np.load(tmp_path / "t.npz") as alone, np.load(tmp_path / "c.npz") as together:
+        members = {k: alone[k] for k in alone.files}
+        stored = {k: together[k] for k in together.files}
+    manifest = json.loads(str(stored["__manifest__"]))["tensors"]
+    prefix = manifest["w"]["prefix"]
+    assert {k for k in stored if k.startswith(prefix)} == {prefix + k for k in members}
+    for k, v in members.items():
+        assert np.array_equal(stored[prefix + k], v, equal_nan=v.dtype.kind == "f")
+
+
+def test_version_1_files_still_load(tmp_path):
+    # the layout of version 1, written here by hand: t<i>_factor_<k>, t<i>_dense
+    A, B = np.arange(6.0).reshape(1, 2, 3), np.arange(4.0).reshape(1, 2, 2)
+    header = {
+        "format": "sekron.compressed-checkpoint",
+        "version": 1,
+        "tensors": {
+            "w": {
+                "kind": "sekron",
+                "n_factors": 2,
+                "error_bound": 0.5,
+                "reference_norm": 2.0,
+                "index": 0,
+            },
+            "b": {"kind": "dense", "index": 1},
+        },
+    }
+    path = tmp_path / "v1.npz"
+    np.savez(
+        path,
+        __manifest__=np.array(json.dumps(header)),
+        t0_factor_0=A,
+        t0_factor_1=B,
+        t1_dense=np.ones(3),
+    )
+    back = load_compressed(path)
+    assert np.array_equal(back["w"].to_dense(), np.kron(A[0], B[0]))
+    assert back["w"].error_bound == 0.5 and np.array_equal(back["b"], np.ones(3))
+    header["version"] = 3
+    np.savez(
+        path,
+        __manifest__=np.array(json.dumps(header)),
+        t0_factor_0=A,
+        t0_factor_1=B,
+        t1_dense=np.ones(3),
+    )
+    with pytest.raises(FormatError, match="version"):
+        load_compressed(path)
+
+
+def test_both_compressors_report_with_one_type():
+    from sekron.cli.checkpoint import TensorReport
+    from sekron.selection import WeightReport
+
+    _, report = compress_weights({"w": np.ones((64, 64))}, ratio=4)
+    assert TensorReport is WeightReport and isinstance(report[0], WeightReport)
+    torch_compress = pytest.importorskip("sekron.torch.compress")
+    assert torch_compress.LayerReport is WeightReport

@@ -63,3 +63,24 @@ def test_python_dash_m_runs():
         check=True,
     )
     assert "digits" in res.stdout
+
+
+def test_sub_commands_come_from_one_list():
+    import argparse
+
+    from sekron import cli
+
+    names = []
+    for command in cli.COMMANDS:
+        sub = argparse.ArgumentParser().add_subparsers()
+        names.append(command.add_parser(sub).prog.split()[-1])
+        assert callable(command.run)
+    assert names == ["structures", "compress", "demo"]
+    parser = cli.build_parser()
+    assert parser.parse_args(["demo", "--seed", "3"]).func is cli.demo.run
+
+
+def test_the_command_imports_no_torch():
+    code = "import sys, sekron.cli; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False"

@@ -12,7 +12,7 @@ pytest.importorskip("tensorly")
 
 
 def test_demo_pipeline_runs_and_reports_consistent_rows(tmp_path):
-    from sekron._demo import run_demo
+    from sekron.cli.demo import run_demo
 
     buf = io.StringIO()
     plot = tmp_path / "demo.png"

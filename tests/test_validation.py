@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import sekron as sk
 from sekron import _validation as v
@@ -26,8 +28,12 @@ SHAPES3 = [(2, 1), (1, 2), (2, 2)]
 
 def test_error_hierarchy():
     for cls, builtin in [
-        (ShapeError, ValueError), (RankError, ValueError), (NonFiniteError, ValueError),
-        (FormatError, ValueError), (OverflowRiskError, OverflowError), (DTypeError, TypeError),
+        (ShapeError, ValueError),
+        (RankError, ValueError),
+        (NonFiniteError, ValueError),
+        (FormatError, ValueError),
+        (OverflowRiskError, OverflowError),
+        (DTypeError, TypeError),
     ]:
         assert issubclass(cls, SekronError) and issubclass(cls, builtin)
 
@@ -40,7 +46,10 @@ ARRAY_ENTRY_POINTS = {
     "unrearrange": ("T", lambda X: sk.unrearrange(X, SHAPES)),
     "nkp": ("W", lambda X: sk.nkp(X, (2, 2))),
     "sekron": ("W", lambda X: sk.sekron(X, SHAPES3, (1, 1))),
-    "SeKronTensor": (r"factors\[0\]", lambda X: sk.SeKronTensor([X.reshape(1, 4, 4), np.ones((1, 2, 2))])),
+    "SeKronTensor": (
+        r"factors\[0\]",
+        lambda X: sk.SeKronTensor([X.reshape(1, 4, 4), np.ones((1, 2, 2))]),
+    ),
 }
 
 
@@ -59,8 +68,13 @@ def test_non_finite_values_are_rejected(entry, value):
 @pytest.mark.parametrize("entry", sorted(ARRAY_ENTRY_POINTS))
 @pytest.mark.parametrize(
     "bad",
-    [W44.astype(str), W44.astype(object), W44.astype(complex), W44.astype(np.complex64),
-     np.array([[b"ab"] * 4] * 4)],
+    [
+        W44.astype(str),
+        W44.astype(object),
+        W44.astype(complex),
+        W44.astype(np.complex64),
+        np.array([[b"ab"] * 4] * 4),
+    ],
     ids=["str", "object", "complex128", "complex64", "bytes"],
 )
 def test_non_numeric_dtypes_are_rejected(entry, bad):
@@ -265,3 +279,82 @@ def test_scalar_helpers():
         v.as_generator(-1)
     err = v.rank_error("rank", 9, 4, "detail")
     assert isinstance(err, RankError) and "rank" in str(err) and "1..4" in str(err)
+
+
+# -- the helpers every layer shares (ranks, pairs, ratios, rounding, "exactly one", SVD rule)
+
+
+@given(st.integers(1, 10**6), st.integers(1, 10**6))
+def test_as_rank_accepts_exactly_1_to_maximum(r, maximum):
+    if r <= maximum:
+        assert v.as_rank(r, maximum=maximum) == r and type(v.as_rank(np.int64(r))) is int
+    else:
+        with pytest.raises(RankError, match=rf"^rank: expected a rank in 1..{maximum}"):
+            v.as_rank(r, maximum=maximum)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 1.0, True, "2", None, np.float64(2.0)])
+def test_as_rank_rejects_non_ranks_with_a_rank_error(bad):
+    with pytest.raises(RankError, match="^ranks\\[1\\]: expected an integer >= 1"):
+        v.as_rank(bad, "ranks[1]")
+
+
+@given(st.integers(0, 50), st.integers(0, 50), st.integers(0, 3))
+def test_as_pair_of_an_int_and_of_a_pair(a, b, minimum):
+    if min(a, b) >= minimum:
+        assert v.as_pair(a, "stride", minimum=minimum) == (a, a)
+        assert v.as_pair((a, b), "stride", minimum=minimum) == (a, b)
+        assert v.as_pair(np.array([a, b]), "stride", minimum=minimum) == (a, b)
+    else:
+        with pytest.raises(ValueError, match="^stride: expected ints >= "):
+            v.as_pair((a, b), "stride", minimum=minimum)
+
+
+@pytest.mark.parametrize("bad", [1.5, (1, 2, 3), (1,), (1.0, 2), (True, 1), "ab", None])
+def test_as_pair_rejects_non_pairs_naming_the_argument(bad):
+    with pytest.raises(TypeError, match="^padding: expected an int or a pair of ints, got"):
+        v.as_pair(bad, "padding", minimum=0)
+
+
+def test_check_ratio():
+    assert v.check_ratio(1) == 1.0 and v.check_ratio(np.float32(2.5)) == 2.5
+    for bad in (0.5, 0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="^ratio: expected a compression ratio >= 1"):
+            v.check_ratio(bad)
+    for bad in ("4", None, True, [4]):
+        with pytest.raises(TypeError, match="^--ratio: expected a number >= 1"):
+            v.check_ratio(bad, "--ratio")
+
+
+def test_check_rounding():
+    assert v.check_rounding("stochastic") == "stochastic"
+    assert v.check_rounding("nearest") == "nearest"
+    for bad in ("floor", None, 1, ["nearest"]):
+        with pytest.raises(ValueError, match="^rounding: expected 'stochastic' or 'nearest'"):
+            v.check_rounding(bad)
+
+
+def test_check_exactly_one():
+    assert v.check_exactly_one(structure=None, ratio=0, tol=None) == "ratio"  # 0 is given
+    with pytest.raises(ValueError, match="exactly one of structure=, ratio= and tol=, got none"):
+        v.check_exactly_one(structure=None, ratio=None, tol=None)
+    with pytest.raises(ValueError, match="got ratio= and tol=$"):
+        v.check_exactly_one(structure=None, ratio=2, tol=0.1)
+
+
+@given(st.integers(1, 5000), st.integers(1, 5000), st.integers(1, 5000))
+def test_svd_auto_rule(m, n, rank):
+    k = min(m, n)
+    want = "full" if k <= v.SVD_FULL_BELOW or rank > k // 10 else "randomized"
+    assert v.svd_method("auto", (m, n), rank) == want
+    for explicit in ("full", "arpack", "randomized"):
+        assert v.svd_method(explicit, (m, n), rank) == explicit
+
+
+def test_svd_method_rejects_unknown_solvers_and_the_svd_module_agrees():
+    from sekron.svd import choose_method
+
+    with pytest.raises(ValueError, match="^method: expected 'auto'"):
+        v.svd_method("lapack", (4, 4), 1)
+    for shape, rank in [((513, 600), 51), ((513, 600), 52), ((512, 4096), 1), ((600, 600), 60)]:
+        assert choose_method(shape, rank) == v.svd_method("auto", shape, rank)

@@ -16,6 +16,7 @@ from .int_model import integerize
 from .int_sekron import IntSeKronConv2d, IntSeKronLinear, IntTorchBackend
 from .integer import IntConv2d, IntEmbedding, IntLayerNorm, IntLinear
 from .layers import KroneckerEmbedding, SeKronConv2d, SeKronLinear
+from .state_dict import read_state_dict
 
 __all__ = [
     "SeKronLinear",
@@ -39,4 +40,5 @@ __all__ = [
     "CompressionReport",
     "LayerReport",
     "linear_macs",
+    "read_state_dict",
 ]

@@ -13,56 +13,25 @@ import fnmatch
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from .._selection import check_ratio
-from ..errors import SekronError
+from .._validation import check_exactly_one, check_ratio
+from ..selection import Selection, WeightReport, compress_weight
 from .layers import KroneckerEmbedding, SeKronConv2d, SeKronLinear
 
 __all__ = ["LayerReport", "CompressionReport", "compress"]
 
 
-@dataclass(frozen=True)
-class LayerReport:
-    """What :func:`compress` did to one layer.
-
-    Attributes
-    ----------
-    name : str
-        Qualified module name in the model.
-    kind : str
-        ``"Linear"``, ``"Conv2d"`` or ``"Embedding"``.
-    structure : str or None
-        The chosen structure (None when skipped).
-    params_before, params_after : int
-        Parameters of the layer (weight and bias) before and after.
-    macs_before, macs_after : int
-        Multiply-adds of one forward pass of the layer: per row (Linear), per image
-        (Conv2d, for the input size seen in ``example_input``, else 32×32) or per token
-        (Embedding: the Kronecker outer product, 0 for a dense lookup).
-    relative_error : float or None
-        Certified relative Frobenius error of the fitted weight.
-    skipped : str or None
-        Why the layer was left as it was.
-    """
-
-    name: str
-    kind: str
-    structure: str | None
-    params_before: int
-    params_after: int
-    macs_before: int
-    macs_after: int
-    relative_error: float | None
-    skipped: str | None = None
-
-    @property
-    def ratio(self) -> float:
-        return self.params_before / self.params_after
+LayerReport = WeightReport
+"""What :func:`compress` did to one layer: :class:`sekron.selection.WeightReport`, the one
+report type of sekron's compressors. ``macs_before``/``macs_after`` are multiply-adds of
+one forward pass of the layer: per row (Linear), per image (Conv2d, for the input size
+seen in ``example_input``, else 32×32) or per token (Embedding: the Kronecker outer
+product, 0 for a dense lookup)."""
 
 
 class CompressionReport(list):
@@ -134,15 +103,19 @@ def _ineligible(module: nn.Module, kind: str) -> str | None:
     return None
 
 
-def _input_sizes(model: nn.Module, names: Sequence[str], example_input: Any) -> dict[str, tuple[int, ...]]:
+def _input_sizes(
+    model: nn.Module, names: Sequence[str], example_input: Any
+) -> dict[str, tuple[int, ...]]:
     """Input shapes of the named modules on one forward pass of ``example_input``."""
     seen: dict[str, tuple[int, ...]] = {}
     handles = []
     modules = dict(model.named_modules())
     for name in names:
+
         def hook(mod: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
             if args and isinstance(args[0], torch.Tensor):
                 seen.setdefault(name, tuple(args[0].shape))
+
         handles.append(modules[name].register_forward_pre_hook(hook))
     try:
         with torch.no_grad():
@@ -260,8 +233,10 @@ def compress(
     >>> sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in net.parameters())
     True
     """
-    if (ratio is None) == (tol is None):
-        raise ValueError("compress: expected exactly one of ratio= and tol=")
+    try:
+        check_exactly_one(ratio=ratio, tol=tol)
+    except ValueError as err:
+        raise ValueError(f"compress: {err}") from None
     if ratio is not None:
         ratio = check_ratio(ratio)
     if not isinstance(model, nn.Module):
@@ -280,7 +255,9 @@ def compress(
         names.append(name)
     if not names:
         kinds = "nn.Linear, nn.Conv2d" + (", nn.Embedding" if embeddings else "")
-        raise ValueError(f"model: no eligible layer ({kinds}) matched include={include!r}, exclude={exclude!r}")
+        raise ValueError(
+            f"model: no eligible layer ({kinds}) matched include={include!r}, exclude={exclude!r}"
+        )
     in_shapes = _input_sizes(target, names, example_input) if example_input is not None else {}
     report = CompressionReport()
     start = time.perf_counter()
@@ -291,7 +268,20 @@ def compress(
         mod = target.get_submodule(name)
         kind = _kind(mod, embeddings)
         assert kind is not None
-        report.append(_compress_one(target, name, mod, kind, in_shapes.get(name), ratio, tol, n_factors, max_candidates, random_state))
+        report.append(
+            _compress_one(
+                target,
+                name,
+                mod,
+                kind,
+                in_shapes.get(name),
+                ratio,
+                tol,
+                n_factors,
+                max_candidates,
+                random_state,
+            )
+        )
     if progress:
         sys.stderr.write(
             f"\rcompress: {len(report.compressed)}/{len(names)} layers in "
@@ -299,6 +289,30 @@ def compress(
         )
         sys.stderr.flush()
     return target, report
+
+
+def _build(
+    mod: nn.Module, in_shape: tuple[int, ...] | None, n_factors: int, opts: dict[str, Any]
+) -> SeKronLinear | SeKronConv2d | KroneckerEmbedding:
+    """The SeKron counterpart of ``mod``; its ``from_*`` chooses with ``sekron.selection``."""
+    if isinstance(mod, nn.Linear):
+        return SeKronLinear.from_linear(mod, n_factors=n_factors, **opts)
+    if isinstance(mod, nn.Conv2d):
+        hw = (int(in_shape[-2]), int(in_shape[-1])) if in_shape else None
+        return SeKronConv2d.from_conv(mod, n_factors=n_factors, in_hw=hw, **opts)
+    assert isinstance(mod, nn.Embedding)  # _kind admits these three types only
+    return KroneckerEmbedding.from_embedding(mod, **opts)
+
+
+def _macs_after(new: nn.Module, in_shape: tuple[int, ...] | None) -> int:
+    """Multiply-adds of the path the new layer runs (its cost model decides)."""
+    if isinstance(new, SeKronLinear):
+        return new.macs(1)["sekron" if new.uses_structured_path() else "dense"]
+    if isinstance(new, SeKronConv2d):
+        hw = (int(in_shape[-2]), int(in_shape[-1])) if in_shape else (32, 32)
+        return new.macs(hw)["sekron" if new.uses_structured_path(hw) else "dense"]
+    assert isinstance(new, KroneckerEmbedding)
+    return new.structure.ranks[0] * new.embedding_dim
 
 
 def _compress_one(
@@ -315,38 +329,39 @@ def _compress_one(
 ) -> LayerReport:
     before = sum(p.numel() for p in mod.parameters())
     macs_before = _dense_macs(mod, kind, in_shape)
+    weight = mod.weight
+    assert isinstance(weight, torch.Tensor)
     reason = _ineligible(mod, kind)
-    new: SeKronLinear | SeKronConv2d | KroneckerEmbedding
-    if reason is None:
-        opts = dict(ratio=ratio, tol=tol, max_candidates=max_candidates, random_state=random_state)
-        try:
-            if kind == "Linear":
-                new = SeKronLinear.from_linear(mod, n_factors=n_factors, **opts)  # type: ignore[arg-type]
-            elif kind == "Conv2d":
-                hw = (int(in_shape[-2]), int(in_shape[-1])) if in_shape else None
-                new = SeKronConv2d.from_conv(mod, n_factors=n_factors, in_hw=hw, **opts)  # type: ignore[arg-type]
-            else:
-                new = KroneckerEmbedding.from_embedding(mod, **opts)  # type: ignore[arg-type]
-        except (SekronError, ValueError) as err:
-            reason = str(err)
     if reason is not None:
-        return LayerReport(name, kind, None, before, before, macs_before, macs_before, None, reason)
+        shape = tuple(weight.shape)
+        return LayerReport(
+            name, kind, None, before, before, macs_before, macs_before, None, reason, shape
+        )
+    opts = dict(ratio=ratio, tol=tol, max_candidates=max_candidates, random_state=random_state)
+    built: list[SeKronLinear | SeKronConv2d | KroneckerEmbedding] = []
+
+    def choose(W: Any) -> Selection:
+        built.append(_build(mod, in_shape, n_factors, opts))
+        assert built[-1].selection is not None
+        return built[-1].selection
+
+    sel, rec = compress_weight(weight, choose, name=name, kind=kind)
+    if sel is None:
+        return replace(
+            rec,
+            params_before=before,
+            params_after=before,
+            macs_before=macs_before,
+            macs_after=macs_before,
+        )
+    new = built[-1]
     new.train(mod.training)
     _set_module(model, name, new)
-    if isinstance(new, SeKronLinear):
-        macs_after = new.macs(1)["sekron" if new.uses_structured_path() else "dense"]
-    elif isinstance(new, SeKronConv2d):
-        hw = (int(in_shape[-2]), int(in_shape[-1])) if in_shape else (32, 32)
-        macs_after = new.macs(hw)["sekron" if new.uses_structured_path(hw) else "dense"]
-    else:
-        macs_after = new.structure.ranks[0] * new.embedding_dim
-    return LayerReport(
-        name,
-        kind,
-        str(new.structure),
-        before,
-        sum(p.numel() for p in new.parameters()),
-        macs_before,
-        macs_after,
-        new.fit_relative_error,
+    return replace(
+        rec,
+        params_after=sum(p.numel() for p in new.parameters()),
+        macs_after=_macs_after(new, in_shape),
+        relative_error=new.fit_relative_error,
+        params_before=before,
+        macs_before=macs_before,
     )

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._selection import Selection, select
+from ..selection import Selection, select
 from ..errors import ShapeError
 from ..structure import Structure
 from ..tensor import SeKronTensor

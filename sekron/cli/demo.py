@@ -14,6 +14,7 @@ Everything is seeded; it takes a few minutes on two cores.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import math
 import sys
@@ -25,7 +26,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-__all__ = ["run_demo", "DemoRow"]
+__all__ = ["run_demo", "DemoRow", "add_parser", "run"]
 
 
 @dataclass
@@ -166,7 +167,7 @@ def _conv_macs(model: Any, x: Any, staged: bool = False) -> int:
     """Multiply-adds per image of the paths the layers run (``staged``: as if every SeKron
     layer ran its staged convolution)."""
     torch = _require_torch()
-    from .torch import SeKronConv2d
+    from ..torch import SeKronConv2d
 
     total = 0
     hooks = []
@@ -221,8 +222,8 @@ def _format_layer(kind: str, conv: Any, budget: int) -> tuple[Any, int, float]:
     import tensorly as tl
     from tensorly.decomposition import parafac, tensor_train, tucker
 
-    from . import formats
-    from .torch import SeKronConv2d
+    from .. import formats
+    from ..torch import SeKronConv2d
 
     W = conv.weight.detach().cpu().numpy().astype(np.float64)
     shape = W.shape
@@ -263,6 +264,142 @@ def _replace(model: Any, name: str, new: Any) -> None:
     setattr(parent, last, new)
 
 
+@dataclass
+class _Setup:
+    """What every stage of the demo shares: the data, the teacher and the seed."""
+
+    X_tr: Any
+    y_tr: Any
+    X_te: Any
+    y_te: Any
+    teacher: Any
+    seed: int
+    say: Callable[[str], None]
+
+    def row(
+        self,
+        method: str,
+        target: str,
+        model: Any,
+        n_params: int | None = None,
+        staged: bool = True,
+        **kw: Any,
+    ) -> DemoRow:
+        """A table row for ``model`` measured on the test set (``staged``: count that path)."""
+        return DemoRow(
+            method,
+            target,
+            _n_params(model) if n_params is None else n_params,
+            _conv_macs(model, self.X_te),
+            _accuracy(model, self.X_te, self.y_te),
+            macs_staged=_conv_macs(model, self.X_te, staged=True) if staged else None,
+            **kw,
+        )
+
+
+def _train_teacher(epochs: int, seed: int, say: Callable[[str], None]) -> _Setup:
+    torch = _require_torch()
+    torch.manual_seed(seed)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    X_tr, y_tr, X_te, y_te = _data(seed)
+    say(f"training the CNN ({epochs} epochs on {len(X_tr)} digits)")
+    teacher = _model()
+    _train(teacher, X_tr, y_tr, epochs, 2e-3, seed)
+    return _Setup(X_tr, y_tr, X_te, y_te, teacher, seed, say)
+
+
+def _sekron_students(setup: _Setup, ratio: float) -> list[tuple[DemoRow, Any]]:
+    """SeKron (3 factors) and GKPD (2 factors) through :func:`sekron.torch.compress`."""
+    from ..torch import compress
+
+    out = []
+    for label, S in (("SeKron (3 factors)", 3), ("GKPD (2 factors)", 2)):
+        setup.say(f"compressing with {label} at {ratio:g}×")
+        student, report = compress(
+            setup.teacher,
+            ratio=ratio,
+            include=list(COMPRESSED),
+            n_factors=S,
+            example_input=setup.X_te[:1],
+            progress=False,
+            random_state=setup.seed,
+        )
+        errors = [float(r.relative_error) for r in report if r.relative_error is not None]
+        out.append((setup.row(label, f"{ratio:g}×", student, layer_errors=errors), student))
+    return out
+
+
+def _format_students(setup: _Setup, ratio: float) -> list[tuple[DemoRow, Any]]:
+    """tensorly's TT, Tucker and CP fits at matched parameters, run as SeKron layers."""
+    convs = {name: dict(setup.teacher.named_modules())[name] for name in COMPRESSED}
+    budgets = {name: int(conv.weight.numel() / ratio) for name, conv in convs.items()}
+    out = []
+    for kind, label in (("tt", "Tensor-Train"), ("tucker", "Tucker"), ("cp", "CP")):
+        setup.say(f"fitting {label} at matched parameters ({ratio:g}×)")
+        student = copy.deepcopy(setup.teacher)
+        params_saved = 0
+        errors = []
+        for name, conv in convs.items():
+            layer, n_fmt, err = _format_layer(kind, conv, budgets[name])
+            _replace(student, name, layer)
+            params_saved += conv.weight.numel() - n_fmt
+            errors.append(err)
+        n_params = _n_params(setup.teacher) - params_saved  # the format's own parameter count
+        row = setup.row(
+            label, f"{ratio:g}×", student, n_params, notes="run as SeKron", layer_errors=errors
+        )
+        out.append((row, student))
+    return out
+
+
+def _distill_all(setup: _Setup, students: list[tuple[DemoRow, Any]], epochs: int) -> None:
+    torch = _require_torch()
+    from ..torch import distill
+
+    gen = torch.Generator().manual_seed(setup.seed)
+    batches = [(xb,) for xb, _ in _batches(setup.X_tr, setup.y_tr, 64, gen)]
+    setup.say(f"distilling every compressed model ({epochs} epochs each)")
+    for row, student in students:
+        distill(
+            student, setup.teacher, batches, logits=True, temperature=2.0, epochs=epochs, lr=1e-3
+        )
+        row.accuracy_distilled = _accuracy(student, setup.X_te, setup.y_te)
+
+
+def _integer_rows(
+    setup: _Setup,
+    dense_row: DemoRow,
+    students: list[tuple[DemoRow, Any]],
+    bits: Iterable[int],
+    epochs: int,
+) -> list[DemoRow]:
+    """Integer fine-tuning of the dense model and of the best compressed SeKron one."""
+    from ..torch import integerize
+
+    best_row, best_student = max(
+        ((r, s) for r, s in students if r.method.startswith("SeKron")),
+        key=lambda item: (item[0].accuracy_distilled or 0.0, -item[0].params),
+    )
+    rows = []
+    for b in bits:
+        for base, base_row in ((setup.teacher, dense_row), (best_student, best_row)):
+            setup.say(f"integer fine-tuning of {base_row.method} at {b} bits")
+            int_model = integerize(base, b, seed=setup.seed)
+            _train(int_model, setup.X_tr, setup.y_tr, epochs, 1e-3, setup.seed, optimizer="sgd")
+            n_int = sum(1 for m in int_model.modules() if type(m).__name__.startswith("Int"))
+            int_row = DemoRow(
+                f"{base_row.method} → int{b}",
+                base_row.target,
+                _n_params(int_model),
+                base_row.macs,
+                _accuracy(int_model, setup.X_te, setup.y_te),
+                notes=f"{n_int} integer layers, fine-tuned {epochs} epochs",
+            )
+            int_row.latency_ms = _latency_ms(int_model, setup.X_te, repeat=1)
+            rows.append(int_row)
+    return rows
+
+
 def run_demo(
     ratios: Iterable[float] = (2.0, 4.0, 8.0),
     bits: Iterable[int] = (16, 10, 8),
@@ -298,128 +435,20 @@ def run_demo(
     -------
     list of DemoRow
     """
-    torch = _require_torch()
-    from .torch import compress, distill, integerize
-
     out = sys.stdout if out is None else out
     say = progress or (lambda msg: print(f"[sekron demo] {msg}", file=sys.stderr, flush=True))
-    torch.manual_seed(seed)
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    X_tr, y_tr, X_te, y_te = _data(seed)
-    train_batches = [
-        (xb,) for xb, _ in _batches(X_tr, y_tr, 64, torch.Generator().manual_seed(seed))
-    ]
-
-    say(f"training the CNN ({epochs} epochs on {len(X_tr)} digits)")
-    teacher = _model()
-    _train(teacher, X_tr, y_tr, epochs, 2e-3, seed)
-    rows = [
-        DemoRow(
-            "dense CNN",
-            "1×",
-            _n_params(teacher),
-            _conv_macs(teacher, X_te),
-            _accuracy(teacher, X_te, y_te),
-        )
-    ]
-    timed: list[tuple[DemoRow, Any]] = [(rows[0], teacher)]
-    convs = {name: dict(teacher.named_modules())[name] for name in COMPRESSED}
+    setup = _train_teacher(epochs, seed, say)
+    dense = setup.row("dense CNN", "1×", setup.teacher, staged=False)
     students: list[tuple[DemoRow, Any]] = []
     for ratio in ratios:
-        for label, S in (("SeKron (3 factors)", 3), ("GKPD (2 factors)", 2)):
-            say(f"compressing with {label} at {ratio:g}×")
-            student, report = compress(
-                teacher,
-                ratio=ratio,
-                include=list(COMPRESSED),
-                n_factors=S,
-                example_input=X_te[:1],
-                progress=False,
-                random_state=seed,
-            )
-            errors = [
-                r.relative_error for r in report if getattr(r, "relative_error", None) is not None
-            ]
-            row = DemoRow(
-                label,
-                f"{ratio:g}×",
-                _n_params(student),
-                _conv_macs(student, X_te),
-                _accuracy(student, X_te, y_te),
-                macs_staged=_conv_macs(student, X_te, staged=True),
-                layer_errors=[float(e) for e in errors],
-            )
-            rows.append(row)
-            students.append((row, student))
-            timed.append((row, student))
-        budgets = {name: int(conv.weight.numel() / ratio) for name, conv in convs.items()}
-        for kind, label in (("tt", "Tensor-Train"), ("tucker", "Tucker"), ("cp", "CP")):
-            say(f"fitting {label} at matched parameters ({ratio:g}×)")
-            student = copy.deepcopy(teacher)
-            params_saved = 0
-            errors = []
-            for name, conv in convs.items():
-                layer, n_fmt, err = _format_layer(kind, conv, budgets[name])
-                _replace(student, name, layer)
-                params_saved += conv.weight.numel() - n_fmt
-                errors.append(err)
-            n_params = _n_params(teacher) - params_saved  # the format's own parameter count
-            row = DemoRow(
-                label,
-                f"{ratio:g}×",
-                n_params,
-                _conv_macs(student, X_te),
-                _accuracy(student, X_te, y_te),
-                macs_staged=_conv_macs(student, X_te, staged=True),
-                notes="run as SeKron",
-                layer_errors=errors,
-            )
-            rows.append(row)
-            students.append((row, student))
-            timed.append((row, student))
-
-    say(f"distilling every compressed model ({distill_epochs} epochs each)")
-    for row, student in students:
-        distill(
-            student,
-            teacher,
-            train_batches,
-            logits=True,
-            temperature=2.0,
-            epochs=distill_epochs,
-            lr=1e-3,
-        )
-        row.accuracy_distilled = _accuracy(student, X_te, y_te)
-
-    # integer fine-tuning of the dense model and of the best compressed one
-    best_row, best_student = max(
-        ((r, s) for r, s in students if r.method.startswith("SeKron")),
-        key=lambda item: (item[0].accuracy_distilled or 0.0, -item[0].params),
-    )
-    for b in bits:
-        for base_label, base, base_row in (
-            ("dense CNN", teacher, rows[0]),
-            (best_row.method, best_student, best_row),
-        ):
-            say(f"integer fine-tuning of {base_label} at {b} bits")
-            int_model = integerize(base, b, seed=seed)
-            _train(int_model, X_tr, y_tr, int_epochs, 1e-3, seed, optimizer="sgd")
-            n_int = sum(1 for m in int_model.modules() if type(m).__name__.startswith("Int"))
-            int_row = DemoRow(
-                f"{base_label} → int{b}",
-                base_row.target,
-                _n_params(int_model),
-                base_row.macs,
-                _accuracy(int_model, X_te, y_te),
-                notes=f"{n_int} integer layers, fine-tuned {int_epochs} epochs",
-            )
-            rows.append(int_row)
-            int_row.latency_ms = _latency_ms(int_model, X_te, repeat=1)
-
+        students += _sekron_students(setup, ratio)
+        students += _format_students(setup, ratio)
+    _distill_all(setup, students, distill_epochs)
+    rows = [dense, *(r for r, _ in students)]
+    rows += _integer_rows(setup, dense, students, bits, int_epochs)
     say("timing every float model (interleaved rounds)")
-    _time_interleaved(timed, X_te)
-
-    _print_rows(rows, len(X_te), out)
+    _time_interleaved([(dense, setup.teacher), *students], setup.X_te)
+    _print_rows(rows, len(setup.X_te), out)
     if plot is not None:
         _plot(rows, Path(plot))
         print(f"\nplot written to {plot}", file=out)
@@ -492,3 +521,35 @@ def _plot(rows: list[DemoRow], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``demo`` sub-command."""
+    d = subparsers.add_parser(
+        "demo",
+        help="train a digits CNN, compress it (SeKron, GKPD, TT, Tucker, CP), distill, "
+        "fine-tune with integers",
+    )
+    d.add_argument("--ratios", type=float, nargs="+", default=[2.0, 4.0, 8.0])
+    d.add_argument("--bits", type=int, nargs="+", default=[16, 10, 8])
+    d.add_argument("--epochs", type=int, default=30, help="training epochs of the dense CNN")
+    d.add_argument("--distill-epochs", type=int, default=8)
+    d.add_argument("--int-epochs", type=int, default=3, help="integer fine-tuning epochs")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--plot", default="sekron-demo.png", help="PNG to write ('' for none)")
+    return d
+
+
+def run(args: argparse.Namespace, out: TextIO) -> int:
+    """Run ``sekron demo``."""
+    run_demo(
+        ratios=args.ratios,
+        bits=args.bits,
+        epochs=args.epochs,
+        distill_epochs=args.distill_epochs,
+        int_epochs=args.int_epochs,
+        seed=args.seed,
+        plot=None if args.plot == "" else args.plot,
+        out=out,
+    )
+    return 0

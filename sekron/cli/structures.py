@@ -1,4 +1,4 @@
-"""The ``sekron`` command.
+"""``sekron structures``: rank candidate structures of one tensor.
 
 ``sekron structures [FILE]`` fits candidate SeKron structures to a tensor (a ``.npy``
 file, an ``.npz`` file and a key, or the embedded default: the first weight matrix of an
@@ -9,20 +9,26 @@ compression ratio and certified relative error.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
-from .decompose import sekron
-from .errors import SekronError
-from .structure import Structure, structures
+from ..errors import SekronError
+from ..selection import fit_candidates
+from ..structure import Structure, structures
 
-__all__ = ["main", "load_tensor", "rank_structures", "pareto_front"]
+__all__ = [
+    "kernel_matrix",
+    "load_tensor",
+    "rank_structures",
+    "pareto_front",
+    "add_parser",
+    "run",
+]
 
 DEFAULT_TENSOR = "digits_mlp.npz"
 BUILTINS = ("kernel", "digits-mlp")
@@ -136,8 +142,7 @@ def rank_structures(
             min_compression=min_compression,
             min_factor_size=min_factor_size,
         )
-        for st in cands[-max_candidates:]:
-            fit = sekron(W, st)
+        for st, fit in fit_candidates(W, cands[-max_candidates:]):
             err = fit.relative_error_bound
             results.append((st, 0.0 if err is None else err))
     # errors that differ only by rounding count as ties, broken by fewer parameters
@@ -188,7 +193,8 @@ def _print_table(rows: list[tuple[Structure, float]], out: TextIO) -> None:
         print(fmt.format(*r), file=out)
 
 
-def _cmd_structures(args: argparse.Namespace, out: TextIO) -> int:
+def run(args: argparse.Namespace, out: TextIO) -> int:
+    """Run ``sekron structures``; the exit status is 1 when no structure meets the filters."""
     W, what = load_tensor(args.file, args.key, args.builtin)
     start = time.perf_counter()
     rows = rank_structures(
@@ -225,59 +231,9 @@ def _cmd_structures(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _cmd_compress(args: argparse.Namespace, out: TextIO) -> int:
-    from .checkpoint import compress_weights, format_report, read_weights, save_compressed
-
-    if (args.ratio is None) == (args.tol is None):
-        raise SekronError("compress: give exactly one of --ratio and --tol")
-    if args.ratio is not None and args.ratio < 1:
-        raise SekronError(f"--ratio: expected a compression ratio >= 1, got {args.ratio}")
-    weights = read_weights(args.weights)
-    start = time.perf_counter()
-    tensors, report = compress_weights(
-        weights,
-        ratio=args.ratio,
-        tol=args.tol,
-        n_factors=args.n_factors,
-        include=args.include,
-        exclude=args.exclude,
-        min_size=args.min_size,
-    )
-    elapsed = time.perf_counter() - start
-    print(format_report(report), file=out)
-    if not any(r.skipped is None for r in report):
-        print("sekron: error: no tensor was eligible for compression", file=sys.stderr)
-        return 1
-    save_compressed(args.output, tensors)
-    print(
-        f"\nwrote {args.output} in {elapsed:.1f} s (read it with sekron.checkpoint.load_compressed)",
-        file=out,
-    )
-    return 0
-
-
-def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
-    from ._demo import run_demo
-
-    run_demo(
-        ratios=args.ratios,
-        bits=args.bits,
-        epochs=args.epochs,
-        distill_epochs=args.distill_epochs,
-        int_epochs=args.int_epochs,
-        seed=args.seed,
-        plot=None if args.plot == "" else args.plot,
-        out=out,
-    )
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sekron", description="Kronecker decompositions from the command line."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser(
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``structures`` sub-command."""
+    p = subparsers.add_parser(
         "structures", help="rank candidate SeKron structures of a tensor by certified error"
     )
     p.add_argument(
@@ -303,52 +259,4 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--all", action="store_true", help="list every fitted structure, not only the Pareto front"
     )
-    p.set_defaults(func=_cmd_structures)
-
-    c = sub.add_parser("compress", help="compress the weights of a checkpoint into SeKron factors")
-    c.add_argument("weights", help=".npz, .safetensors or torch checkpoint (.pt, .pth, .bin)")
-    c.add_argument("--ratio", type=float, default=None, help="per-tensor compression ratio")
-    c.add_argument("--tol", type=float, default=None, help="per-tensor relative error target")
-    c.add_argument("-o", "--output", required=True, help="output .npz (no pickle)")
-    c.add_argument("--n-factors", type=int, default=2)
-    c.add_argument("--include", nargs="*", default=None, help="glob patterns of tensor names")
-    c.add_argument("--exclude", nargs="*", default=None, help="glob patterns of tensor names")
-    c.add_argument("--min-size", type=int, default=4096, help="smallest tensor compressed")
-    c.set_defaults(func=_cmd_compress)
-
-    d = sub.add_parser(
-        "demo",
-        help="train a digits CNN, compress it (SeKron, GKPD, TT, Tucker, CP), distill, "
-        "fine-tune with integers",
-    )
-    d.add_argument("--ratios", type=float, nargs="+", default=[2.0, 4.0, 8.0])
-    d.add_argument("--bits", type=int, nargs="+", default=[16, 10, 8])
-    d.add_argument("--epochs", type=int, default=30, help="training epochs of the dense CNN")
-    d.add_argument("--distill-epochs", type=int, default=8)
-    d.add_argument("--int-epochs", type=int, default=3, help="integer fine-tuning epochs")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--plot", default="sekron-demo.png", help="PNG to write ('' for none)")
-    d.set_defaults(func=_cmd_demo)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
-    """Entry point of the ``sekron`` command; returns the exit status.
-
-    Examples
-    --------
-    >>> import io
-    >>> from sekron.cli import main
-    >>> buf = io.StringIO()
-    >>> main(["structures", "--n-factors", "2", "--ranks", "1", "--top", "3"], out=buf)
-    0
-    >>> "compression" in buf.getvalue()
-    True
-    """
-    out = sys.stdout if out is None else out
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args, out))
-    except (SekronError, FileNotFoundError, ValueError) as exc:
-        print(f"sekron: error: {exc}", file=sys.stderr)
-        return 2
+    return p

@@ -1,0 +1,456 @@
+"""``sekron compress``: compress the weights of a checkpoint file.
+
+Reads ``.npz`` (no pickle), ``.safetensors`` (with the ``safetensors`` package) or torch
+checkpoints (``.pt``, ``.pth``, ``.bin``, through :func:`sekron.torch.read_state_dict`,
+``weights_only=True``), fits every eligible weight (2-D linear weights and 4-D conv
+kernels) with the compressor core :func:`sekron.selection.compress_weight`, and writes
+one ``.npz`` file (no pickle) that :func:`load_compressed` reads back. Each SeKron tensor
+is stored with the members of :meth:`sekron.SeKronTensor.save` under a per-tensor prefix
+``t<i>/``, so the two files share one layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from .._validation import check_exactly_one, check_ratio
+from ..errors import FormatError, SekronError
+from ..selection import WeightReport, budget, compress_weight
+from ..tensor import FILE_FORMAT as TENSOR_FORMAT
+from ..tensor import FILE_VERSION as TENSOR_VERSION
+from ..tensor import SeKronTensor
+
+__all__ = [
+    "read_weights",
+    "choose_structure",
+    "compress_weights",
+    "save_compressed",
+    "load_compressed",
+    "TensorReport",
+    "format_report",
+    "FILE_FORMAT",
+    "add_parser",
+    "run",
+]
+
+FILE_FORMAT = "sekron.compressed-checkpoint"
+# version 1 stored factors as t<i>_factor_<k>; version 2 uses SeKronTensor.save's members
+FILE_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
+
+TensorReport = WeightReport
+"""The report of one tensor: :class:`sekron.selection.WeightReport` (one type for both
+compressors)."""
+
+
+def read_weights(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Read the named arrays of a checkpoint as float or integer numpy arrays.
+
+    Parameters
+    ----------
+    path : path
+        ``.npz``, ``.npy``, ``.safetensors``, or a torch checkpoint (``.pt``, ``.pth``,
+        ``.bin``; a state dict, possibly nested under ``"state_dict"`` or ``"model"``).
+
+    Returns
+    -------
+    dict of name -> ndarray
+
+    Raises
+    ------
+    FileNotFoundError, FormatError
+
+    Examples
+    --------
+    >>> import numpy as np, os, tempfile
+    >>> from sekron.cli.checkpoint import read_weights
+    >>> path = os.path.join(tempfile.mkdtemp(), "w.npz")
+    >>> np.savez(path, fc=np.ones((4, 4)))
+    >>> {k: v.shape for k, v in read_weights(path).items()}
+    {'fc': (4, 4)}
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"path: no such file {os.fspath(path)!r}")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".npz":
+            with np.load(p, allow_pickle=False) as data:
+                return {k: np.asarray(data[k]) for k in data.files}
+        if suffix == ".npy":
+            return {p.stem: np.load(p, allow_pickle=False)}
+        if suffix == ".safetensors":
+            try:
+                from safetensors.numpy import load_file
+            except ImportError as exc:
+                raise FormatError(
+                    "path: reading .safetensors needs the safetensors package"
+                ) from exc
+            return dict(load_file(str(p)))
+        if suffix in (".pt", ".pth", ".bin"):
+            return _read_torch(p)
+    except FormatError:
+        raise
+    except Exception as exc:
+        raise FormatError(
+            f"path: could not read {os.fspath(path)!r} as a checkpoint: {exc}"
+        ) from None
+    raise FormatError(
+        f"path: expected .npz, .npy, .safetensors, .pt, .pth or .bin, got {os.fspath(path)!r}"
+    )
+
+
+def _read_torch(p: Path) -> dict[str, np.ndarray]:
+    try:
+        from ..torch import read_state_dict
+    except ImportError as exc:
+        raise FormatError("path: reading a torch checkpoint needs torch") from exc
+    return read_state_dict(p)
+
+
+def choose_structure(
+    W: np.ndarray,
+    *,
+    ratio: float | None = None,
+    tol: float | None = None,
+    n_factors: int = 2,
+    max_candidates: int = 6,
+    random_state: Any = 0,
+) -> SeKronTensor:
+    """Fit ``W`` with the best of a few candidate structures under a budget or a target.
+
+    The selection of the torch layers' ``from_linear``/``from_conv``, aimed at storage:
+    with ``ratio``, the candidates that use most of the budget of ``W.size / ratio``
+    parameters (plus the plain low-rank split) are fitted and the least certified error
+    wins; with ``tol``, the fewest parameters meeting it win.
+
+    Parameters
+    ----------
+    W : ndarray
+    ratio : float >= 1, optional
+    tol : float in [0, 1), optional
+    n_factors : int, default 2
+    max_candidates : int, default 6
+    random_state : int or None
+
+    Returns
+    -------
+    SeKronTensor
+        With its certified ``error_bound``.
+
+    Raises
+    ------
+    ValueError
+        Unless exactly one of ``ratio`` and ``tol`` is given, or for ``ratio < 1``.
+    ShapeError
+        If no structure meets the budget.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sekron.cli.checkpoint import choose_structure
+    >>> W = np.kron(np.random.default_rng(0).normal(size=(8, 8)), np.ones((4, 4)))
+    >>> t = choose_structure(W, ratio=8)
+    >>> t.n_params <= W.size / 8, t.relative_error_bound < 1e-12
+    (True, True)
+    """
+    choose = budget(
+        ratio=ratio,
+        tol=tol,
+        n_factors=n_factors,
+        max_candidates=max_candidates,
+        random_state=random_state,
+    )
+    return choose(np.asarray(W, dtype=np.float64)).fit
+
+
+def _ineligible(
+    name: str,
+    W: np.ndarray,
+    include: Sequence[str] | None,
+    exclude: Sequence[str] | None,
+    min_size: int,
+) -> str | None:
+    """Why ``W`` is not compressed, or None if it is eligible."""
+    if W.dtype.kind != "f":
+        return f"dtype {W.dtype} is not floating point"
+    if W.ndim not in (2, 4):
+        return f"{W.ndim}-d tensors are not linear or conv weights"
+    if W.size < min_size:
+        return f"{W.size} entries, below --min-size {min_size}"
+    if include and not any(fnmatch.fnmatchcase(name, p) for p in include):
+        return "not matched by --include"
+    if exclude and any(fnmatch.fnmatchcase(name, p) for p in exclude):
+        return "matched by --exclude"
+    return None
+
+
+def compress_weights(
+    weights: dict[str, np.ndarray],
+    *,
+    ratio: float | None = None,
+    tol: float | None = None,
+    n_factors: int = 2,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    min_size: int = 4096,
+    random_state: Any = 0,
+) -> tuple[dict[str, Any], list[WeightReport]]:
+    """Compress every eligible weight of a state dict.
+
+    Eligible: real 2-D or 4-D arrays with at least ``min_size`` entries whose name
+    matches ``include`` (glob patterns; default all) and not ``exclude``. Others are
+    kept as they are, with the reason in the report. Each eligible weight goes through
+    :func:`sekron.selection.compress_weight` (parameters ranked for storage).
+
+    Returns
+    -------
+    out : dict of name -> SeKronTensor or ndarray
+        A fit keeps the weight's dtype if float32, else is float64.
+    report : list of WeightReport
+
+    Raises
+    ------
+    ValueError
+        Unless exactly one of ``ratio`` and ``tol`` is given, or for ``ratio < 1``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sekron.cli.checkpoint import compress_weights
+    >>> w = {"fc.weight": np.random.default_rng(0).normal(size=(64, 64)), "fc.bias": np.zeros(64)}
+    >>> out, report = compress_weights(w, ratio=4)
+    >>> [(r.name, r.skipped is None) for r in report]
+    [('fc.weight', True), ('fc.bias', False)]
+    """
+    choose = budget(ratio=ratio, tol=tol, n_factors=n_factors, random_state=random_state)
+    out: dict[str, Any] = {}
+    report = []
+    for name, W in weights.items():
+        reason = _ineligible(name, W, include, exclude, min_size)
+        if reason is not None:
+            out[name] = W
+            report.append(
+                WeightReport(name, "tensor", None, W.size, W.size, skipped=reason, shape=W.shape)
+            )
+            continue
+        sel, rec = compress_weight(W.astype(np.float64), choose, name=name)
+        dtype = np.float32 if W.dtype == np.float32 else np.float64
+        out[name] = W if sel is None else sel.fit.astype(dtype)
+        report.append(rec)
+    return out, report
+
+
+def _sekron_members(t: SeKronTensor) -> dict[str, np.ndarray]:
+    """The members :meth:`SeKronTensor.save` writes, read back from an in-memory file."""
+    buf = io.BytesIO()
+    t.save(buf)  # type: ignore[arg-type]  # np.savez underneath takes a file object
+    buf.seek(0)
+    with np.load(buf, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def _sekron_from_members(contents: dict[str, np.ndarray], prefix: str) -> SeKronTensor:
+    """The tensor stored under ``prefix`` with the members of :meth:`SeKronTensor.save`."""
+    fmt, version = str(contents[prefix + "format"]), int(contents[prefix + "version"])
+    if fmt != TENSOR_FORMAT or version != TENSOR_VERSION:
+        raise FormatError(
+            f"path: expected {prefix!r} to hold a {TENSOR_FORMAT} of version "
+            f"{TENSOR_VERSION}, got {fmt!r} version {version}"
+        )
+    n = int(contents[prefix + "n_factors"])
+    eb, rn = float(contents[prefix + "error_bound"]), float(contents[prefix + "reference_norm"])
+    return SeKronTensor(
+        [contents[f"{prefix}factor_{k}"] for k in range(n)],
+        error_bound=None if np.isnan(eb) else eb,
+        reference_norm=None if np.isnan(rn) else rn,
+    )
+
+
+def save_compressed(path: str | os.PathLike[str], tensors: dict[str, Any]) -> None:
+    """Write compressed and plain tensors to one ``.npz`` (readable without pickle).
+
+    Tensor ``i`` is stored under the prefix ``t<i>/``: a SeKron tensor with the members
+    of :meth:`sekron.SeKronTensor.save`, a plain array as ``t<i>/dense``; a JSON
+    manifest maps names to prefixes.
+
+    Examples
+    --------
+    >>> import numpy as np, os, tempfile
+    >>> import sekron as sk
+    >>> from sekron.cli.checkpoint import save_compressed, load_compressed
+    >>> path = os.path.join(tempfile.mkdtemp(), "c.npz")
+    >>> save_compressed(path, {"w": sk.nkp(np.eye(4), (2, 2), rank=2), "b": np.zeros(3)})
+    >>> sorted(load_compressed(path))
+    ['b', 'w']
+    """
+    arrays: dict[str, Any] = {}
+    manifest: dict[str, Any] = {}
+    for i, (name, value) in enumerate(tensors.items()):
+        prefix = f"t{i}/"
+        if isinstance(value, SeKronTensor):
+            manifest[name] = {"kind": "sekron", "prefix": prefix}
+            arrays.update({prefix + k: v for k, v in _sekron_members(value).items()})
+        else:
+            manifest[name] = {"kind": "dense", "prefix": prefix}
+            arrays[prefix + "dense"] = np.asarray(value)
+    header = {"format": FILE_FORMAT, "version": FILE_VERSION, "tensors": manifest}
+    np.savez(path, __manifest__=np.array(json.dumps(header)), **arrays)
+
+
+def _load_v1(contents: dict[str, np.ndarray], meta: dict[str, Any]) -> Any:
+    """One tensor of a version-1 file (``t<i>_factor_<k>``, ``t<i>_dense``)."""
+    i = meta["index"]
+    if meta["kind"] != "sekron":
+        return contents[f"t{i}_dense"]
+    factors = [contents[f"t{i}_factor_{k}"] for k in range(meta["n_factors"])]
+    return SeKronTensor(
+        factors, error_bound=meta["error_bound"], reference_norm=meta["reference_norm"]
+    )
+
+
+def _load_v2(contents: dict[str, np.ndarray], meta: dict[str, Any]) -> Any:
+    prefix = meta["prefix"]
+    if meta["kind"] != "sekron":
+        return contents[prefix + "dense"]
+    return _sekron_from_members(contents, prefix)
+
+
+def load_compressed(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a file written by :func:`save_compressed` (``sekron compress``).
+
+    Files of the earlier layout (version 1) are read too.
+
+    Returns
+    -------
+    dict of name -> SeKronTensor (compressed weights) or ndarray (others)
+
+    Raises
+    ------
+    FormatError
+        For anything that is not such a file.
+
+    Examples
+    --------
+    >>> import numpy as np, os, tempfile
+    >>> from sekron.cli.checkpoint import compress_weights, save_compressed, load_compressed
+    >>> w = {"fc.weight": np.kron(np.eye(8), np.ones((8, 8))), "fc.bias": np.zeros(64)}
+    >>> path = os.path.join(tempfile.mkdtemp(), "c.npz")
+    >>> save_compressed(path, compress_weights(w, ratio=4, min_size=64)[0])
+    >>> back = load_compressed(path)
+    >>> type(back["fc.weight"]).__name__, np.allclose(back["fc.weight"].to_dense(), w["fc.weight"])
+    ('SeKronTensor', True)
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            contents = {k: data[k] for k in data.files}
+        header = json.loads(str(contents["__manifest__"]))
+        version = header.get("version")
+        if header.get("format") != FILE_FORMAT or version not in _READABLE_VERSIONS:
+            raise FormatError(
+                f"path: expected a {FILE_FORMAT} file of version {_READABLE_VERSIONS}, "
+                f"got format {header.get('format')!r} version {version!r}"
+            )
+        load_one = _load_v1 if version == 1 else _load_v2
+        return {name: load_one(contents, meta) for name, meta in header["tensors"].items()}
+    except (FormatError, FileNotFoundError):
+        raise
+    except Exception as exc:
+        raise FormatError(f"path: not a readable {FILE_FORMAT} file: {exc}") from None
+
+
+def format_report(report: Iterable[WeightReport]) -> str:
+    """The report of :func:`compress_weights` as a text table with totals.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sekron.cli.checkpoint import compress_weights, format_report
+    >>> _, report = compress_weights({"w": np.ones((64, 64))}, ratio=4)
+    >>> print(format_report(report).splitlines()[-1].split()[-2:])
+    ['4.00×', 'smaller']
+    """
+    rows = list(report)
+    header = ("tensor", "shape", "structure", "params", "after", "rel. error", "note")
+    body = [
+        (
+            r.name,
+            "×".join(map(str, r.shape or ())),
+            r.structure or "-",
+            f"{r.params_before:,}",
+            f"{r.params_after:,}",
+            "" if r.relative_error is None else f"{r.relative_error:.4f}",
+            r.skipped or "",
+        )
+        for r in rows
+    ]
+    before = sum(r.params_before for r in rows)
+    after = sum(r.params_after for r in rows)
+    body.append(
+        ("total", "", "", f"{before:,}", f"{after:,}", "", f"{before / max(after, 1):.2f}× smaller")
+    )
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
+    fmt = "  ".join(f"{{:>{w}}}" if i in (3, 4, 5) else f"{{:<{w}}}" for i, w in enumerate(widths))
+    lines = [fmt.format(*header), "  ".join("-" * w for w in widths)]
+    lines += [fmt.format(*b) for b in body]
+    return "\n".join(lines)
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``compress`` sub-command."""
+    c = subparsers.add_parser(
+        "compress", help="compress the weights of a checkpoint into SeKron factors"
+    )
+    c.add_argument("weights", help=".npz, .safetensors or torch checkpoint (.pt, .pth, .bin)")
+    c.add_argument("--ratio", type=float, default=None, help="per-tensor compression ratio")
+    c.add_argument("--tol", type=float, default=None, help="per-tensor relative error target")
+    c.add_argument("-o", "--output", required=True, help="output .npz (no pickle)")
+    c.add_argument("--n-factors", type=int, default=2)
+    c.add_argument("--include", nargs="*", default=None, help="glob patterns of tensor names")
+    c.add_argument("--exclude", nargs="*", default=None, help="glob patterns of tensor names")
+    c.add_argument("--min-size", type=int, default=4096, help="smallest tensor compressed")
+    return c
+
+
+def run(args: argparse.Namespace, out: TextIO) -> int:
+    """Run ``sekron compress``; the exit status is 1 when no tensor was eligible."""
+    try:
+        check_exactly_one(ratio=args.ratio, tol=args.tol)
+        if args.ratio is not None:
+            check_ratio(args.ratio, "--ratio")
+    except ValueError as exc:
+        raise SekronError(f"compress: {exc}") from None
+    weights = read_weights(args.weights)
+    start = time.perf_counter()
+    tensors, report = compress_weights(
+        weights,
+        ratio=args.ratio,
+        tol=args.tol,
+        n_factors=args.n_factors,
+        include=args.include,
+        exclude=args.exclude,
+        min_size=args.min_size,
+    )
+    elapsed = time.perf_counter() - start
+    print(format_report(report), file=out)
+    if not any(r.skipped is None for r in report):
+        print("sekron: error: no tensor was eligible for compression", file=sys.stderr)
+        return 1
+    save_compressed(args.output, tensors)
+    print(
+        f"\nwrote {args.output} in {elapsed:.1f} s "
+        "(read it with sekron.cli.checkpoint.load_compressed)",
+        file=out,
+    )
+    return 0
