@@ -17,19 +17,7 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 from sekron.torch import adapters as ad  # noqa: E402
 
 
-def _cli():
-    try:
-        return importlib.import_module("sekron.cli.adapter")
-    except ImportError:  # until sekron/cli/ becomes a package, load the file itself
-        path = Path(__file__).resolve().parents[1] / "sekron" / "cli" / "adapter.py"
-        spec = importlib.util.spec_from_file_location("sekron_cli_adapter", path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-
-
-cli = _cli()
+cli = importlib.import_module("sekron.cli.adapter")
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

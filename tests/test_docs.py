@@ -16,6 +16,7 @@ PAGES = [
     "docs/compute.md",
     "docs/fixed.md",
     "docs/torch.md",
+    "docs/adapters.md",
     "docs/api/testing.md",
 ]
 
@@ -27,7 +28,7 @@ def _blocks(page: str) -> list[str]:
 
 @pytest.mark.parametrize("page", PAGES)
 def test_page_examples_run(page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    if page == "docs/torch.md":
+    if page in ("docs/torch.md", "docs/adapters.md"):
         pytest.importorskip("torch")
     blocks = _blocks(page)
     assert blocks, f"{page} has no python example"

@@ -14,7 +14,7 @@ from types import ModuleType
 from typing import TextIO
 
 from ..errors import SekronError
-from . import checkpoint, demo, structures
+from . import adapter, checkpoint, demo, structures
 from .structures import kernel_matrix, load_tensor, pareto_front, rank_structures
 
 __all__ = [
@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 # one line per sub-command, in the order ``sekron --help`` lists them
-COMMANDS: tuple[ModuleType, ...] = (structures, checkpoint, demo)
+COMMANDS: tuple[ModuleType, ...] = (structures, checkpoint, demo, adapter)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ from ._contract import linear_macs
 from ._conv import TorchBackend
 from .compress import CompressionReport, LayerReport, compress
 from .distill import Capture, attention_loss, distill, hidden_loss, logit_loss
+from . import adapters
 from .int_model import integerize
 from .int_sekron import IntSeKronConv2d, IntSeKronLinear, IntTorchBackend
 from .integer import IntConv2d, IntEmbedding, IntLayerNorm, IntLinear
@@ -41,4 +42,5 @@ __all__ = [
     "LayerReport",
     "linear_macs",
     "read_state_dict",
+    "adapters",
 ]
