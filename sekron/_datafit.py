@@ -28,7 +28,12 @@ from .tensor import SeKronTensor
 
 __all__ = [
     "check_gram",
-    "check_options", "fit_nkp_data", "fit_sekron_data", "DEFAULT_RIDGE", "DEFAULT_SWEEPS"]
+    "check_options",
+    "fit_nkp_data",
+    "fit_sekron_data",
+    "DEFAULT_RIDGE",
+    "DEFAULT_SWEEPS",
+]
 
 #: default ``ridge``: λ = ridge · tr(C)/n. 1e-6 of the mean eigenvalue changes the fit of a
 #: well-conditioned C by a relative 1e-6 at most, and makes the normal matrices of a
@@ -123,7 +128,9 @@ class _Problem:
     ``Cr`` is the Gram with the ridge added; ``Ct`` the user's, for certificates.
     """
 
-    def __init__(self, W: np.ndarray, a: tuple[int, ...], b: tuple[int, ...], C: np.ndarray, lam: float):
+    def __init__(
+        self, W: np.ndarray, a: tuple[int, ...], b: tuple[int, ...], C: np.ndarray, lam: float
+    ):
         self.a, self.b = a, b
         self.m1, self.m2 = a[0], b[0]
         self.n1, self.n2 = math.prod(a[1:]), math.prod(b[1:])
@@ -402,9 +409,7 @@ def _low_rank(P: _Problem, R: int) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 # -- the fits --------------------------------------------------------------------------------
-def _finish(
-    W: np.ndarray, factors: Sequence[np.ndarray], C: np.ndarray
-) -> SeKronTensor:
+def _finish(W: np.ndarray, factors: Sequence[np.ndarray], C: np.ndarray) -> SeKronTensor:
     """SeKronTensor with both certificates computed from the returned (cast) factors."""
     t = SeKronTensor([np.asarray(f, dtype=W.dtype) for f in factors])
     W64 = W.astype(np.float64).reshape(W.shape[0], -1)
@@ -491,7 +496,9 @@ def _prefix_terms(factors: Sequence[np.ndarray], S: int) -> np.ndarray:
     for k in range(1, S - 1):
         f = factors[k]  # (R_1..R_{k+1}, *a^(k+1))
         flat = f.reshape((-1, f.shape[k]) + f.shape[k + 1 :])
-        terms = [_modewise_kron(t, flat[p, r]) for p, t in enumerate(terms) for r in range(f.shape[k])]
+        terms = [
+            _modewise_kron(t, flat[p, r]) for p, t in enumerate(terms) for r in range(f.shape[k])
+        ]
     return np.stack(terms)
 
 
@@ -512,8 +519,9 @@ def fit_sekron_data(
         return fit_nkp_data(W, plain, C, ridge, sweeps)
     trace = float(np.trace(C))
     factors = [f.astype(np.float64) for f in plain.factors]
-    if trace <= 0.0 or sweeps == 0:
-        return _finish(W, factors, C)
+    if trace <= 0.0 or sweeps == 0 or _is_scaled_identity(C):
+        # for C = c·I the data-weighted objective is c‖W − Ŵ‖²: the plain fit is the fit
+        return _finish(W, plain.factors, C)
     lam = ridge * trace / C.shape[0]
     shapes = plain.structure.shapes
     a_first = tuple(shapes[0])
@@ -542,6 +550,13 @@ def fit_sekron_data(
     cands = [[g.astype(np.float64) for g in plain.factors], factors]
     true = [_true_error(W, c, C) for c in cands]
     return _finish(W, cands[int(np.argmin(true))], C)
+
+
+def _is_scaled_identity(C: np.ndarray) -> bool:
+    d = np.diag(C)
+    off = C.copy()
+    off.flat[:: C.shape[0] + 1] = 0.0
+    return not off.any() and bool(np.all(d == d[0]))
 
 
 def _first_split(P: _Problem, factors: list[np.ndarray], S: int) -> tuple[np.ndarray, np.ndarray]:
