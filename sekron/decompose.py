@@ -97,7 +97,7 @@ def nkp(
     random_state: RandomState = None,
     gram: Any = None,
     ridge: float = _datafit.DEFAULT_RIDGE,
-    sweeps: int = _datafit.DEFAULT_SWEEPS,
+    sweeps: int | None = _datafit.DEFAULT_SWEEPS,
 ) -> SeKronTensor:
     r"""Nearest sum of Kronecker products ``W ≈ Σ_r A_r ⊗ B_r`` (Van Loan–Pitsianis, GKPD).
 
@@ -124,16 +124,21 @@ def nkp(
         the matrix ``(w_1, n)`` acting on inputs ``x`` (for a conv kernel ``(F, C, Kh,
         Kw)``, the Gram of its im2col patches in ``(C, Kh, Kw)`` C-order). With it the fit
         minimizes the data-weighted error ``‖(W − Ŵ) L‖_F`` (``L Lᵀ = C``), i.e. the error
-        of the layer's outputs on those inputs, instead of ``‖W − Ŵ‖_F``; see
-        :doc:`/data-aware` and Notes. Must be symmetric positive semidefinite.
+        of the layer's outputs on those inputs, instead of ``‖W − Ŵ‖_F``; see Notes
+        and the "Data-aware fits" page of the documentation. Must be symmetric positive
+        semidefinite.
     ridge : float, default 1e-6
         With ``gram``: ``λ = ridge · tr(C) / n`` is added to C's diagonal for the fit, so
         that a rank-deficient C (fewer samples than features, dead features) gives finite
         factors; 1e-6 of the mean eigenvalue does not bias a full-rank C measurably.
         Certificates are computed with the C given, without the ridge.
-    sweeps : int, default 8
-        With ``gram``: sweeps of data-weighted alternating least squares (0: only the
-        plain and the whitened starts are compared).
+    sweeps : int, optional
+        With ``gram``: the most sweeps of data-weighted alternating least squares (0: only
+        the plain and the whitened starts are compared). Default: 8 where the factor
+        updates' normal matrices are small enough to form, 2 where the updates run
+        conjugate gradients through products with C (large layers; there the first two
+        sweeps take nearly all of the gain). ALS also stops once a sweep lowers the
+        objective by less than 0.1 %.
 
     Returns
     -------
@@ -255,7 +260,9 @@ def nkp(
     return _datafit.fit_nkp_data(W, plain, *data)
 
 
-def _check_data(W: np.ndarray, gram: Any, ridge: Any, sweeps: Any) -> tuple | None:
+def _check_data(
+    W: np.ndarray, gram: Any, ridge: Any, sweeps: Any
+) -> tuple[np.ndarray, float, int | None] | None:
     """Validated ``(C, ridge, sweeps)`` of a data-aware fit, or None without ``gram``."""
     ridge, sweeps = _datafit.check_options(ridge, sweeps)
     if gram is None:
@@ -312,7 +319,7 @@ def sekron(
     random_state: RandomState = None,
     gram: Any = None,
     ridge: float = _datafit.DEFAULT_RIDGE,
-    sweeps: int = _datafit.DEFAULT_SWEEPS,
+    sweeps: int | None = _datafit.DEFAULT_SWEEPS,
 ) -> SeKronTensor:
     r"""Fit a sequence of Kronecker products (SeKron) to ``W``, level by level.
 
@@ -348,8 +355,9 @@ def sekron(
         The structure (and ranks, also those chosen by ``tol``) are those of the plain fit.
     ridge : float, default 1e-6
         With ``gram``: ``λ = ridge · tr(C) / n`` added to C's diagonal for the fit.
-    sweeps : int, default 8
-        With ``gram``: sweeps of data-weighted alternating least squares.
+    sweeps : int, optional
+        With ``gram``: the most sweeps of data-weighted alternating least squares (default
+        as in :func:`sekron.nkp` for S = 2, 8 for S >= 3).
 
     Returns
     -------
