@@ -401,3 +401,19 @@ def test_real_layer_digits_mlp():
         plain_err = float(np.linalg.norm((W - plain.to_dense()) @ X.T))
         assert t.data_error_bound == pytest.approx(out_err, rel=1e-6)
         assert out_err < 0.9 * plain_err  # dead corner pixels and correlated inputs
+
+
+def test_conv_kernel_general_gram_and_three_factors():
+    rng = np.random.default_rng(12)
+    W = rng.normal(size=(8, 4, 3, 3))  # (F, C, Kh, Kw); im2col features (C, Kh, Kw)
+    C = spd(rng, 36)
+    scale = data_err(W, 0 * W, C)
+    plain = sk.nkp(W, (4, 2, 3, 1), rank=4)
+    t = sk.nkp(W, (4, 2, 3, 1), rank=4, gram=C)
+    assert t.data_error_bound == pytest.approx(data_err(W, t.to_dense(), C), abs=1e-9 * scale)
+    assert t.data_error_bound < data_err(W, plain.to_dense(), C)
+    shapes = [(2, 2, 1, 3), (2, 2, 3, 1), (2, 1, 1, 1)]
+    p3 = sk.sekron(W, shapes, ranks=(3, 2))
+    t3 = sk.sekron(W, shapes, ranks=(3, 2), gram=C)
+    assert t3.data_error_bound == pytest.approx(data_err(W, t3.to_dense(), C), abs=1e-9 * scale)
+    assert t3.data_error_bound <= data_err(W, p3.to_dense(), C) + 1e-9 * scale
