@@ -254,7 +254,9 @@ def nkp(
     root = np.sqrt(s).astype(T.dtype)
     A = (U * root).T.reshape((r, *a))
     B = (Vt * root[:, None]).reshape((r, *b))
-    plain = SeKronTensor([A, B], error_bound=math.sqrt(discarded), reference_norm=math.sqrt(norm_sq))
+    plain = SeKronTensor(
+        [A, B], error_bound=math.sqrt(discarded), reference_norm=math.sqrt(norm_sq)
+    )
     if data is None:
         return plain
     return _datafit.fit_nkp_data(W, plain, *data)
