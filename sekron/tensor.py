@@ -69,12 +69,19 @@ class SeKronTensor:
         (set by :func:`sekron.sekron` and :func:`sekron.nkp`).
     reference_norm : float, optional
         Frobenius norm of that tensor, so that a relative error can be reported.
+    data_error_bound : float, optional
+        For a data-aware fit (``gram=`` of :func:`sekron.nkp`, :func:`sekron.sekron`): the
+        data-weighted error ``‖(W − Ŵ) L‖_F = sqrt(tr((W − Ŵ) C (W − Ŵ)ᵀ))`` for the Gram
+        matrix ``C = L Lᵀ`` of the inputs, computed exactly.
+    data_reference_norm : float, optional
+        ``‖W L‖_F``, so that a relative data error can be reported.
 
     Attributes
     ----------
     factors : tuple of ndarray
     structure : Structure
-    shape, dtype, ndim, n_params, compression_ratio, error_bound, relative_error_bound
+    shape, dtype, ndim, n_params, compression_ratio, error_bound, relative_error_bound,
+    data_error_bound, data_reference_norm, data_relative_error
 
     Raises
     ------
@@ -95,7 +102,14 @@ class SeKronTensor:
     True
     """
 
-    __slots__ = ("_factors", "_structure", "_error_bound", "_reference_norm")
+    __slots__ = (
+        "_factors",
+        "_structure",
+        "_error_bound",
+        "_reference_norm",
+        "_data_error_bound",
+        "_data_reference_norm",
+    )
     # numpy must defer ``ndarray @ op`` to __rmatmul__ instead of densifying through
     # __array__; np.asarray(op) still builds the dense tensor.
     __array_ufunc__ = None
@@ -107,6 +121,8 @@ class SeKronTensor:
         *,
         error_bound: float | None = None,
         reference_norm: float | None = None,
+        data_error_bound: float | None = None,
+        data_reference_norm: float | None = None,
     ):
         if isinstance(factors, np.ndarray) or not isinstance(factors, Sequence) or len(factors) < 2:
             raise ShapeError(
@@ -126,6 +142,10 @@ class SeKronTensor:
         self._structure = inferred
         self._error_bound = None if error_bound is None else float(error_bound)
         self._reference_norm = None if reference_norm is None else float(reference_norm)
+        self._data_error_bound = None if data_error_bound is None else float(data_error_bound)
+        self._data_reference_norm = (
+            None if data_reference_norm is None else float(data_reference_norm)
+        )
 
     # -- facts --------------------------------------------------------------------------
     @property
@@ -174,6 +194,25 @@ class SeKronTensor:
         if self._reference_norm == 0.0:
             return 0.0
         return self._error_bound / self._reference_norm
+
+    @property
+    def data_error_bound(self) -> float | None:
+        """Data-weighted error ``‖(W − Ŵ) L‖_F`` of a data-aware fit (None if not one)."""
+        return self._data_error_bound
+
+    @property
+    def data_reference_norm(self) -> float | None:
+        """``‖W L‖_F`` of a data-aware fit (None if not one)."""
+        return self._data_reference_norm
+
+    @property
+    def data_relative_error(self) -> float | None:
+        """``data_error_bound / data_reference_norm`` (None if unknown; 0 if ``W L = 0``)."""
+        if self._data_error_bound is None or self._data_reference_norm is None:
+            return None
+        if self._data_reference_norm == 0.0:
+            return 0.0
+        return self._data_error_bound / self._data_reference_norm
 
     # -- dense -------------------------------------------------------------------------
     def rearranged(self) -> np.ndarray:
@@ -295,6 +334,13 @@ class SeKronTensor:
             "reference_norm": np.array(
                 np.nan if self._reference_norm is None else self._reference_norm
             ),
+            # optional entries: files without them (older ones) load with None
+            "data_error_bound": np.array(
+                np.nan if self._data_error_bound is None else self._data_error_bound
+            ),
+            "data_reference_norm": np.array(
+                np.nan if self._data_reference_norm is None else self._data_reference_norm
+            ),
         }
         for k, f in enumerate(self._factors):
             arrays[f"factor_{k}"] = f
@@ -351,6 +397,8 @@ def load(path: str | os.PathLike[str]) -> SeKronTensor:
         factors = [contents[f"factor_{k}"] for k in range(n)]
         eb = float(contents["error_bound"])
         rn = float(contents["reference_norm"])
+        deb = float(contents.get("data_error_bound", np.nan))
+        drn = float(contents.get("data_reference_norm", np.nan))
     except Exception as exc:
         raise FormatError(f"path: sekron file is missing or has malformed entries: {exc}") from None
     if version != FILE_VERSION:
@@ -360,6 +408,8 @@ def load(path: str | os.PathLike[str]) -> SeKronTensor:
             factors,
             error_bound=None if np.isnan(eb) else eb,
             reference_norm=None if np.isnan(rn) else rn,
+            data_error_bound=None if np.isnan(deb) else deb,
+            data_reference_norm=None if np.isnan(drn) else drn,
         )
     except Exception as exc:
         raise FormatError(f"path: sekron file holds invalid factors: {exc}") from None
