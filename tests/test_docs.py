@@ -14,6 +14,7 @@ PAGES = [
     "docs/getting-started.md",
     "docs/formats.md",
     "docs/compute.md",
+    "docs/data-aware.md",
     "docs/fixed.md",
     "docs/torch.md",
     "docs/adapters.md",
