@@ -75,7 +75,7 @@ def test_sub_commands_come_from_one_list():
         sub = argparse.ArgumentParser().add_subparsers()
         names.append(command.add_parser(sub).prog.split()[-1])
         assert callable(command.run)
-    assert names == ["structures", "compress", "demo"]
+    assert names == ["structures", "compress", "demo", "adapter"]
     parser = cli.build_parser()
     assert parser.parse_args(["demo", "--seed", "3"]).func is cli.demo.run
 
