@@ -26,8 +26,10 @@ time, each a strategy of its own (:func:`select` dispatches):
 
 Fits run in float64: :func:`sekron.nkp` for two factors (each term scaled by
 ``sqrt(σ)``, so both factors have the same norm) and :func:`sekron.sekron` otherwise,
-all through :func:`fit_structure`. Data-aware fits (DESIGN.md 2.8) will enter there: a
-``gram=`` argument passed by every strategy to :func:`fit_structure` and on to the core.
+all through :func:`fit_structure`. Data-aware fits (DESIGN.md 2.8): every strategy takes
+``gram=`` (the Gram matrix ``Σ x xᵀ`` of the layer's inputs) and ``ridge=`` and passes them
+to the core; candidates are then compared by their certified *data-weighted* error
+``‖(W − Ŵ) L‖_F`` (``L Lᵀ = gram``) instead of the weight error.
 
 :func:`compress_weight` is the compressor core of both compressors: one weight and a
 chooser (:func:`budget`, or an adapter's) in, its fit and one :class:`WeightReport` out.
@@ -44,6 +46,7 @@ import numpy as np
 
 from ._kron import rearrange
 from ._validation import as_positive_int, check_exactly_one, check_ratio, check_tol
+from ._datafit import DEFAULT_RIDGE
 from .decompose import nkp, sekron
 from .errors import SekronError, ShapeError
 from .structure import Structure, structures
@@ -54,6 +57,7 @@ __all__ = [
     "WeightReport",
     "CostFn",
     "fit_structure",
+    "fit_error",
     "fit_candidates",
     "select",
     "select_fixed",
@@ -61,6 +65,7 @@ __all__ = [
     "select_by_ratio_deep",
     "select_by_tol",
     "compress_weight",
+    "relative_data_error",
     "budget",
     "Chooser",
 ]
@@ -95,7 +100,13 @@ class Selection:
 
 
 def fit_structure(
-    W: np.ndarray, structure: Structure, *, tol: float | None = None, random_state: Any = 0
+    W: np.ndarray,
+    structure: Structure,
+    *,
+    tol: float | None = None,
+    gram: Any = None,
+    ridge: float = DEFAULT_RIDGE,
+    random_state: Any = 0,
 ) -> SeKronTensor:
     """Fit ``W`` with the core: :func:`sekron.nkp` for two factors, :func:`sekron.sekron` else.
 
@@ -106,6 +117,11 @@ def fit_structure(
         With ``tol`` only its factor shapes count: the core picks the ranks.
     tol : float in [0, 1), optional
         A relative error target instead of the structure's ranks.
+    gram : ndarray of shape (n, n), optional
+        Gram matrix of the layer's inputs (``n = prod(W.shape[1:])``): fit the
+        data-weighted error (:func:`sekron.nkp`'s ``gram``).
+    ridge : float, default 1e-6
+        The core's ridge of ``gram`` (relative to its mean diagonal).
     random_state : int, Generator or None, default 0
         Seed of the randomized SVDs.
 
@@ -123,21 +139,43 @@ def fit_structure(
     >>> fit.n_params, fit.relative_error_bound < 1e-12
     (13, True)
     """
-    # the seam of data-aware fits: a gram= argument goes through here to nkp/sekron
+    data = {"gram": gram, "ridge": ridge} if gram is not None else {}
     if structure.n_factors == 2:
         shape_a = structure.shapes[0]
         if tol is not None:
-            return nkp(W, shape_a, tol=tol, random_state=random_state)
-        return nkp(W, shape_a, rank=structure.ranks[0], random_state=random_state)
+            return nkp(W, shape_a, tol=tol, random_state=random_state, **data)
+        return nkp(W, shape_a, rank=structure.ranks[0], random_state=random_state, **data)
     if tol is not None:
-        return sekron(W, structure.shapes, tol=tol, random_state=random_state)
-    return sekron(W, structure, random_state=random_state)
+        return sekron(W, structure.shapes, tol=tol, random_state=random_state, **data)
+    return sekron(W, structure, random_state=random_state, **data)
+
+
+def fit_error(fit: SeKronTensor) -> float:
+    """The error candidates are compared by: the data-weighted one when the fit has it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import sekron as sk
+    >>> from sekron.selection import fit_error
+    >>> W = np.random.default_rng(0).normal(size=(8, 8))
+    >>> fit_error(sk.nkp(W, (2, 2))) == sk.nkp(W, (2, 2)).error_bound
+    True
+    """
+    if fit.data_error_bound is not None:
+        return float(fit.data_error_bound)
+    return float(fit.error_bound or 0.0)
 
 
 def fit_candidates(
-    W: np.ndarray, candidates: Iterable[Structure], *, random_state: Any = 0
+    W: np.ndarray,
+    candidates: Iterable[Structure],
+    *,
+    gram: Any = None,
+    ridge: float = DEFAULT_RIDGE,
+    random_state: Any = 0,
 ) -> list[tuple[Structure, SeKronTensor]]:
-    """Fit every candidate structure to ``W``, in order.
+    """Fit every candidate structure to ``W``, in order (data-aware with ``gram``).
 
     Examples
     --------
@@ -150,7 +188,10 @@ def fit_candidates(
     [False, True]
     """
     W = np.asarray(W, dtype=np.float64)
-    return [(st, fit_structure(W, st, random_state=random_state)) for st in candidates]
+    return [
+        (st, fit_structure(W, st, gram=gram, ridge=ridge, random_state=random_state))
+        for st in candidates
+    ]
 
 
 def _largest_uniform_rank(shapes: tuple[tuple[int, ...], ...], budget: float) -> Structure | None:
@@ -283,7 +324,12 @@ def _over_budget(
 
 
 def _least_error(
-    W: np.ndarray, cands: list[Structure], cost: CostFn, max_candidates: int, random_state: Any
+    W: np.ndarray,
+    cands: list[Structure],
+    cost: CostFn,
+    max_candidates: int,
+    random_state: Any,
+    data: dict[str, Any],
 ) -> Selection:
     """Fit the first ``max_candidates`` (plus the low-rank split); the least error wins."""
     tried = cands[:max_candidates]
@@ -291,8 +337,8 @@ def _least_error(
     if low_rank and not any(_is_low_rank(c) for c in tried):
         tried = tried[: max_candidates - 1] + low_rank[:1]
     best: tuple[Any, ...] | None = None
-    for st, fit in fit_candidates(W, tried, random_state=random_state):
-        key = (fit.error_bound or 0.0, cost(st))
+    for st, fit in fit_candidates(W, tried, random_state=random_state, **data):
+        key = (fit_error(fit), cost(st))
         if best is None or key < best[0]:
             best = (key, st, fit)
     assert best is not None  # tried is never empty: the caller checked cands
@@ -305,6 +351,8 @@ def select_fixed(
     *,
     ranks: Any = None,
     accept: Callable[[Structure], bool] | None = None,
+    gram: Any = None,
+    ridge: float = DEFAULT_RIDGE,
     random_state: Any = 0,
 ) -> Selection:
     """Fit the given structure (a :class:`~sekron.Structure`, or factor shapes and ``ranks``).
@@ -328,7 +376,8 @@ def select_fixed(
         raise ShapeError(f"structure: expected a structure of shape {W.shape}, got {st.shape}")
     if accept is not None and not accept(st):
         raise ShapeError(f"structure: {st} does not have the form this layer needs")
-    return Selection(st, fit_structure(W, st, random_state=random_state), 1)
+    fit = fit_structure(W, st, gram=gram, ridge=ridge, random_state=random_state)
+    return Selection(st, fit, 1)
 
 
 def select_by_ratio(
@@ -340,6 +389,8 @@ def select_by_ratio(
     accept: Callable[[Structure], bool] | None = None,
     max_candidates: int = 6,
     order: str = "cost",
+    gram: Any = None,
+    ridge: float = DEFAULT_RIDGE,
     random_state: Any = 0,
 ) -> Selection:
     """Two factors within ``W.size / ratio`` parameters: the least error of the cheapest.
@@ -379,7 +430,8 @@ def select_by_ratio(
         cands.sort(key=lambda st: (-st.n_params, cost_of(st), st.shapes))
     else:
         cands.sort(key=lambda st: (cost_of(st) >= dense_cost, cost_of(st), -st.n_params, st.shapes))
-    return _least_error(W, cands, cost_of, max_candidates, random_state)
+    data = {"gram": gram, "ridge": ridge}
+    return _least_error(W, cands, cost_of, max_candidates, random_state, data)
 
 
 def select_by_ratio_deep(
@@ -391,6 +443,8 @@ def select_by_ratio_deep(
     dense_cost: int,
     accept: Callable[[Structure], bool] | None = None,
     max_candidates: int = 6,
+    gram: Any = None,
+    ridge: float = DEFAULT_RIDGE,
     random_state: Any = 0,
 ) -> Selection:
     """``n_factors >= 3`` within ``W.size / ratio`` parameters, by a bound on the error.
@@ -430,7 +484,8 @@ def select_by_ratio_deep(
     cost_of = _memo(cost)
     cheap = [c for c in cands[: 8 * max_candidates] if cost_of(c) < dense_cost]
     cands = cheap + [c for c in cands if c not in cheap]
-    return _least_error(W, cands, cost_of, max_candidates, random_state)
+    data = {"gram": gram, "ridge": ridge}
+    return _least_error(W, cands, cost_of, max_candidates, random_state, data)
 
 
 def select_by_tol(
@@ -441,6 +496,8 @@ def select_by_tol(
     cost: CostFn,
     accept: Callable[[Structure], bool] | None = None,
     max_candidates: int = 6,
+    gram: Any = None,
+    ridge: float = DEFAULT_RIDGE,
     random_state: Any = 0,
 ) -> Selection:
     """The fewest parameters with relative error ``<= tol`` (the core picks the ranks).
@@ -469,7 +526,9 @@ def select_by_tol(
     tried = _spread(sorted(sets, key=lambda s: (Structure(s, 1).n_params, s)), max_candidates)
     best: tuple[Any, ...] | None = None
     for shapes in tried:
-        fit = fit_structure(W, Structure(shapes, 1), tol=t, random_state=random_state)
+        fit = fit_structure(
+            W, Structure(shapes, 1), tol=t, gram=gram, ridge=ridge, random_state=random_state
+        )
         key = (fit.structure.n_params, cost(fit.structure))
         if best is None or key < best[0]:
             best = (key, fit.structure, fit)
@@ -496,6 +555,8 @@ def select(
     max_candidates: int = 6,
     random_state: Any = 0,
     order: str = "cost",
+    gram: Any = None,
+    ridge: float = DEFAULT_RIDGE,
 ) -> Selection:
     """Choose and fit a structure for the weight ``W`` with one of the strategies.
 
@@ -526,6 +587,12 @@ def select(
     order : {"cost", "params"}, default "cost"
         How two-factor candidates of ``ratio`` are ranked: by ``cost`` (for speed) or
         by the parameters they use, most first (for storage).
+    gram : ndarray of shape (n, n), optional
+        Gram matrix ``Σ x xᵀ`` of the layer's inputs (``n = prod(W.shape[1:])``; for a
+        conv kernel, of its im2col patches): fit and compare the candidates by the
+        data-weighted error (DESIGN.md 2.8) instead of the weight error.
+    ridge : float, default 1e-6
+        With ``gram``: the core's ridge, relative to ``tr(gram) / n``.
 
     Returns
     -------
@@ -560,8 +627,11 @@ def select(
             "ranks: expected None unless structure= is given "
             f"(ratio= and tol= choose the ranks), got {ranks!r}"
         )
+    data = {"gram": gram, "ridge": ridge}
     if chosen == "structure":
-        return select_fixed(W, structure, ranks=ranks, accept=accept, random_state=random_state)
+        return select_fixed(
+            W, structure, ranks=ranks, accept=accept, random_state=random_state, **data
+        )
     if chosen == "tol":
         return select_by_tol(
             W,
@@ -571,6 +641,7 @@ def select(
             accept=accept,
             max_candidates=max_candidates,
             random_state=random_state,
+            **data,
         )
     S = as_positive_int(n_factors, "n_factors", minimum=2)
     if S == 2:
@@ -583,6 +654,7 @@ def select(
             max_candidates=max_candidates,
             order=order,
             random_state=random_state,
+            **data,
         )
     return select_by_ratio_deep(
         W,
@@ -593,6 +665,7 @@ def select(
         accept=accept,
         max_candidates=max_candidates,
         random_state=random_state,
+        **data,
     )
 
 
@@ -619,7 +692,11 @@ class WeightReport:
     shape : tuple of int or None
         The weight's shape.
     data_error : float or None
-        Relative error on the layer's inputs (data-aware fits; None until they land).
+        Relative data-weighted error ``‖(W − Ŵ) L‖ / ‖W L‖`` on the layer's inputs
+        (``L Lᵀ`` their Gram matrix), when calibrated.
+    plain_data_error : float or None
+        The same error for the plain (weight-error) choice under the same budget: what
+        calibration gained on this layer.
     """
 
     name: str
@@ -633,6 +710,7 @@ class WeightReport:
     skipped: str | None = None
     shape: tuple[int, ...] | None = None
     data_error: float | None = None
+    plain_data_error: float | None = None
 
     @property
     def ratio(self) -> float:
@@ -640,8 +718,8 @@ class WeightReport:
         return self.params_before / self.params_after
 
 
-Chooser = Callable[[Any], Selection]
-"""Chooses and fits a structure for one weight: :func:`budget` or an adapter's own."""
+Chooser = Callable[..., Selection]
+"""``choose(W, gram=None) -> Selection``: :func:`budget`, or an adapter's own chooser."""
 
 
 def budget(
@@ -654,6 +732,7 @@ def budget(
     accept: Callable[[Structure], bool] | None = None,
     order: str = "params",
     max_candidates: int = 6,
+    ridge: float = DEFAULT_RIDGE,
     random_state: Any = 0,
 ) -> Chooser:
     """A chooser for :func:`compress_weight`: :func:`select` under ``ratio`` or ``tol``.
@@ -680,9 +759,11 @@ def budget(
     if tol is not None:
         tol = check_tol(tol)
 
-    def choose(W: np.ndarray) -> Selection:
+    def choose(W: np.ndarray, gram: Any = None) -> Selection:
         return select(
             W,
+            gram=gram,
+            ridge=ridge,
             ratio=ratio,
             tol=tol,
             n_factors=n_factors,
@@ -697,8 +778,35 @@ def budget(
     return choose
 
 
+def relative_data_error(W: Any, fit: SeKronTensor, gram: Any) -> float:
+    """``‖(W − Ŵ) L‖_F / ‖W L‖_F`` with ``L Lᵀ = gram``, computed from the dense residual.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import sekron as sk
+    >>> from sekron.selection import relative_data_error
+    >>> W = np.random.default_rng(0).normal(size=(6, 4))
+    >>> relative_data_error(W, sk.nkp(W, (6, 1), rank=4), np.eye(4)) < 1e-12
+    True
+    """
+    W = np.asarray(W, dtype=np.float64)
+    C = np.asarray(gram, dtype=np.float64)
+    E = (W - fit.to_dense().astype(np.float64)).reshape(W.shape[0], -1)
+    Wm = W.reshape(W.shape[0], -1)
+    den = float(np.einsum("ij,ij->", Wm @ C, Wm))
+    num = max(float(np.einsum("ij,ij->", E @ C, E)), 0.0)
+    return 0.0 if den <= 0.0 else math.sqrt(num / den)
+
+
 def compress_weight(
-    W: Any, choose: Chooser, *, name: str = "", kind: str = "tensor"
+    W: Any,
+    choose: Chooser,
+    *,
+    name: str = "",
+    kind: str = "tensor",
+    gram: Any = None,
+    compare_plain: bool = True,
 ) -> tuple[Selection | None, WeightReport]:
     """The compressor core: choose and fit a structure for one weight, and report on it.
 
@@ -714,9 +822,14 @@ def compress_weight(
     W : array-like
         The weight (anything with a ``shape``; ``choose`` is what reads it).
     choose : callable
-        ``choose(W) -> Selection``, e.g. ``budget(ratio=4)``.
+        ``choose(W, gram=None) -> Selection``, e.g. ``budget(ratio=4)``.
     name, kind : str
         What the report calls the weight.
+    gram : ndarray of shape (n, n), optional
+        Gram matrix of the weight's inputs: the choice and fit are data-aware, and the
+        report carries the data-weighted error.
+    compare_plain : bool, default True
+        With ``gram``: also choose without it, to report the plain fit's data error.
 
     Returns
     -------
@@ -738,9 +851,12 @@ def compress_weight(
     shape = tuple(np.shape(W))
     size = int(np.prod(shape))
     try:
-        sel = choose(W)
+        sel = choose(W) if gram is None else choose(W, gram=gram)
     except (SekronError, ValueError) as exc:
         return None, WeightReport(name, kind, None, size, size, skipped=str(exc), shape=shape)
+    plain = None
+    if gram is not None and compare_plain:
+        plain = relative_data_error(W, choose(W).fit, gram)
     report = WeightReport(
         name,
         kind,
@@ -749,5 +865,7 @@ def compress_weight(
         sel.fit.n_params,
         relative_error=sel.fit.relative_error_bound,
         shape=shape,
+        data_error=None if gram is None else sel.fit.data_relative_error,
+        plain_data_error=plain,
     )
     return sel, report
