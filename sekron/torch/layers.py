@@ -218,6 +218,9 @@ class SeKronLinear(_SeKronModule):
         tol: float | None = None,
         n_factors: int = 2,
         max_candidates: int = 6,
+        gram: Any = None,
+        ridge: float = 1e-6,
+        accept: Any = None,
         random_state: Any = 0,
     ) -> SeKronLinear:
         """Fit a pretrained ``nn.Linear`` with the core's NKP/SeKron fit.
@@ -236,6 +239,15 @@ class SeKronLinear(_SeKronModule):
             S, for ``ratio`` and ``tol``.
         max_candidates : int, default 6
             How many structures to fit when choosing.
+        gram : ndarray of shape (in_features, in_features), optional
+            Gram matrix ``Σ x xᵀ`` of the layer's inputs (:func:`sekron.torch.calibrate`):
+            fit and choose by the error on those inputs, ``‖(W − Ŵ) L‖_F`` with
+            ``L Lᵀ = gram`` (DESIGN.md 2.8), instead of the weight error.
+        ridge : float, default 1e-6
+            With ``gram``: the core's ridge, relative to ``tr(gram) / n``.
+        accept : callable, optional
+            ``accept(structure) -> bool``: which candidate structures may be chosen
+            (e.g. Kronecker-only or low-rank-only).
         random_state : int, Generator or None, default 0
             Seed of the randomized SVD.
 
@@ -274,6 +286,9 @@ class SeKronLinear(_SeKronModule):
             cost=lambda st: linear_macs(st)["sekron"],
             dense_cost=W.size,
             max_candidates=max_candidates,
+            accept=accept,
+            gram=gram,
+            ridge=ridge,
             random_state=random_state,
         )
         w = layer.weight
@@ -432,6 +447,9 @@ class SeKronConv2d(_SeKronModule):
         n_factors: int = 2,
         max_candidates: int = 6,
         in_hw: tuple[int, int] | None = None,
+        gram: Any = None,
+        ridge: float = 1e-6,
+        accept: Any = None,
         random_state: Any = 0,
     ) -> SeKronConv2d:
         """Fit a pretrained ``nn.Conv2d`` (GKPD for two factors, SeKron otherwise).
@@ -440,8 +458,10 @@ class SeKronConv2d(_SeKronModule):
         ----------
         layer : nn.Conv2d
             ``groups=1`` and ``padding_mode="zeros"``.
-        structure, ranks, ratio, tol, n_factors, max_candidates, random_state
-            As :meth:`SeKronLinear.from_linear`, with 4-D factor shapes.
+        structure, ranks, ratio, tol, n_factors, max_candidates, gram, ridge, accept, random_state
+            As :meth:`SeKronLinear.from_linear`, with 4-D factor shapes; ``gram`` is the
+            Gram matrix of the layer's im2col patches, ``(C·Kh·Kw)²`` in ``(C, Kh, Kw)``
+            order (:func:`sekron.torch.calibrate` computes it).
         in_hw : pair of ints, optional
             Input size used to rank candidates by multiply-adds (default 32×32).
 
@@ -487,6 +507,9 @@ class SeKronConv2d(_SeKronModule):
             cost=lambda st: conv_cost(st, hw, probe.stride, probe._pads, probe.dilation)["sekron"],
             dense_cost=probe.macs(hw)["dense"],
             max_candidates=max_candidates,
+            accept=accept,
+            gram=gram,
+            ridge=ridge,
             random_state=random_state,
         )
         w = layer.weight
