@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from functools import lru_cache
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Literal
 
 from sekron.errors import ShapeError
