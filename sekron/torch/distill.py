@@ -9,10 +9,11 @@ logits at a temperature. :class:`Capture` records module outputs with forward ho
 
 from __future__ import annotations
 
-import sys
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,7 +32,9 @@ def hidden_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     1.0
     """
     if student.shape != teacher.shape:
-        raise ValueError(f"student: expected the teacher's shape {tuple(teacher.shape)}, got {tuple(student.shape)}")
+        raise ValueError(
+            f"student: expected the teacher's shape {tuple(teacher.shape)}, got {tuple(student.shape)}"
+        )
     return F.mse_loss(student, teacher.detach())
 
 
@@ -44,7 +47,9 @@ def attention_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor) -
     return hidden_loss(student_scores, teacher_scores)
 
 
-def logit_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def logit_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     r"""Soft cross-entropy ``T² · KL(softmax(t/T) ‖ softmax(s/T))`` over the last axis.
 
     The ``T²`` factor keeps the gradient scale independent of the temperature (Hinton et
@@ -110,8 +115,10 @@ class Capture:
 
     def __enter__(self) -> Capture:
         for name, mod in self._modules:
+
             def hook(m: nn.Module, args: Any, out: Any, name: str = name) -> None:
                 self.outputs[name] = _first_tensor(out)
+
             self._handles.append(mod.register_forward_hook(hook))
         return self
 
@@ -137,6 +144,48 @@ def _pairs(spec: Sequence[str] | Mapping[str, str] | None) -> list[tuple[str, st
     return [(n, n) for n in spec]
 
 
+def _collate(items: Sequence[Any]) -> Any:
+    """Stack a list of samples into one batch: tensors stacked, tuples and dicts field-wise."""
+    first = items[0]
+    if isinstance(first, torch.Tensor):
+        return torch.stack(list(items))
+    if isinstance(first, Mapping):
+        return {k: _collate([it[k] for it in items]) for k in first}
+    if isinstance(first, (tuple, list)):
+        return tuple(_collate(list(col)) for col in zip(*items, strict=True))
+    return list(items)
+
+
+def _epoch_batches(
+    data: Iterable[Any],
+    batch_size: int | None,
+    collate: Callable[[list[Any]], Any],
+    rng: np.random.Generator | None,
+) -> Iterable[Any]:
+    if batch_size is None:
+        return data
+    items = list(data)
+    order = rng.permutation(len(items)) if rng is not None else np.arange(len(items))
+    return (
+        collate([items[i] for i in order[k : k + batch_size]])
+        for k in range(0, len(items), batch_size)
+    )
+
+
+def _n_batches(data: Iterable[Any], batch_size: int | None) -> int | None:
+    if not hasattr(data, "__len__"):
+        return None
+    n = len(data)  # type: ignore[arg-type]
+    return n if batch_size is None else -(-n // batch_size)
+
+
+def _positive(value: Any, name: str, integer: bool) -> None:
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if value is not None and (isinstance(value, bool) or not ok or not value > 0):
+        what = "a positive integer" if integer else "a positive number"
+        raise ValueError(f"{name}: expected {what} or None, got {value!r}")
+
+
 def distill(
     student: nn.Module,
     teacher: nn.Module,
@@ -151,6 +200,11 @@ def distill(
     lr: float = 1e-3,
     optimizer: torch.optim.Optimizer | None = None,
     max_steps: int | None = None,
+    max_seconds: float | None = None,
+    batch_size: int | None = None,
+    collate: Callable[[list[Any]], Any] | None = None,
+    shuffle: bool = False,
+    random_state: int | None = None,
     progress: bool = False,
 ) -> list[float]:
     """Train ``student`` to match ``teacher`` on ``data`` (KroneckerBERT-style distillation).
@@ -159,9 +213,11 @@ def distill(
     ----------
     student, teacher : nn.Module
         The teacher is put in eval mode and never updated; the student is trained.
-    data : iterable of batches
+    data : iterable of batches, or a sequence of samples with ``batch_size``
         Re-iterated every epoch; a batch is passed as ``model(*batch)`` (tuple/list),
-        ``model(**batch)`` (dict) or ``model(batch)``.
+        ``model(**batch)`` (dict) or ``model(batch)``. With ``batch_size``, ``data`` is a
+        long list of single samples (thousands of sentences, say) that is grouped into
+        mini-batches every epoch.
     hidden : list of names, or dict student name -> teacher name, optional
         Modules whose outputs (hidden states) are matched with MSE.
     attention : list or dict of names, optional
@@ -178,8 +234,22 @@ def distill(
     optimizer : torch.optim.Optimizer, optional
     max_steps : int, optional
         Stop after this many steps.
+    max_seconds : float, optional
+        A time budget: stop before the next step once this much time has passed (checked
+        between steps; at least one step runs).
+    batch_size : int, optional
+        Group the samples of ``data`` into mini-batches of this many (the last one may be
+        smaller). Default: every item of ``data`` already is a batch.
+    collate : callable, optional
+        Turns a list of samples into a batch (for example a tokenizer with padding, for
+        a list of sentences). Default: tensors are stacked, tuples and dicts field-wise.
+    shuffle : bool, default False
+        With ``batch_size``: draw a new order of the samples every epoch, seeded by
+        ``random_state`` (same seed, same batches).
+    random_state : int, optional
+        Seed of the shuffling.
     progress : bool, default False
-        Write the running loss to stderr.
+        Show a tqdm progress bar with the running loss (on stderr).
 
     Returns
     -------
@@ -189,12 +259,12 @@ def distill(
     Raises
     ------
     ValueError
-        If no loss term is selected.
+        If no loss term is selected, or a limit or ``batch_size`` is not positive.
 
     Examples
     --------
     >>> import torch
-    >>> from sekron.torch import distill
+    >>> from sekron.torch.distill import distill
     >>> _ = torch.manual_seed(0)
     >>> teacher = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
     >>> student = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
@@ -202,6 +272,14 @@ def distill(
     >>> losses = distill(student, teacher, data, hidden=["1"], epochs=3, lr=1e-2)
     >>> losses[-1] < losses[0]
     True
+
+    A long list of samples, mini-batched and shuffled, within a time budget:
+
+    >>> samples = [torch.randn(4) for _ in range(320)]
+    >>> losses = distill(student, teacher, samples, hidden=["1"], batch_size=32, shuffle=True,
+    ...                  random_state=0, max_seconds=60)
+    >>> len(losses)
+    10
     """
     w = {"hidden": 1.0, "attention": 1.0, "logits": 1.0, **(weights or {})}
     hid, att = _pairs(hidden), _pairs(attention)
@@ -214,38 +292,60 @@ def distill(
         to_logits = None
     if not hid and not att and to_logits is None:
         raise ValueError("distill: expected at least one of hidden=, attention= and logits=")
+    _positive(max_steps, "max_steps", True)
+    _positive(max_seconds, "max_seconds", False)
+    _positive(batch_size, "batch_size", True)
     opt = optimizer or torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=lr)
     teacher.eval()
     student.train()
     s_names = [s for s, _ in hid + att]
     t_names = [t for _, t in hid + att]
+    rng = np.random.default_rng(random_state) if shuffle and batch_size is not None else None
+    per_epoch = _n_batches(data, batch_size)
+    total_steps = None if per_epoch is None else per_epoch * int(epochs)
+    if max_steps is not None:
+        total_steps = max_steps if total_steps is None else min(total_steps, max_steps)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_steps, desc="distill", unit="step", disable=not progress, leave=False)
     losses: list[float] = []
-    step = 0
-    for _ in range(int(epochs)):
-        for batch in data:
-            with torch.no_grad(), Capture(teacher, t_names) as tcap:
-                t_out = _call(teacher, batch)
-            with Capture(student, s_names) as scap:
-                s_out = _call(student, batch)
-            total = torch.zeros((), dtype=torch.float32)
-            for s, t in hid:
-                total = total + w["hidden"] * hidden_loss(scap.outputs[s], tcap.outputs[t])
-            for s, t in att:
-                total = total + w["attention"] * attention_loss(scap.outputs[s], tcap.outputs[t])
-            if to_logits is not None:
-                total = total + w["logits"] * logit_loss(to_logits(s_out), to_logits(t_out), temperature)
-            opt.zero_grad()
-            total.backward()
-            opt.step()
-            losses.append(float(total.detach()))
-            step += 1
-            if progress:
-                sys.stderr.write(f"\rdistill step {step}: loss {losses[-1]:.5f}")
-                sys.stderr.flush()
-            if max_steps is not None and step >= max_steps:
+    start = time.perf_counter()
+
+    def out_of_budget() -> bool:
+        if max_steps is not None and len(losses) >= max_steps:
+            return True
+        return (
+            max_seconds is not None and bool(losses) and time.perf_counter() - start > max_seconds
+        )
+
+    try:
+        for _ in range(int(epochs)):
+            for batch in _epoch_batches(data, batch_size, collate or _collate, rng):
+                if out_of_budget():
+                    break
+                with torch.no_grad(), Capture(teacher, t_names) as tcap:
+                    t_out = _call(teacher, batch)
+                with Capture(student, s_names) as scap:
+                    s_out = _call(student, batch)
+                total = torch.zeros((), dtype=torch.float32)
+                for s, t in hid:
+                    total = total + w["hidden"] * hidden_loss(scap.outputs[s], tcap.outputs[t])
+                for s, t in att:
+                    total = total + w["attention"] * attention_loss(
+                        scap.outputs[s], tcap.outputs[t]
+                    )
+                if to_logits is not None:
+                    total = total + w["logits"] * logit_loss(
+                        to_logits(s_out), to_logits(t_out), temperature
+                    )
+                opt.zero_grad()
+                total.backward()
+                opt.step()
+                losses.append(float(total.detach()))
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.5f}", refresh=False)
+            if out_of_budget():
                 break
-        if max_steps is not None and step >= max_steps:
-            break
-    if progress:
-        sys.stderr.write("\n")
+    finally:
+        bar.close()
     return losses
