@@ -223,5 +223,5 @@ def test_both_compressors_report_with_one_type():
 
     _, report = compress_weights({"w": np.ones((64, 64))}, ratio=4)
     assert TensorReport is WeightReport and isinstance(report[0], WeightReport)
-    torch_compress = pytest.importorskip("sekron.torch.compress")
+    torch_compress = pytest.importorskip("sekron.torch.compression")
     assert torch_compress.LayerReport is WeightReport

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from ._contract import linear_macs
 from ._conv import TorchBackend
-from .compress import CompressionReport, LayerReport, compress
-from .distill import Capture, attention_loss, distill, hidden_loss, logit_loss
+from .compression import CompressionReport, LayerReport, compress
+from .distillation import Capture, attention_loss, distill, hidden_loss, logit_loss
 from . import adapters
 from .int_model import integerize
 from .int_sekron import IntSeKronConv2d, IntSeKronLinear, IntTorchBackend

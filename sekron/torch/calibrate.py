@@ -38,7 +38,7 @@ from torch import nn
 
 from sekron.errors import FormatError, ShapeError
 
-from .distill import _call
+from .distillation import _call
 
 __all__ = ["InputGram", "calibrate", "save_grams", "load_grams"]
 

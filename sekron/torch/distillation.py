@@ -264,7 +264,7 @@ def distill(
     Examples
     --------
     >>> import torch
-    >>> from sekron.torch.distill import distill
+    >>> from sekron.torch import distill
     >>> _ = torch.manual_seed(0)
     >>> teacher = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
     >>> student = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
