@@ -56,7 +56,9 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "img"
-METHODS = ("sekron", "gkpd", "svd", "tt", "tucker")
+METHODS = ("sekron", "gkpd", "svd", "tt", "tucker", "sekron-data", "gkpd-data", "svd-data", "sekron3", "sekron3-data")
+# calibrated methods: fitted to the Gram of each layer's inputs on the calibration sentences
+DATA_METHODS = ("sekron-data", "gkpd-data", "svd-data", "sekron3-data")
 LINEARS = (
     "attention.self.query",
     "attention.self.key",
@@ -501,19 +503,74 @@ def compress_baseline(model: SentenceEncoder, names: Sequence[str], method: str,
     return out, rows
 
 
-def compress_sekron(model: SentenceEncoder, names: Sequence[str], ratio: float, seed: int, max_candidates: int) -> tuple[SentenceEncoder, list[dict[str, Any]]]:
+def compress_sekron(
+    model: SentenceEncoder,
+    names: Sequence[str],
+    ratio: float,
+    seed: int,
+    max_candidates: int,
+    method: str = "sekron",
+    calibration: list[dict[str, torch.Tensor]] | None = None,
+) -> tuple[SentenceEncoder, list[dict[str, Any]]]:
+    """``sekron.torch.compress``: plain, or calibrated (data-aware fits, model-wide budget)."""
     from sekron.torch import compress
 
+    opts: dict[str, Any] = {}
+    if method in DATA_METHODS:
+        opts = {"calibration": calibration, "budget": "model"}
+    if method in ("svd-data",):
+        opts["methods"] = "lowrank"
+    if method in ("sekron3", "sekron3-data"):
+        opts["methods"] = ("lowrank", "kronecker", "sekron")
     small, report = compress(model, ratio=ratio, include=list(names), n_factors=2, max_candidates=max_candidates,
-                             random_state=seed, progress=False)
+                             random_state=seed, progress=False, **opts)
     print(report)
     rows = [{"name": r.name, "structure": r.structure, "params_before": r.params_before,
-             "params_after": r.params_after, "relative_error": r.relative_error} for r in report]
+             "params_after": r.params_after, "relative_error": r.relative_error,
+             "data_error": r.data_error, "plain_data_error": r.plain_data_error} for r in report]
     return small, rows  # type: ignore[return-value]
 
 
+def compress_gkpd_data(
+    model: SentenceEncoder, names: Sequence[str], ratio: float, seed: int, grams: dict[str, np.ndarray]
+) -> tuple[SentenceEncoder, list[dict[str, Any]]]:
+    """Balanced Kronecker shapes (as ``gkpd``), fitted to each layer's input Gram (data-aware)."""
+    import copy
+
+    from sekron import Structure
+    from sekron.selection import relative_data_error
+    from sekron.torch import SeKronLinear
+
+    out = copy.deepcopy(model)
+    rows = []
+    for name in names:
+        lin = out.get_submodule(name)
+        W = lin.weight.detach().double().numpy()
+        a, b = _kron_shapes(*W.shape)
+        r = int(W.size / ratio // (a[0] * a[1] + b[0] * b[1]))
+        st = Structure([a, b], ranks=r)
+        new = SeKronLinear.from_linear(lin, st, gram=grams[name], ridge=1e-3, random_state=seed)
+        plain = SeKronLinear.from_linear(lin, st, random_state=seed)
+        _swap(out, name, new)
+        assert new.selection is not None and plain.selection is not None
+        rows.append({"name": name, "structure": str(st), "params_before": lin.weight.numel() + lin.bias.numel(),
+                     "params_after": sum(p.numel() for p in new.parameters()),
+                     "relative_error": float(new.fit_relative_error or 0.0),
+                     "data_error": new.selection.fit.data_relative_error,
+                     "plain_data_error": relative_data_error(W, plain.selection.fit, grams[name])})
+    return out, rows
+
+
+def layer_grams(model: SentenceEncoder, names: Sequence[str], data: list[dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:
+    """Mean second moment of each named layer's inputs on ``data`` (sekron.torch.calibrate)."""
+    from sekron.torch.calibrate import calibrate
+
+    found = calibrate(model, data, include=list(names), progress=False)
+    return {k: g.gram / g.n_samples for k, g in found.items()}
+
+
 # --------------------------------------------------------------------- distillation
-def distill_student(student: SentenceEncoder, teacher: SentenceEncoder, data: list[dict[str, torch.Tensor]], n_layers: int, epochs: int, lr: float) -> tuple[list[float], float]:
+def distill_student(student: SentenceEncoder, teacher: SentenceEncoder, data: list[dict[str, torch.Tensor]], n_layers: int, epochs: int, lr: float, max_seconds: float | None = None) -> tuple[list[float], float]:
     from sekron.torch import distill
 
     for p in student.bert.embeddings.parameters():
@@ -522,7 +579,8 @@ def distill_student(student: SentenceEncoder, teacher: SentenceEncoder, data: li
     opt = torch.optim.Adam(params, lr=lr)
     hidden = [f"bert.encoder.layer.{i}" for i in range(n_layers)] + ["pool"]
     start = time.perf_counter()
-    losses = distill(student, teacher, data, hidden=hidden, logits=False, epochs=epochs, optimizer=opt)
+    losses = distill(student, teacher, data, hidden=hidden, logits=False, epochs=epochs, optimizer=opt,
+                     max_seconds=max_seconds, shuffle=True, random_state=0)
     return losses, time.perf_counter() - start
 
 
@@ -538,7 +596,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None, help="distillation epochs (default 6, quick 3)")
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--n-eval", type=int, default=64, help="held-out sentences (the rest distil)")
+    p.add_argument("--n-eval", type=int, default=64, help="held-out sentences (built-in corpus; the rest distil)")
+    p.add_argument("--corpus", choices=("python-docs", "builtin"), default="python-docs",
+                   help="python-docs: sentences of Python's own documentation (sekron.data.text), split into "
+                        "distillation / calibration / held-out; builtin: the 160 sentences above")
+    p.add_argument("--n-calib", type=int, default=512, help="calibration sentences (data-aware methods)")
+    p.add_argument("--n-train", type=int, default=None, help="distillation sentences (default: the whole train split)")
+    p.add_argument("--n-heldout", type=int, default=256, help="held-out sentences scored (python-docs corpus)")
+    p.add_argument("--distill-seconds", type=float, default=None, help="time budget of each distillation")
     p.add_argument("--max-candidates", type=int, default=None, help="structures compress() fits per layer (default 4, quick 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
@@ -549,6 +614,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     a.epochs = a.epochs if a.epochs is not None else (3 if a.quick else 6)
     a.max_candidates = a.max_candidates or (2 if a.quick else 4)
     return a
+
+
+def _mean_of(rows: list[dict[str, Any]], key: str) -> float | None:
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return float(np.mean(vals)) if vals else None
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -562,7 +632,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     n_blocks = len(teacher.bert.encoder.layer)
     blocks = sorted(set(args.layers)) if args.layers is not None else list(range(n_blocks))
     names = [f"bert.encoder.layer.{i}.{s}" for i in blocks for s in args.linears]
-    train_s, eval_s = split_sentences(args.n_eval, args.seed)
+    calib_s: list[str] = []
+    if args.corpus == "builtin":
+        train_s, eval_s = split_sentences(args.n_eval, args.seed)
+        calib_s = train_s
+    else:
+        from sekron.data.text import python_doc_sentences
+
+        train_s = python_doc_sentences("train")[: args.n_train]
+        calib_s = python_doc_sentences("calibration")[: args.n_calib]
+        eval_s = python_doc_sentences("held_out")[1::2][: args.n_heldout]  # odd positions, as the budget study
+    calib_b = batches(tokenizer, calib_s, 32)
+    grams: dict[str, np.ndarray] | None = None
     train_b, eval_b = batches(tokenizer, train_s, args.batch), batches(tokenizer, eval_s, 64)
     ref = embed(teacher, eval_b)
     dense_params = sum(teacher.get_submodule(n).weight.numel() + teacher.get_submodule(n).bias.numel() for n in names)
@@ -573,15 +654,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for method in args.methods:
             torch.manual_seed(args.seed)
             t0 = time.perf_counter()
-            if method == "sekron":
-                student, rows = compress_sekron(teacher, names, ratio, args.seed, args.max_candidates)
+            if method == "gkpd-data":
+                grams = grams if grams is not None else layer_grams(teacher, names, calib_b)
+                student, rows = compress_gkpd_data(teacher, names, ratio, args.seed, grams)
+            elif method.startswith("sekron") or method in DATA_METHODS:
+                student, rows = compress_sekron(teacher, names, ratio, args.seed, args.max_candidates, method, calib_b)
             else:
                 student, rows = compress_baseline(teacher, names, method, ratio, args.seed)
             t_fit = time.perf_counter() - t0
             for p in student.parameters():
                 p.requires_grad_(True)
             before = similarity_scores(embed(student, eval_b), ref)
-            losses, t_distill = distill_student(student, teacher, train_b, n_blocks, args.epochs, args.lr)
+            losses, t_distill = distill_student(student, teacher, train_b, n_blocks, args.epochs, args.lr,
+                                                args.distill_seconds)
             after = similarity_scores(embed(student, eval_b), ref)
             structures = sorted({str(r["structure"]) for r in rows})
             res = {
@@ -589,7 +674,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "ratio": ratio,
                 "params": int(sum(r["params_after"] for r in rows)),
                 "dense_params": dense_params,
-                "mean_rel_error": float(np.mean([r["relative_error"] for r in rows])),
+                "mean_rel_error": float(np.mean([r["relative_error"] for r in rows if r["relative_error"] is not None])),
+                "mean_data_error": _mean_of(rows, "data_error"),
+                "mean_plain_data_error": _mean_of(rows, "plain_data_error"),
+                "layers": rows,
                 "structures": structures,
                 "before": before,
                 "after": after,
@@ -608,7 +696,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             )
     total = time.perf_counter() - t_start
     summary = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-               "n_train": len(train_s), "n_eval": len(eval_s), "blocks": blocks, "results": results, "total_s": total}
+               "n_train": len(train_s), "n_eval": len(eval_s), "n_calib": len(calib_s), "corpus": args.corpus, "blocks": blocks, "results": results, "total_s": total}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "minilm_results.json").write_text(json.dumps(summary, indent=1))
     table = results_table(summary)
@@ -626,25 +714,38 @@ LABELS = {
     "svd": "low-rank SVD (Tucker-2)",
     "tt": "TT-matrix, 3 cores",
     "tucker": "Tucker, 4-way reshape",
+    "sekron-data": "SeKron `compress`, calibrated (data-aware, model-wide budget)",
+    "gkpd-data": "GKPD, balanced shapes, data-aware fit",
+    "svd-data": "low-rank, calibrated (whitened SVD, model-wide budget)",
+    "sekron3": "SeKron `compress`, S=2 and S=3 candidates",
+    "sekron3-data": "SeKron `compress`, S=2 and S=3, calibrated",
 }
+
+
+def _data_cell(r: dict[str, Any]) -> str:
+    if r.get("mean_data_error") is None:
+        return "–"
+    return f"{r['mean_data_error']:.3f} ({r['mean_plain_data_error']:.3f})"
 
 
 def results_table(summary: dict[str, Any]) -> str:
     a = summary["args"]
     lines = [
-        f"Held-out sentences: {summary['n_eval']}; distillation sentences: {summary['n_train']}; "
+        f"Corpus: {summary.get('corpus', 'builtin')}. Held-out sentences: {summary['n_eval']}; "
+        f"distillation sentences: {summary['n_train']}; calibration sentences: {summary.get('n_calib', 0)}; "
         f"encoder blocks compressed: {summary['blocks']}; {a['epochs']} epochs, Adam lr {a['lr']:g}, "
         f"batch {a['batch']}, seed {a['seed']}. Whole run: {summary['total_s']:.0f} s.",
         "",
-        "| method | ratio | params of the linear layers | mean rel. weight error | cos mean / min, before | "
-        "cos mean / min, after distill | sim. Spearman before → after | NN agree before → after | fit s | distill s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| method | ratio | params of the linear layers | mean rel. weight error | mean data error (plain fit's) | "
+        "cos mean / min, before | cos mean / min, after distill | sim. Spearman before → after | "
+        "NN agree before → after | fit s | distill s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary["results"]:
         b, f = r["before"], r["after"]
         lines.append(
             f"| {LABELS[r['method']]} | {r['ratio']:g}× | {r['params']:,} / {r['dense_params']:,} | "
-            f"{r['mean_rel_error']:.3f} | {b['cos_mean']:.4f} / {b['cos_min']:.4f} | "
+            f"{r['mean_rel_error']:.3f} | {_data_cell(r)} | {b['cos_mean']:.4f} / {b['cos_min']:.4f} | "
             f"{f['cos_mean']:.4f} / {f['cos_min']:.4f} | {b['sim_spearman']:.3f} → {f['sim_spearman']:.3f} | "
             f"{b['nn_agree']:.2f} → {f['nn_agree']:.2f} | {r['fit_s']:.1f} | {r['distill_s']:.1f} |"
         )

@@ -50,7 +50,7 @@ def test_quick_run_all_methods(tmp_path):
     summary = ex.main([
         "--quick", "--layers", "0", "--linears", "attention.self.query", "output.dense", "--ratios", str(ratio), "--epochs", "1",
         "--max-candidates", "1", "--n-eval", "128", "--out", str(tmp_path), "--no-plot",
-        "--methods", *QUICK_METHODS,
+        "--methods", *QUICK_METHODS, "--corpus", "builtin",
     ])
     results = summary["results"]
     assert [r["method"] for r in results] == list(QUICK_METHODS)
