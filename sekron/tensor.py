@@ -16,6 +16,7 @@ import numpy as np
 from ._kron import unrearrange
 from ._validation import as_float_array
 from .errors import FormatError, ShapeError
+from .files import save_npz
 from .structure import Structure
 
 __all__ = ["SeKronTensor", "load", "FILE_FORMAT", "FILE_VERSION"]
@@ -344,7 +345,10 @@ class SeKronTensor:
         }
         for k, f in enumerate(self._factors):
             arrays[f"factor_{k}"] = f
-        np.savez(path, **arrays)
+        if hasattr(path, "write"):  # a file object (in-memory checkpoints)
+            np.savez(path, **arrays)  # type: ignore[arg-type]
+        else:
+            save_npz(path, arrays)
 
 
 def load(path: str | os.PathLike[str]) -> SeKronTensor:

@@ -225,3 +225,76 @@ def test_both_compressors_report_with_one_type():
     assert TensorReport is WeightReport and isinstance(report[0], WeightReport)
     torch_compress = pytest.importorskip("sekron.torch.compression")
     assert torch_compress.LayerReport is WeightReport
+
+
+# --- files: exactly the path named, never over an input; calibrated compression -------
+
+
+def _cli(args, tmp_path):
+    buf = io.StringIO()
+    return main(["compress", *map(str, args)], out=buf), buf.getvalue()
+
+
+def test_cli_compress_refuses_to_write_over_its_input(tmp_path):
+    src = tmp_path / "w.npz"
+    np.savez(src, **_weights(np.random.default_rng(5)))
+    before = src.read_bytes()
+    code, _ = _cli([src, "--ratio", "4", "-o", src, "--min-size", "1000"], tmp_path)
+    assert code != 0 and src.read_bytes() == before
+
+
+def test_cli_compress_writes_exactly_the_named_file(tmp_path):
+    src = tmp_path / "w.npz"
+    np.savez(src, **_weights(np.random.default_rng(5)))
+    out = tmp_path / "out.bin"
+    code, text = _cli([src, "--ratio", "4", "-o", out, "--min-size", "1000"], tmp_path)
+    assert code == 0 and out.is_file() and not (tmp_path / "out.bin.npz").exists()
+    assert isinstance(load_compressed(out)["fc.weight"], sk.SeKronTensor)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin", "w.npz"]  # no temp left
+
+
+def test_cli_compress_refuses_a_directory_as_output(tmp_path):
+    src = tmp_path / "w.npz"
+    np.savez(src, **_weights(np.random.default_rng(5)))
+    (tmp_path / "d.npz").mkdir()
+    code, _ = _cli([src, "--ratio", "4", "-o", tmp_path / "d.npz"], tmp_path)
+    assert code != 0 and not (tmp_path / "d.npz.npz").exists()
+
+
+def test_cli_compress_refuses_negative_min_size(tmp_path):
+    src = tmp_path / "w.npz"
+    np.savez(src, **_weights(np.random.default_rng(5)))
+    code, _ = _cli([src, "--ratio", "4", "-o", tmp_path / "o.npz", "--min-size", "-5"], tmp_path)
+    assert code != 0 and not (tmp_path / "o.npz").exists()
+
+
+def test_tensor_save_keeps_the_name_given(tmp_path):
+    t = sk.nkp(np.eye(4), (2, 2), rank=2)
+    t.save(tmp_path / "m.sk")
+    assert np.array_equal(sk.load(tmp_path / "m.sk").to_dense(), t.to_dense())
+    assert not (tmp_path / "m.sk.npz").exists()
+
+
+def test_compress_weights_with_grams_is_data_aware_and_never_worse_on_the_data(tmp_path):
+    rng = np.random.default_rng(3)
+    W = rng.normal(size=(64, 96))
+    # inputs with a few dominant directions: the data-aware fit should use them
+    X = rng.normal(size=(2000, 8)) @ rng.normal(size=(8, 96)) + 0.05 * rng.normal(size=(2000, 96))
+    C = X.T @ X / len(X)
+    out, report = compress_weights({"fc.weight": W}, ratio=4, min_size=1, grams={"fc": C})
+    rec = report[0]
+    assert rec.data_error is not None and rec.plain_data_error is not None
+    assert rec.data_error <= rec.plain_data_error + 1e-12
+    # the reported data error is the true one, computed here from the dense residual
+    E = W - out["fc.weight"].to_dense()
+    true = np.sqrt(np.trace(E @ C @ E.T) / np.trace(W @ C @ W.T))
+    assert abs(rec.data_error - true) <= 1e-6 * max(true, 1e-12)
+    with pytest.raises(FormatError, match="grams"):
+        compress_weights({"fc.weight": W}, ratio=4, min_size=1, grams={"fc": np.eye(5)})
+
+
+def test_quality_warning_when_errors_would_make_a_model_unusable(tmp_path):
+    src = tmp_path / "w.npz"
+    np.savez(src, big=np.random.default_rng(0).normal(size=(128, 128)))
+    code, text = _cli([src, "--ratio", "8", "-o", tmp_path / "o.npz", "--min-size", "1"], tmp_path)
+    assert code == 0 and "warning:" in text and "rarely works" in text

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sekron.errors import FormatError, ShapeError
+from sekron.files import save_npz
 
 from .distillation import _call
 
@@ -334,16 +334,7 @@ def save_grams(path: str | os.PathLike[str], grams: Mapping[str, InputGram]) -> 
     arrays["n_samples"] = np.array([int(grams[n].n_samples) for n in names], dtype=np.int64)
     arrays["kinds"] = np.array([grams[n].kind for n in names], dtype=np.str_)
     arrays["format"] = np.array([_FORMAT, str(_VERSION)], dtype=np.str_)
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)  # type: ignore[arg-type]
-        os.replace(tmp, target)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return target
+    return save_npz(path, arrays, name="path")
 
 
 def load_grams(path: str | os.PathLike[str]) -> dict[str, InputGram]:
