@@ -15,6 +15,7 @@ __all__ = [
     "NonFiniteError",
     "FormatError",
     "DTypeError",
+    "ArgumentError",
 ]
 
 
@@ -44,3 +45,7 @@ class FormatError(SekronError, ValueError):
 
 class DTypeError(SekronError, TypeError):
     """An array has a dtype sekron does not compute with (object, string, complex...)."""
+
+
+class ArgumentError(SekronError, ValueError):
+    """An argument's value is outside what the function accepts (an option, a range)."""

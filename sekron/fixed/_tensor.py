@@ -16,7 +16,7 @@ from typing import Any, Literal, cast
 import numpy as np
 
 from .._validation import as_float_array, check_bits
-from ..errors import DTypeError, OverflowRiskError, ShapeError
+from ..errors import ArgumentError, DTypeError, OverflowRiskError, ShapeError
 from . import _kernels
 from ._streams import MASK64, splitmix64_outputs, stream_key
 
@@ -130,12 +130,18 @@ class FixedTensor:
                 f"expected {mantissa_dtype(bits)} or wider"
             )
         exp = _check_exponent(exponent, q.shape)
+        _check_exponent_range(exp, bits)
         m = (1 << (bits - 1)) - 1
         if q.size and int(np.max(np.abs(q.astype(np.int64)))) > m:
             raise OverflowRiskError(
                 f"mantissa: expected |values| <= 2**{bits - 1} - 1 = {m} for bits={bits}, "
                 f"got max |value| {int(np.max(np.abs(q.astype(np.int64))))}"
             )
+        # validated once, so kept read-only: a write past the checked bound would make
+        # the accumulator choices of later products unsafe (the caller's array is copied,
+        # never frozen)
+        q = q.copy()
+        q.flags.writeable = False
         self.mantissa = q
         self.exponent = exp
         self.bits = bits
@@ -249,6 +255,35 @@ class FixedTensor:
             f"FixedTensor(shape={self.shape}, bits={self.bits}, exponent={exp}, "
             f"dtype={self.mantissa.dtype})"
         )
+
+
+EXPONENT_RANGE = (-(1 << 14), 1 << 14)
+"""Exponents a :class:`FixedTensor` accepts: far past float64's range either way, yet
+small enough that adding two of them, and every shift the engine computes, stays exact."""
+
+
+def _check_exponent_range(exp: Exponent, bits: int) -> None:
+    lo, hi = EXPONENT_RANGE
+    e_min = int(np.min(exp)) if isinstance(exp, np.ndarray) and exp.size else exp
+    e_max = int(np.max(exp)) if isinstance(exp, np.ndarray) and exp.size else exp
+    if isinstance(e_min, int) and isinstance(e_max, int) and not lo <= e_min <= e_max <= hi:
+        raise OverflowRiskError(
+            f"exponent: expected values in [{lo}, {hi}], got {e_min if e_min < lo else e_max}"
+        )
+
+
+STREAM_LIMIT = 1 << 62
+"""Streams are ints in ``[0, 2**62)``: they enter the 64-bit counter key with room to spare."""
+
+
+def check_stream(stream: Any, name: str = "stream") -> int:
+    """Return ``stream`` as an int in ``[0, 2**62)``, or raise naming ``name``."""
+    if isinstance(stream, (bool, np.bool_)) or not isinstance(stream, numbers.Integral):
+        raise DTypeError(f"{name}: expected an int in [0, 2**62), got {_describe(stream)}")
+    s = int(stream)
+    if not 0 <= s < STREAM_LIMIT:
+        raise ArgumentError(f"{name}: expected an int in [0, 2**62), got {s}")
+    return s
 
 
 def _check_exponent(exponent: Any, shape: tuple[int, ...]) -> Exponent:
@@ -432,6 +467,7 @@ def to_fixed(
     """
     b = check_bits(bits)
     rounding_ = check_rounding(rounding)
+    stream = check_stream(stream)
     if axis is None and type(x) is np.ndarray and x.dtype in _FLOATS and x.size < _kernels.PARALLEL_MIN_ELEMENTS:
         fast = _to_fixed_flat(x, b, rounding_ == "stochastic", seed, stream)
         if fast is not None:

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from sekron.errors import DTypeError, NonFiniteError, OverflowRiskError, ShapeError
+from sekron.errors import ArgumentError, DTypeError, NonFiniteError, OverflowRiskError, ShapeError
 from sekron.fixed import FixedTensor, requantize, to_fixed
 from sekron.fixed import _kernels as K
 from sekron.fixed import _reference as R
@@ -142,8 +142,9 @@ def test_requantize_nearest_equals_mapping_of_exact_value(q, e, bits):
 
 def test_requantize_stochastic_unbiased_and_per_axis():
     n = 100_000
-    acc = FixedTensor(np.full(n, 1000, np.int32), -10, 12)
-    acc.mantissa[0] = 2047
+    q = np.full(n, 1000, np.int32)
+    q[0] = 2047  # the largest 12-bit value sets the shift
+    acc = FixedTensor(q, -10, 12)
     r = requantize(acc, 4, seed=5)  # shift 11 - 3 = 8: 1000 / 256 = 3.906
     vals = r.mantissa[1:].astype(np.float64) * 2.0 ** (r.exponent + 10)
     sigma = 256 * np.sqrt(0.906 * 0.094 / n)
@@ -195,3 +196,27 @@ def test_inputs_not_modified():
     q = np.array([1000, -7], np.int32)
     requantize(FixedTensor(q, 0, 12), 4)
     assert np.array_equal(q, [1000, -7])
+
+
+def test_fixed_tensor_is_immutable_after_validation_and_leaves_its_input_alone():
+    q = np.array([127, -3], dtype=np.int8)
+    t = FixedTensor(q, 0, 8)
+    with pytest.raises(ValueError):
+        t.mantissa[0] = -128  # would pass the validated bound silently
+    q[0] = 5  # the caller's array stays theirs, and writable
+    assert t.mantissa[0] == 127
+
+
+@pytest.mark.parametrize("exponent", [2**80, -(2**80), 2**15])
+def test_fixed_tensor_refuses_exponents_out_of_range(exponent):
+    with pytest.raises(OverflowRiskError, match="exponent"):
+        FixedTensor(np.array([1], np.int8), exponent, 8)
+
+
+@pytest.mark.parametrize(("stream", "error"), [(-1, ArgumentError), (2**70, ArgumentError), ("a", DTypeError), (1.5, DTypeError), (True, DTypeError)])
+def test_to_fixed_checks_its_stream(stream, error):
+    x = np.ones(4)
+    before = x.copy()
+    with pytest.raises(error, match="stream"):
+        to_fixed(x, 8, stream=stream)
+    assert np.array_equal(x, before)
