@@ -189,8 +189,15 @@ class _Builder:
         self.shape = tuple(self.shape[a] for a in axes)
         self.steps.append(TransposeStep(axes))
 
-    def matmul(self, factor: int, pre: tuple[int, ...], perm: Any, final: tuple[int, ...],
-               post: Any = None, first: bool = True) -> None:
+    def matmul(
+        self,
+        factor: int,
+        pre: tuple[int, ...],
+        perm: Any,
+        final: tuple[int, ...],
+        post: Any = None,
+        first: bool = True,
+    ) -> None:
         w = final if post is None else tuple(final[a] for a in post)
         a, b = (w, self.shape) if first else (self.shape, w)
         batch = np.broadcast_shapes(a[:-2], b[:-2])
@@ -235,14 +242,21 @@ def _columns_outer(b: _Builder, m: list[int], n: list[int], ranks: tuple[int, ..
     b.reshape((_prod(m), -1))
 
 
-def _rows_inner(b: _Builder, m: list[int], n: list[int], ranks: tuple[int, ...],
-                index: Sequence[int]) -> None:
+def _rows_inner(
+    b: _Builder, m: list[int], n: list[int], ranks: tuple[int, ...], index: Sequence[int]
+) -> None:
     # Z is laid out [G, n_k, P, R_k, T] with G = B·N_<k, P = P_{k-1} and T = M_>k, so a
     # level with P = 1 is one (batched) GEMM on views: no copy of the intermediate.
     S = len(m)
     b.reshape((-1, n[-1]))
-    b.matmul(index[-1], (_prod(ranks) * m[-1], n[-1]), None,
-             (_prod(ranks) * m[-1], n[-1]), (1, 0), first=False)
+    b.matmul(
+        index[-1],
+        (_prod(ranks) * m[-1], n[-1]),
+        None,
+        (_prod(ranks) * m[-1], n[-1]),
+        (1, 0),
+        first=False,
+    )
     for k in range(S - 2, -1, -1):
         P, R, mk, nk = _prod(ranks[:k]), ranks[k], m[k], n[k]
         T = _prod(m[k + 1 :])
@@ -292,8 +306,13 @@ def _rows_outer(b: _Builder, m: list[int], n: list[int], ranks: tuple[int, ...])
     b.reshape((-1, _prod(m)))
 
 
-def _build(shapes: tuple[tuple[int, int], ...], ranks: tuple[int, ...], layout: str,
-           transpose: bool, order: str) -> LinearPlan:
+def _build(
+    shapes: tuple[tuple[int, int], ...],
+    ranks: tuple[int, ...],
+    layout: str,
+    transpose: bool,
+    order: str,
+) -> LinearPlan:
     eff = [(s[1], s[0]) for s in shapes] if transpose else list(shapes)
     m, n = [s[0] for s in eff], [s[1] for s in eff]
     N = _prod(n)
@@ -311,8 +330,13 @@ def _build(shapes: tuple[tuple[int, int], ...], ranks: tuple[int, ...], layout: 
 
 
 @functools.lru_cache(maxsize=512)
-def _cached_plan(shapes: tuple[tuple[int, int], ...], ranks: tuple[int, ...], layout: str,
-                 transpose: bool, order: str) -> LinearPlan:
+def _cached_plan(
+    shapes: tuple[tuple[int, int], ...],
+    ranks: tuple[int, ...],
+    layout: str,
+    transpose: bool,
+    order: str,
+) -> LinearPlan:
     if order != "auto":
         return _build(shapes, ranks, layout, transpose, order)
     inner = _build(shapes, ranks, layout, transpose, "inner")
@@ -453,8 +477,9 @@ def execute_linear(plan: LinearPlan, x: Any, factors: Sequence[Any], backend: An
     """
     be = _NUMPY if backend is None else backend
     if plan.transpose:
-        factors = [be.transpose(f, tuple(range(f.ndim - 2)) + (f.ndim - 1, f.ndim - 2))
-                   for f in factors]
+        factors = [
+            be.transpose(f, tuple(range(f.ndim - 2)) + (f.ndim - 1, f.ndim - 2)) for f in factors
+        ]
     for step in plan.steps:
         if isinstance(step, ReshapeStep):
             x = be.reshape(x, step.shape)
@@ -468,8 +493,9 @@ def execute_linear(plan: LinearPlan, x: Any, factors: Sequence[Any], backend: An
     return x
 
 
-def _operator(factors: Sequence[np.ndarray]) -> tuple[tuple[tuple[int, int], ...],
-                                                     tuple[int, ...], tuple[int, ...]]:
+def _operator(
+    factors: Sequence[np.ndarray],
+) -> tuple[tuple[tuple[int, int], ...], tuple[int, ...], tuple[int, ...]]:
     """Factor shapes, ranks and dense shape of a SeKron operator from its factors."""
     S = len(factors)
     ndim = factors[0].ndim - 1
@@ -519,8 +545,7 @@ def matmul_factors(factors: Sequence[np.ndarray], X: Any) -> np.ndarray:
     Xa = as_float_array(X, "X")
     if Xa.ndim not in (1, 2) or Xa.shape[0] != n:
         raise ShapeError(
-            f"X: expected shape ({n},) or ({n}, k) to multiply op of shape {(m, n)}, "
-            f"got {Xa.shape}"
+            f"X: expected shape ({n},) or ({n}, k) to multiply op of shape {(m, n)}, got {Xa.shape}"
         )
     Y = _run_numpy(factors, Xa.reshape(n, -1), linear_plan(shapes, ranks))
     return Y.reshape(m) if Xa.ndim == 1 else Y

@@ -35,8 +35,7 @@ def _check_dense_x(Xa: np.ndarray, shape: tuple[int, ...], left: bool) -> None:
         )
     if not left and (Xa.ndim not in (1, 2) or Xa.shape[0] != n):
         raise ShapeError(
-            f"X: expected shape ({n},) or ({n}, k) to multiply op of shape {shape}, "
-            f"got {Xa.shape}"
+            f"X: expected shape ({n},) or ({n}, k) to multiply op of shape {shape}, got {Xa.shape}"
         )
 
 

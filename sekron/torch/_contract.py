@@ -30,6 +30,7 @@ from ._conv import TorchBackend
 
 __all__ = ["dense_from_factors", "linear_macs", "sekron_linear"]
 
+
 def dense_from_factors(factors: Sequence[torch.Tensor], structure: Structure) -> torch.Tensor:
     """The dense tensor of a SeKron decomposition, contracted from the last factor back.
 

@@ -69,7 +69,9 @@ def test_plan_equals_dense_product(args):
     Wt = W.T if transpose else W
     Wabs = _dense([np.abs(f) for f in fs])
     Wabs = Wabs.T if transpose else Wabs
-    plan = linear_plan(structure.shapes, structure.ranks, layout=layout, transpose=transpose, order=order)
+    plan = linear_plan(
+        structure.shapes, structure.ranks, layout=layout, transpose=transpose, order=order
+    )
     assert (plan.out_size, plan.in_size) == Wt.shape
     X = rng.normal(size=(Wt.shape[1], c))
     if layout == "columns":
@@ -88,20 +90,29 @@ def test_plan_macs_are_what_it_issues(args):
     structure, layout, transpose, order, c, seed = args
     rng = np.random.default_rng(seed)
     fs = _factors(structure, rng)
-    plan = linear_plan(structure.shapes, structure.ranks, layout=layout, transpose=transpose, order=order)
+    plan = linear_plan(
+        structure.shapes, structure.ranks, layout=layout, transpose=transpose, order=order
+    )
     counter = _Counting()
     X = rng.normal(size=(plan.in_size, c) if layout == "columns" else (c, plan.in_size))
     execute_linear(plan, X, fs, counter)
     assert counter.macs == plan.macs * c
     assert plan.macs == sum(s.macs for s in plan.steps if isinstance(s, MatmulStep))
-    st_ = sk.Structure([s[::-1] for s in structure.shapes], structure.ranks) if transpose else structure
+    st_ = (
+        sk.Structure([s[::-1] for s in structure.shapes], structure.ranks)
+        if transpose
+        else structure
+    )
     if order == "auto":
         want = min(_formula(st_, "inner", c), _formula(st_, "outer", c))
     else:
         want = _formula(st_, order, c)
     assert plan.macs * c == want
     if not transpose:
-        assert linear_plan(structure.shapes, structure.ranks).macs * c == structure.macs_matmul(c)["sekron"]
+        assert (
+            linear_plan(structure.shapes, structure.ranks).macs * c
+            == structure.macs_matmul(c)["sekron"]
+        )
 
 
 def test_plans_are_cached_and_frozen():
