@@ -396,6 +396,28 @@ def linear_plan(
     >>> plan.order, plan.macs, [type(s).__name__ for s in plan.steps]
     ('inner', 524288, ['ReshapeStep', 'MatmulStep', 'ReshapeStep', 'MatmulStep', 'ReshapeStep'])
     """
+    # a layer asks for its plan on every call: plain int tuples (a Structure's) that were
+    # validated once are looked up directly (ints only, since True == 1 as a dict key)
+    plain = _plain_ints(ranks) and type(shapes) is tuple and all(map(_plain_ints, shapes))
+    key = (shapes, ranks, layout, transpose, order)
+    if plain and key in _VALIDATED:
+        return _VALIDATED[key]
+    plan = _validated_plan(shapes, ranks, layout, transpose, order)
+    if plain and type(layout) is str and type(order) is str and type(transpose) is bool:
+        if len(_VALIDATED) >= 1024:
+            _VALIDATED.clear()
+        _VALIDATED[key] = plan
+    return plan
+
+
+def _plain_ints(x: Any) -> bool:
+    return type(x) is tuple and all(type(v) is int for v in x)
+
+
+_VALIDATED: dict[Any, LinearPlan] = {}
+
+
+def _validated_plan(shapes: Any, ranks: Any, layout: Any, transpose: Any, order: Any) -> LinearPlan:
     shapes_t = as_shapes(shapes, "shapes")
     if len(shapes_t) < 2 or any(len(s) != 2 for s in shapes_t):
         raise ShapeError(f"shapes: expected S >= 2 pairs (m_k, n_k), got {shapes!r}")

@@ -132,6 +132,9 @@ def test_bad_arguments_raise_named_errors():
         linear_plan([(2, 3), (3, 2)], [1, 1])
     with pytest.raises(RankError, match=r"ranks\[0\]"):
         linear_plan([(2, 3), (3, 2)], [0])
+    linear_plan(((2, 3), (3, 2)), (1,))  # cached: True == 1 must not reach that entry
+    with pytest.raises(RankError, match=r"ranks\[0\]"):
+        linear_plan(((2, 3), (3, 2)), (True,))
     with pytest.raises(ValueError, match="layout"):
         linear_plan([(2, 3), (3, 2)], [1], layout="diagonal")
     with pytest.raises(ValueError, match="order"):
