@@ -441,13 +441,13 @@ class LinearBackend(Protocol):
 
 
 class NumpyLinearBackend:
-    """numpy arrays: ``np.reshape``, ``np.transpose`` and ``np.matmul``."""
+    """numpy arrays: ``reshape``, ``transpose`` (views where possible) and ``np.matmul``."""
 
     def reshape(self, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        return np.reshape(x, shape)
+        return x.reshape(shape)
 
     def transpose(self, x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
-        return np.transpose(x, axes)
+        return x.transpose(axes)
 
     def matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.matmul(a, b)
@@ -520,11 +520,12 @@ def _operator(
 ) -> tuple[tuple[tuple[int, int], ...], tuple[int, ...], tuple[int, ...]]:
     """Factor shapes, ranks and dense shape of a SeKron operator from its factors."""
     S = len(factors)
-    ndim = factors[0].ndim - 1
-    shape = tuple(_prod(f.shape[f.ndim - ndim + i] for f in factors) for i in range(ndim))
-    if ndim != 2:
+    if factors[0].ndim != 3:  # factor 1 holds one rank axis before its modes
+        ndim = factors[0].ndim - 1
+        shape = tuple(_prod(f.shape[f.ndim - ndim + i] for f in factors) for i in range(ndim))
         raise ShapeError(f"op: expected a 2-D SeKronTensor operator, got shape {shape}")
     shapes = tuple((int(f.shape[-2]), int(f.shape[-1])) for f in factors)
+    shape = (math.prod(s[0] for s in shapes), math.prod(s[1] for s in shapes))
     return shapes, tuple(int(r) for r in factors[-1].shape[: S - 1]), shape
 
 
