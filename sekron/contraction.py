@@ -85,6 +85,7 @@ __all__ = [
     "NumpyLinearBackend",
     "execute_linear",
     "linear_weight",
+    "as_operand",
     "matmul_factors",
     "rmatmul_factors",
 ]
@@ -535,6 +536,49 @@ def _run_numpy(factors: Sequence[np.ndarray], X: np.ndarray, plan: LinearPlan) -
     return execute_linear(plan, X.astype(dtype, copy=False), fs)
 
 
+def as_operand(X: Any, shape: tuple[int, int], *, left: bool = False) -> np.ndarray:
+    """Validate the dense operand of ``op @ X`` (or ``X @ op`` when ``left``).
+
+    Parameters
+    ----------
+    X : array_like
+        ``(n,)`` or ``(n, k)`` for ``op @ X``; ``(..., m)`` for ``X @ op``.
+    shape : pair of ints
+        ``(m, n)``, the operator's shape.
+    left : bool, default False
+
+    Returns
+    -------
+    ndarray
+        ``X`` as float32 or float64 (see ``sekron._validation.as_float_array``).
+
+    Raises
+    ------
+    ShapeError
+        If ``X`` does not fit; the message names ``X`` and both shapes.
+    NonFiniteError, DTypeError
+        If ``X`` holds NaN or infinity, or is not real numeric.
+
+    Examples
+    --------
+    >>> from sekron.contraction import as_operand
+    >>> as_operand([1, 2, 3], (2, 3)).dtype
+    dtype('float64')
+    """
+    Xa = as_float_array(X, "X")
+    m, n = shape
+    if left and (Xa.ndim < 1 or Xa.shape[-1] != m):
+        raise ShapeError(
+            f"X: expected shape (..., {m}) to multiply op of shape {(m, n)} from the left, "
+            f"got {Xa.shape}"
+        )
+    if not left and (Xa.ndim not in (1, 2) or Xa.shape[0] != n):
+        raise ShapeError(
+            f"X: expected shape ({n},) or ({n}, k) to multiply op of shape {(m, n)}, got {Xa.shape}"
+        )
+    return Xa
+
+
 def matmul_factors(factors: Sequence[np.ndarray], X: Any) -> np.ndarray:
     """``W @ X`` for the 2-D SeKron operator with these factors (``SeKronTensor @ X``).
 
@@ -565,11 +609,7 @@ def matmul_factors(factors: Sequence[np.ndarray], X: Any) -> np.ndarray:
     [1.0, 5.0, 1.0, 5.0]
     """
     shapes, ranks, (m, n) = _operator(factors)
-    Xa = as_float_array(X, "X")
-    if Xa.ndim not in (1, 2) or Xa.shape[0] != n:
-        raise ShapeError(
-            f"X: expected shape ({n},) or ({n}, k) to multiply op of shape {(m, n)}, got {Xa.shape}"
-        )
+    Xa = as_operand(X, (m, n))
     Y = _run_numpy(factors, Xa.reshape(n, -1), linear_plan(shapes, ranks))
     return Y.reshape(m) if Xa.ndim == 1 else Y
 
@@ -607,12 +647,7 @@ def rmatmul_factors(X: Any, factors: Sequence[np.ndarray]) -> np.ndarray:
     [2.0, 4.0, 2.0, 4.0]
     """
     shapes, ranks, (m, n) = _operator(factors)
-    Xa = as_float_array(X, "X")
-    if Xa.ndim < 1 or Xa.shape[-1] != m:
-        raise ShapeError(
-            f"X: expected shape (..., {m}) to multiply op of shape {(m, n)} from the left, "
-            f"got {Xa.shape}"
-        )
+    Xa = as_operand(X, (m, n), left=True)
     batch = Xa.shape[:-1]
     X2 = Xa.reshape(-1, m).T  # (m, B): a view, the rows become columns
     Y = _run_numpy(factors, X2, linear_plan(shapes, ranks, transpose=True))  # (n, B)

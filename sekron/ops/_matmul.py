@@ -11,32 +11,19 @@ from typing import Any
 import numpy as np
 
 from .._validation import as_float_array
-from ..contraction import matmul_factors, rmatmul_factors
+from ..contraction import as_operand, matmul_factors, rmatmul_factors
 from ..errors import ShapeError
 from ..tensor import SeKronTensor
 
 __all__ = ["matmul", "rmatmul"]
 
 
-def _dense(op: Any, name: str) -> np.ndarray:
+def _check_op(op: Any, name: str) -> Any:
     if isinstance(op, SeKronTensor):
         if op.ndim != 2:
             raise ShapeError(f"{name}: expected a 2-D SeKronTensor operator, got shape {op.shape}")
-        return op  # type: ignore[return-value]
+        return op
     return as_float_array(op, name, ndim=2)
-
-
-def _check_dense_x(Xa: np.ndarray, shape: tuple[int, ...], left: bool) -> None:
-    m, n = shape
-    if left and (Xa.ndim < 1 or Xa.shape[-1] != m):
-        raise ShapeError(
-            f"X: expected shape (..., {m}) to multiply op of shape {shape} from the left, "
-            f"got {Xa.shape}"
-        )
-    if not left and (Xa.ndim not in (1, 2) or Xa.shape[0] != n):
-        raise ShapeError(
-            f"X: expected shape ({n},) or ({n}, k) to multiply op of shape {shape}, got {Xa.shape}"
-        )
 
 
 def matmul(op: Any, X: Any) -> np.ndarray:
@@ -84,12 +71,10 @@ def matmul(op: Any, X: Any) -> np.ndarray:
     >>> (op @ X[:, 0]).shape
     (15,)
     """
-    op = _dense(op, "op")
+    op = _check_op(op, "op")
     if isinstance(op, SeKronTensor):
         return matmul_factors(op.factors, X)
-    Xa = as_float_array(X, "X")
-    _check_dense_x(Xa, op.shape, left=False)
-    return np.matmul(op, Xa)
+    return np.matmul(op, as_operand(X, op.shape))
 
 
 def rmatmul(X: Any, op: Any) -> np.ndarray:
@@ -131,9 +116,7 @@ def rmatmul(X: Any, op: Any) -> np.ndarray:
     >>> (x[..., :6] @ W.T).shape
     (5, 7, 8)
     """
-    op = _dense(op, "op")
+    op = _check_op(op, "op")
     if isinstance(op, SeKronTensor):
         return rmatmul_factors(X, op.factors)
-    Xa = as_float_array(X, "X")
-    _check_dense_x(Xa, op.shape, left=True)
-    return np.matmul(Xa, op)
+    return np.matmul(as_operand(X, op.shape, left=True), op)
