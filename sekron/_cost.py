@@ -1,17 +1,11 @@
-"""Multiply-add counts of the structured compute paths of ``sekron.ops``.
+"""Stage geometry and multiply-add counts of the staged SeKron convolution.
 
-Pure integer arithmetic on a :class:`~sekron.structure.Structure`; no arrays are built.
-The counts are those of the algorithms in ``sekron.ops``, stage by stage, using the real
+Pure integer arithmetic on factor shapes and ranks (plain tuples, so that
+``structure.py`` can use this module without an import circle); no arrays are built.
+The counts are those of ``sekron.ops.conv2d_plan``, stage by stage, using the real
 output size of every stage (the shrinking "valid" convolutions included), so a test can
-compare them with the multiply-adds the executed plan actually issues.
-
-Matrix case (DESIGN.md 2.6), ``W`` of shape ``(m, n)`` with factor shapes
-``(m_k, n_k)``, ``Q_k = P_k`` instances of factor k, and ``c`` columns:
-
-* innermost factor first:  ``sum_k Q_k m_k n_k (prod_{j<k} n_j)(prod_{j>k} m_j) c``
-* outermost factor first:  ``sum_k Q_k m_k n_k (prod_{j<k} m_j)(prod_{j>k} n_j) c``
-
-``sekron.ops.matmul`` runs the cheaper of the two; the dense count is ``m n c``.
+compare them with the multiply-adds the executed plan actually issues. The matrix
+product's count is its plan's, :func:`sekron.contraction.linear_plan`.
 
 Convolution (DESIGN.md 2.6), factor k of shape ``(F_k, C_k, Kh_k, Kw_k)``: stage k is a
 valid grouped convolution with ``groups = P(k) = prod_{j<k} R_j``, a batch of
@@ -24,18 +18,14 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .structure import Structure
+from typing import Any
 
 from .errors import ShapeError
 
 __all__ = [
-    "macs_matmul",
     "macs_conv2d",
-    "matmul_level_costs",
     "ConvStage",
     "conv_stages",
     "as_pair",
@@ -46,64 +36,9 @@ def _prod(xs: Any) -> int:
     return math.prod(int(x) for x in xs)
 
 
-def matmul_level_costs(structure: Structure, n_cols: int) -> dict[str, tuple[int, ...]]:
-    """Per-level multiply-adds of the two contraction orders of ``W @ X``.
-
-    Returns ``{"inner": (cost of factor 0, ..., factor S-1), "outer": (...)}`` where
-    "inner" processes the last factor first and "outer" the first factor first.
-    """
-    ms = [s[0] for s in structure.shapes]
-    ns = [s[1] for s in structure.shapes]
-    q = structure.instances
-    S = len(ms)
-    inner = tuple(
-        q[k] * ms[k] * ns[k] * _prod(ns[:k]) * _prod(ms[k + 1 :]) * n_cols for k in range(S)
-    )
-    outer = tuple(
-        q[k] * ms[k] * ns[k] * _prod(ms[:k]) * _prod(ns[k + 1 :]) * n_cols for k in range(S)
-    )
-    return {"inner": inner, "outer": outer}
-
-
-def macs_matmul(structure: Structure, n_cols: int = 1) -> dict[str, int]:
-    """Multiply-adds of ``W @ X`` (``X`` with ``n_cols`` columns): structured and dense.
-
-    Parameters
-    ----------
-    structure : Structure
-        A 2-D structure (factor shapes ``(m_k, n_k)``).
-    n_cols : int, default 1
-        Number of columns of ``X`` (rows of ``X`` for ``X @ W.T``).
-
-    Returns
-    -------
-    dict
-        ``{"sekron": int, "dense": int}``; "sekron" is the cheaper of the two contraction
-        orders (the one :func:`sekron.ops.matmul` runs).
-
-    Raises
-    ------
-    ShapeError
-        If the structure is not 2-D.
-    ValueError, TypeError
-        If ``n_cols`` is not a positive int.
-
-    Examples
-    --------
-    >>> import sekron as sk
-    >>> sk.Structure([(64, 64), (64, 64)], ranks=1).macs_matmul(256)
-    {'sekron': 134217728, 'dense': 4294967296}
-    """
-    from ._validation import as_positive_int
-
-    if structure.ndim != 2:
-        raise ShapeError(
-            f"structure: expected a 2-D (matrix) structure, got shape {structure.shape}"
-        )
-    c = as_positive_int(n_cols, "n_cols")
-    costs = matmul_level_costs(structure, c)
-    m, n = structure.shape
-    return {"sekron": min(sum(costs["inner"]), sum(costs["outer"])), "dense": m * n * c}
+def _shape(shapes: Sequence[Sequence[int]]) -> tuple[int, ...]:
+    """The dense shape: per-mode products of the factor shapes."""
+    return tuple(_prod(s[i] for s in shapes) for i in range(len(shapes[0])))
 
 
 def as_pair(value: Any, name: str, minimum: int) -> tuple[int, int]:
@@ -166,7 +101,8 @@ def _stride_stage(kernels: list[int], dil: list[int], s: int) -> tuple[int, list
 
 
 def conv_stages(
-    structure: Structure,
+    shapes: Sequence[Sequence[int]],
+    ranks: Sequence[int],
     h: int,
     w: int,
     stride: Any = 1,
@@ -175,21 +111,20 @@ def conv_stages(
 ) -> tuple[tuple[int, int], tuple[ConvStage, ...]]:
     """Padding and stage geometry of the staged SeKron convolution.
 
-    Returns ``((pad_h, pad_w), stages)``; ``stages`` in execution order. Raises
+    ``shapes`` and ``ranks`` are ``Structure.shapes`` and ``Structure.ranks``. Returns
+    ``((pad_h, pad_w), stages)``; ``stages`` in execution order. Raises
     :class:`ShapeError` for a non-4-D structure or a kernel larger than the padded image.
     """
     from ._validation import as_positive_int
 
-    if structure.ndim != 4:
-        raise ShapeError(
-            f"structure: expected a 4-D (F, C, Kh, Kw) structure, got shape {structure.shape}"
-        )
+    full = _shape(shapes)
+    if len(full) != 4:
+        raise ShapeError(f"structure: expected a 4-D (F, C, Kh, Kw) structure, got shape {full}")
     h = as_positive_int(h, "h")
     w = as_positive_int(w, "w")
     st = as_pair(stride, "stride", 1)
     pad = as_pair(padding, "padding", 0)
     dl = as_pair(dilation, "dilation", 1)
-    shapes, ranks = structure.shapes, structure.ranks
     S = len(shapes)
     F = [s[0] for s in shapes]
     C = [s[1] for s in shapes]
@@ -201,7 +136,7 @@ def conv_stages(
         t, dils[a] = _stride_stage(K[a], dils[a], st[a])
         at.append(t)
     size = [h + 2 * pad[0], w + 2 * pad[1]]
-    Kh, Kw = structure.shape[2], structure.shape[3]
+    Kh, Kw = full[2], full[3]
     for a, (n, kk) in enumerate(zip(size, (Kh, Kw), strict=True)):
         if n < dl[a] * (kk - 1) + 1:
             axis = "height" if a == 0 else "width"
@@ -241,7 +176,8 @@ def conv_stages(
 
 
 def macs_conv2d(
-    structure: Structure,
+    shapes: Sequence[Sequence[int]],
+    ranks: Sequence[int],
     h: int,
     w: int,
     stride: Any = 1,
@@ -252,8 +188,10 @@ def macs_conv2d(
 
     Parameters
     ----------
-    structure : Structure
-        A 4-D structure, factor shapes ``(F_k, C_k, Kh_k, Kw_k)``.
+    shapes : sequence of 4-tuples
+        Factor shapes ``(F_k, C_k, Kh_k, Kw_k)`` (``Structure.shapes``).
+    ranks : sequence of ints
+        ``Structure.ranks``.
     h, w : int
         Input height and width (before padding).
     stride, padding, dilation : int or pair of ints
@@ -280,7 +218,7 @@ def macs_conv2d(
     >>> s.macs_conv2d(32, 32, padding=1)
     {'sekron': 3244032, 'dense': 37748736}
     """
-    pad, stages = conv_stages(structure, h, w, stride, padding, dilation)
-    F, C, Kh, Kw = structure.shape
+    pad, stages = conv_stages(shapes, ranks, h, w, stride, padding, dilation)
+    F, C, Kh, Kw = _shape(shapes)
     Ho, Wo = stages[-1].out_hw
     return {"sekron": sum(s.macs for s in stages), "dense": F * C * Kh * Kw * Ho * Wo}

@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from ._cost import macs_conv2d
 from ._validation import as_positive_int, as_shape, as_shapes, rank_error
+from .contraction import linear_plan
 from .errors import RankError, ShapeError
 
 __all__ = ["Structure", "structures"]
@@ -191,7 +193,16 @@ class Structure:
         """Multiply-adds of ``op @ X`` for ``X`` with ``n_cols`` columns, structured and dense.
 
         Returns a dict with keys ``"sekron"`` and ``"dense"``; only for 2-D structures.
-        See ``sekron.ops`` for the algorithm whose count this is.
+        "sekron" is what the plan that ``sk.matmul`` runs issues
+        (:func:`sekron.contraction.linear_plan`, the cheaper of its two orders); "dense"
+        is ``m n n_cols``.
+
+        Raises
+        ------
+        ShapeError
+            If the structure is not 2-D.
+        ValueError, TypeError
+            If ``n_cols`` is not a positive int.
 
         Examples
         --------
@@ -200,9 +211,11 @@ class Structure:
         >>> c["dense"] // c["sekron"]
         32
         """
-        from ._cost import macs_matmul
-
-        return macs_matmul(self, n_cols)
+        if self.ndim != 2:
+            raise ShapeError(f"structure: expected a 2-D (matrix) structure, got shape {self.shape}")
+        c = as_positive_int(n_cols, "n_cols")
+        m, n = self.shape
+        return {"sekron": linear_plan(self._shapes, self._ranks).macs * c, "dense": m * n * c}
 
     def macs_conv2d(
         self, h: int, w: int, stride: Any = 1, padding: Any = 0, dilation: Any = 1
@@ -220,9 +233,7 @@ class Structure:
         >>> c["dense"] > c["sekron"]
         True
         """
-        from ._cost import macs_conv2d
-
-        return macs_conv2d(self, h, w, stride=stride, padding=padding, dilation=dilation)
+        return macs_conv2d(self._shapes, self._ranks, h, w, stride=stride, padding=padding, dilation=dilation)
 
     # -- protocol ----------------------------------------------------------------------
     def __eq__(self, other: object) -> bool:

@@ -15,6 +15,7 @@ import numpy as np
 
 from ._kron import unrearrange
 from ._validation import as_float_array
+from .contraction import matmul_factors, rmatmul_factors
 from .errors import FormatError, ShapeError
 from .files import save_npz
 from .structure import Structure
@@ -298,14 +299,10 @@ class SeKronTensor:
         )
 
     def __matmul__(self, other: Any) -> np.ndarray:
-        from .ops import matmul
-
-        return matmul(self, other)
+        return matmul_factors(self._factors, other)
 
     def __rmatmul__(self, other: Any) -> np.ndarray:
-        from .ops import rmatmul
-
-        return rmatmul(other, self)
+        return rmatmul_factors(other, self._factors)
 
     def __repr__(self) -> str:
         eb = "" if self._error_bound is None else f", error_bound={self._error_bound:.3g}"

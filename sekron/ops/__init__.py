@@ -60,7 +60,7 @@ True
 
 from __future__ import annotations
 
-from ._conv import conv2d
+from ._conv import conv2d, execute_plan
 from ._im2col import conv2d_valid
 from ._matmul import matmul, rmatmul
 from ._plan import (
@@ -75,7 +75,6 @@ from ._plan import (
     TransposeStep,
     conv2d_plan,
     conv_weight,
-    execute_plan,
 )
 
 __all__ = [

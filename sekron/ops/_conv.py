@@ -25,7 +25,7 @@ from ._plan import (
     conv_weight,
 )
 
-__all__ = ["conv2d"]
+__all__ = ["conv2d", "execute_plan", "run_plan"]
 
 # The batch is run a chunk of images at a time, sized so that the largest intermediate
 # of a chunk stays in the last-level cache between the steps that write and read it (the
@@ -181,7 +181,7 @@ def run_plan(plan: ConvPlan, x: np.ndarray, factors: Any) -> np.ndarray:
 def _peak_elements(plan: ConvPlan) -> int:
     """Elements per image of the largest array a plan's stages read or write."""
     _, h, w = plan.in_shape
-    _, stages = conv_stages(plan.structure, h, w, plan.stride, plan.padding, plan.dilation)
+    _, stages = conv_stages(plan.structure.shapes, plan.structure.ranks, h, w, plan.stride, plan.padding, plan.dilation)
     return max(
         s.batch * max(s.in_channels * s.in_hw[0] * s.in_hw[1], s.out_channels * s.out_hw[0] * s.out_hw[1])
         for s in stages
@@ -336,3 +336,57 @@ def _reshape(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
             if rlo <= lo and hi <= rhi:
                 return np.reshape(wide, (*shape[:-1], row))[..., : x.shape[-1]]
     return np.reshape(x, shape)
+
+
+def execute_plan(
+    plan: ConvPlan, x: Any, factors: Any, backend: Any = None
+) -> Any:
+    """Run a :class:`ConvPlan` on a batch ``x`` with the kernel's ``factors``.
+
+    Parameters
+    ----------
+    plan : ConvPlan
+    x : array of shape (N, C, H, W)
+        In the backend's array type; not validated here (public entry points validate).
+    factors : sequence of S arrays
+        The SeKron kernel's factors (``SeKronTensor.factors`` or the backend's tensors),
+        factor k of shape ``(R_1..R_{min(k, S-1)}, F_k, C_k, Kh_k, Kw_k)``.
+    backend : object, optional
+        With ``pad``, ``reshape``, ``transpose``, ``conv2d`` and ``sum`` methods. By
+        default numpy arrays run through a chunked executor that computes what
+        :class:`NumpyBackend` computes with fewer copies (:func:`run_plan`).
+
+    Returns
+    -------
+    array of shape (N, F, Ho, Wo)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import sekron as sk
+    >>> rng = np.random.default_rng(0)
+    >>> k = sk.SeKronTensor([rng.normal(size=(2, 2, 3, 3, 1)), rng.normal(size=(2, 2, 1, 1, 3))])
+    >>> plan = sk.ops.conv2d_plan(k.structure, (6, 6), padding=1)
+    >>> x = rng.normal(size=(2, 3, 6, 6))
+    >>> y = sk.ops.execute_plan(plan, x, k.factors)
+    >>> np.allclose(y, sk.conv2d(x, k.to_dense(), padding=1))
+    True
+    """
+    if backend is None:  # numpy: the same steps through the faster chunked executor
+        return run_plan(plan, np.asarray(x), factors)
+    be = backend
+    for step in plan.steps:
+        if isinstance(step, PadStep):
+            x = be.pad(x, step.pad)
+        elif isinstance(step, ReshapeStep):
+            x = be.reshape(x, step.shape)
+        elif isinstance(step, TransposeStep):
+            x = be.transpose(x, step.axes)
+        elif isinstance(step, ConvStep):
+            wt = conv_weight(step, factors[step.factor], be)
+            x = be.conv2d(x, wt, step.stride, step.dilation, step.groups)
+        elif isinstance(step, SumStep):
+            x = be.sum(x, step.axis)
+        else:  # pragma: no cover - plans only hold the step types above
+            raise TypeError(f"plan: unknown step {step!r}")
+    return x

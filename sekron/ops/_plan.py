@@ -4,7 +4,9 @@ A plan is computed once per (structure, input size, stride, padding, dilation) a
 everything an executor needs: pads, reshapes, transposes and valid grouped convolutions.
 Every conv step says which factor it uses and how to turn that factor into the step's
 weight by a reshape, a transpose and a reshape, so any array library can run the same
-plan through a tiny backend object (see the ``sekron.ops`` module docstring).
+plan through a tiny backend object (see the ``sekron.ops`` module docstring). Its layout
+steps are the linear contraction's (:mod:`sekron.contraction`); the executors are in
+``sekron.ops._conv``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Protocol, Union
 import numpy as np
 
 from .._cost import conv_stages
+from ..contraction import ReshapeStep, TransposeStep
 from ..structure import Structure
 from ._im2col import conv2d_valid, pad2d
 
@@ -31,7 +34,6 @@ __all__ = [
     "conv2d_plan",
     "Backend",
     "NumpyBackend",
-    "execute_plan",
     "conv_weight",
 ]
 
@@ -45,20 +47,6 @@ class PadStep:
     """Zero-pad the last two (spatial) axes by ``pad = (top, bottom, left, right)``."""
 
     pad: tuple[int, int, int, int]
-
-
-@dataclass(frozen=True)
-class ReshapeStep:
-    """Reshape (C order) to ``shape``; its first entry is -1 (the batch-dependent axis)."""
-
-    shape: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class TransposeStep:
-    """Permute the axes: ``out.shape[i] == x.shape[axes[i]]``."""
-
-    axes: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -145,7 +133,7 @@ def _build_plan(
     padding: tuple[int, int],
     dilation: tuple[int, int],
 ) -> ConvPlan:
-    pad, stages = conv_stages(structure, h, w, stride, padding, dilation)
+    pad, stages = conv_stages(structure.shapes, structure.ranks, h, w, stride, padding, dilation)
     shapes, ranks = structure.shapes, structure.ranks
     S = len(shapes)
     F = [s[0] for s in shapes]
@@ -333,59 +321,3 @@ def conv_weight(step: ConvStep, factor: Any, backend: Any) -> Any:
     if step.weight_perm != tuple(range(len(step.weight_perm))):
         wt = backend.transpose(wt, step.weight_perm)
     return backend.reshape(wt, step.weight_shape)
-
-
-def execute_plan(
-    plan: ConvPlan, x: Any, factors: Any, backend: Any = None
-) -> Any:
-    """Run a :class:`ConvPlan` on a batch ``x`` with the kernel's ``factors``.
-
-    Parameters
-    ----------
-    plan : ConvPlan
-    x : array of shape (N, C, H, W)
-        In the backend's array type; not validated here (public entry points validate).
-    factors : sequence of S arrays
-        The SeKron kernel's factors (``SeKronTensor.factors`` or the backend's tensors),
-        factor k of shape ``(R_1..R_{min(k, S-1)}, F_k, C_k, Kh_k, Kw_k)``.
-    backend : object, optional
-        With ``pad``, ``reshape``, ``transpose``, ``conv2d`` and ``sum`` methods. By
-        default numpy arrays run through a chunked executor that computes what
-        :class:`NumpyBackend` computes with fewer copies (``sekron.ops._conv.run_plan``).
-
-    Returns
-    -------
-    array of shape (N, F, Ho, Wo)
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> import sekron as sk
-    >>> rng = np.random.default_rng(0)
-    >>> k = sk.SeKronTensor([rng.normal(size=(2, 2, 3, 3, 1)), rng.normal(size=(2, 2, 1, 1, 3))])
-    >>> plan = sk.ops.conv2d_plan(k.structure, (6, 6), padding=1)
-    >>> x = rng.normal(size=(2, 3, 6, 6))
-    >>> y = sk.ops.execute_plan(plan, x, k.factors)
-    >>> np.allclose(y, sk.conv2d(x, k.to_dense(), padding=1))
-    True
-    """
-    if backend is None:  # numpy: the same steps through the faster chunked executor
-        from ._conv import run_plan
-
-        return run_plan(plan, np.asarray(x), factors)
-    be = backend
-    for step in plan.steps:
-        if isinstance(step, PadStep):
-            x = be.pad(x, step.pad)
-        elif isinstance(step, ReshapeStep):
-            x = be.reshape(x, step.shape)
-        elif isinstance(step, TransposeStep):
-            x = be.transpose(x, step.axes)
-        elif isinstance(step, ConvStep):
-            wt = conv_weight(step, factors[step.factor], be)
-            x = be.conv2d(x, wt, step.stride, step.dilation, step.groups)
-        elif isinstance(step, SumStep):
-            x = be.sum(x, step.axis)
-        else:  # pragma: no cover - plans only hold the step types above
-            raise TypeError(f"plan: unknown step {step!r}")
-    return x

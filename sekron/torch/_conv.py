@@ -21,7 +21,9 @@ __all__ = ["TorchBackend", "same_padding", "sekron_conv2d"]
 
 
 class TorchBackend:
-    """Primitive array operations on torch tensors, for :func:`sekron.ops.execute_plan`.
+    """Primitive array operations on torch tensors, for the conv and the linear plans.
+
+    The backend of :func:`sekron.ops.execute_plan` and :func:`sekron.contraction.execute_linear`.
 
     Every method is differentiable with respect to its tensor arguments.
 
@@ -85,6 +87,10 @@ class TorchBackend:
 
     def sum(self, x: torch.Tensor, axis: int) -> torch.Tensor:
         return x.sum(dim=int(axis))
+
+    def matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Batched, broadcasting ``a @ b`` (for :func:`sekron.contraction.execute_linear`)."""
+        return torch.matmul(a, b)
 
 
 _BACKEND = TorchBackend()

@@ -20,7 +20,7 @@ from ..selection import Selection, select
 from ..errors import ShapeError
 from ..structure import Structure
 from ..tensor import SeKronTensor
-from ._contract import dense_from_factors, linear_macs, sekron_linear
+from ._contract import dense_from_factors, sekron_linear
 from ._conv import conv_cost, same_padding, sekron_conv2d
 from ._convert import structure_from_state, structure_state, to_numpy, to_torch
 
@@ -131,7 +131,7 @@ class SeKronLinear(_SeKronModule):
     bias : bool, default True
     path : {"auto", "structured", "dense"}, default "auto"
         ``"auto"`` contracts level by level when that needs fewer multiply-adds than the
-        dense product (:func:`sekron.torch.linear_macs`), and otherwise builds ``W``.
+        dense product (``Structure.macs_matmul``), and otherwise builds ``W``.
     device, dtype : optional
         As for ``nn.Linear``.
 
@@ -184,14 +184,14 @@ class SeKronLinear(_SeKronModule):
 
     def macs(self, n_rows: int = 1) -> dict[str, int]:
         """Multiply-adds of a forward pass over ``n_rows`` rows: ``"sekron"`` and ``"dense"``."""
-        c = linear_macs(self.structure)
+        c = self.structure.macs_matmul(1)
         return {"sekron": c["sekron"] * n_rows, "dense": c["dense"] * n_rows}
 
     def uses_structured_path(self) -> bool:
         """Whether :meth:`forward` contracts the factors instead of building ``W``."""
         if self.path != "auto":
             return self.path == "structured"
-        c = linear_macs(self.structure)
+        c = self.structure.macs_matmul(1)
         return c["sekron"] < c["dense"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -283,7 +283,7 @@ class SeKronLinear(_SeKronModule):
             ratio=ratio,
             tol=tol,
             n_factors=n_factors,
-            cost=lambda st: linear_macs(st)["sekron"],
+            cost=lambda st: st.macs_matmul(1)["sekron"],
             dense_cost=W.size,
             max_candidates=max_candidates,
             accept=accept,

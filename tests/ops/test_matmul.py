@@ -90,13 +90,13 @@ def test_both_contraction_orders_agree():
     rng = np.random.default_rng(3)
     st_ = sk.Structure([(8, 2), (2, 8), (3, 3)], ranks=(2, 3))
     op = random_sekron(st_, rng)
-    from sekron.ops._matmul import _inner_first, _outer_first
+    from sekron.contraction import execute_linear, linear_plan
 
     X = rng.normal(size=(op.shape[1], 4))
     want = op.to_dense() @ X
     scale = abs_dense(op) @ np.abs(X)
-    for fn in (_inner_first, _outer_first):
-        got = fn(list(op.factors), st_.ranks, X)
+    for order in ("inner", "outer"):
+        got = execute_linear(linear_plan(st_.shapes, st_.ranks, order=order), X, op.factors)
         assert_close(got, want, scale, np.float64, op.shape[1] * 6)
 
 
@@ -158,7 +158,7 @@ def test_errors():
 
 
 class _CountingNumpy:
-    """Stands in for numpy inside sekron.ops._matmul and counts the GEMMs' multiply-adds."""
+    """Stands in for numpy inside sekron.contraction and counts the GEMMs' multiply-adds."""
 
     def __init__(self):
         self.macs = 0
@@ -175,7 +175,7 @@ class _CountingNumpy:
 @settings(max_examples=30, deadline=None)
 @given(st_=matrix_structures(), k=st.integers(1, 4), seed=st.integers(0, 2**32 - 1))
 def test_cost_model_counts_the_gemms(st_, k, seed):
-    import sekron.ops._matmul as mm
+    import sekron.contraction as mm
 
     rng = np.random.default_rng(seed)
     op = random_sekron(st_, rng)

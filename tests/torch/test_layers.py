@@ -15,6 +15,7 @@ from torch import nn  # noqa: E402
 
 import sekron as sk  # noqa: E402
 from sekron.errors import ShapeError  # noqa: E402
+from sekron.testing import strategies as sks  # noqa: E402
 from sekron.torch import KroneckerEmbedding, SeKronConv2d, SeKronLinear  # noqa: E402
 
 EPS64 = float(np.finfo(np.float64).eps)
@@ -98,6 +99,42 @@ def test_linear_orders_agree(order):
     torch.testing.assert_close(sekron_linear(x, fs, s, order), x @ W.T, atol=_tol(x, *fs, n_terms=100), rtol=0)
 
 
+@settings(max_examples=25, deadline=None)
+@given(
+    sks.structures(ndim=2, max_size=144, max_rank=3),
+    st.sampled_from(["columns", "rows"]),
+    st.booleans(),
+    st.sampled_from(["inner", "outer"]),
+    st.integers(0, 2**16),
+)
+def test_linear_plan_on_torch_equals_dense_and_numpy(structure, layout, transpose, order, seed):
+    from sekron.contraction import execute_linear, linear_plan
+    from sekron.torch import TorchBackend
+    from sekron.torch._contract import dense_from_factors
+
+    plan = linear_plan(structure.shapes, structure.ranks, layout=layout, transpose=transpose, order=order)
+    g = torch.Generator().manual_seed(seed)
+    fs = [torch.randn(sh, dtype=torch.float64, generator=g, requires_grad=True) for sh in structure.factor_shapes]
+    W = sk.SeKronTensor([f.detach().numpy() for f in fs]).to_dense()
+    W = torch.from_numpy(W.T if transpose else W)
+    x = torch.randn(*((plan.in_size, 3) if layout == "columns" else (3, plan.in_size)), dtype=torch.float64, generator=g)
+    y = execute_linear(plan, x, fs, TorchBackend())
+    want = W @ x if layout == "columns" else x @ W.T
+    tol = _tol(x, *fs, n_terms=plan.in_size * math.prod(structure.ranks) * structure.n_factors)
+    torch.testing.assert_close(y, want, atol=tol, rtol=0)
+    ref = execute_linear(plan, x.numpy(), [f.detach().numpy() for f in fs])
+    torch.testing.assert_close(y.detach(), torch.from_numpy(ref), atol=tol, rtol=0)
+    # autograd through the plan equals autograd through the dense reconstruction
+    gy = torch.randn(y.shape, dtype=torch.float64, generator=g)
+    grads = torch.autograd.grad(y, fs, grad_outputs=gy)
+    w = dense_from_factors(fs, structure)
+    w = w.T if transpose else w
+    y_ref = w @ x if layout == "columns" else x @ w.T
+    grads_ref = torch.autograd.grad(y_ref, fs, grad_outputs=gy)
+    for a, b in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(a, b, atol=tol * float(gy.abs().max()) * x.numel(), rtol=0)
+
+
 def test_linear_gradcheck_float64():
     layer = SeKronLinear(sk.Structure([(2, 3), (2, 2)], ranks=2), path="structured", dtype=torch.float64)
     x = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
@@ -110,6 +147,8 @@ def test_linear_auto_path_follows_cost_model():
     assert cheap.uses_structured_path() and not costly.uses_structured_path()
     c = sk.torch.linear_macs(cheap.structure)
     assert c["dense"] == 256 * 256 and c["sekron"] == 16 * 16 * 16 * 2
+    assert cheap.macs(3) == {"sekron": 3 * c["sekron"], "dense": 3 * c["dense"]}
+    assert cheap.structure.macs_matmul(1) == {"sekron": c["sekron"], "dense": c["dense"]}
 
 
 def test_from_linear_equals_core_fit():
