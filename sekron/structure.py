@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ._cost import macs_conv2d
-from ._validation import as_positive_int, as_shape, as_shapes, rank_error
+from ._validation import as_positive_int, as_rank, as_shape, as_shapes, rank_error
 from .contraction import linear_plan
 from .errors import RankError, ShapeError
 
@@ -104,10 +104,7 @@ class Structure:
             )
         out = []
         for k, (r, m) in enumerate(zip(ranks, max_ranks, strict=True)):
-            try:
-                r = as_positive_int(r, f"ranks[{k}]")
-            except (TypeError, ValueError) as exc:
-                raise RankError(str(exc)) from None
+            r = as_rank(r, f"ranks[{k}]")
             if r > m:
                 if not clip:
                     raise rank_error(

@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import numpy as np
 
-from .._validation import as_float_array, check_bits
+from .._validation import as_float_array, check_bits, check_rounding
 from ..errors import ArgumentError, DTypeError, OverflowRiskError, ShapeError
 from . import _kernels
 from ._streams import MASK64, splitmix64_outputs, stream_key
@@ -362,12 +362,6 @@ def split_seed(seed: Seed, n: int) -> tuple[int, ...]:
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral) or int(n) < 0:
         raise ValueError(f"n: expected a non-negative int, got {n!r}")
     return splitmix64_outputs(s, int(n))
-
-
-def check_rounding(rounding: Any) -> Rounding:
-    if rounding not in ("stochastic", "nearest"):
-        raise ValueError(f"rounding: expected 'stochastic' or 'nearest', got {rounding!r}")
-    return cast(Rounding, rounding)
 
 
 def _kept_axes(axis: Any, ndim: int) -> tuple[int, ...]:

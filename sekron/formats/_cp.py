@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 from tensorly.cp_tensor import CPTensor, cp_to_tensor
 
-from .._validation import as_positive_int, as_shape
-from ..errors import RankError, ShapeError
+from .._validation import as_positive_int, as_rank, as_shape
+from ..errors import ShapeError
 from ..structure import Structure
 from ..tensor import SeKronTensor
 from ._parse import cp_parts
@@ -213,8 +213,5 @@ def cp_structure(shape: Sequence[int], rank: int, *, clip: bool = False) -> Stru
     dims = as_shape(shape, "shape")
     if len(dims) < 2:
         raise ShapeError(f"shape: expected at least 2 modes for a SeKron structure, got {dims}")
-    try:
-        R = as_positive_int(rank, "rank")
-    except (TypeError, ValueError) as exc:
-        raise RankError(str(exc)) from None
+    R = as_rank(rank, "rank")
     return Structure(mode_shapes(dims), (R,) + (1,) * (len(dims) - 2), clip=clip)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from tensorly.tr_tensor import TRTensor
 
-from .._validation import as_positive_int, as_shape
+from .._validation import as_positive_int, as_rank, as_shape
 from ..errors import RankError, ShapeError
 from ..structure import Structure
 from ..tensor import SeKronTensor
@@ -196,10 +196,7 @@ def tr_structure(shape: Sequence[int], ranks: Any, *, clip: bool = False) -> Str
         r = as_positive_int(ranks, "ranks")
         vals = [r] * (N + 1)
     elif isinstance(ranks, Sequence) and not isinstance(ranks, str):
-        try:
-            vals = [as_positive_int(r, f"ranks[{k}]") for k, r in enumerate(ranks)]
-        except (TypeError, ValueError) as exc:
-            raise RankError(str(exc)) from None
+        vals = [as_rank(r, f"ranks[{k}]") for k, r in enumerate(ranks)]
         if len(vals) == N:
             vals.append(vals[0])
         if len(vals) != N + 1:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import numpy as np
 from tensorly.tt_tensor import TTTensor
 
-from .._validation import as_positive_int, as_shape
+from .._validation import as_positive_int, as_rank, as_shape
 from ..errors import RankError, ShapeError
 from ..structure import Structure
 from ..tensor import SeKronTensor
@@ -201,10 +201,7 @@ def _inner_ranks(ranks: Any, N: int, name: str, kind: str) -> tuple[int, ...]:
         raise RankError(f"{name}: expected an int or a sequence of ints, got {ranks!r}")
     vals = []
     for k, r in enumerate(ranks):
-        try:
-            vals.append(as_positive_int(r, f"{name}[{k}]"))
-        except (TypeError, ValueError) as exc:
-            raise RankError(str(exc)) from None
+        vals.append(as_rank(r, f"{name}[{k}]"))
     if len(vals) == N + 1:
         if vals[0] != 1 or vals[-1] != 1:
             raise RankError(f"{name}: {kind} boundary ranks must be 1, got {tuple(vals)}")

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from tensorly.tucker_tensor import TuckerTensor, tucker_to_tensor
 
-from .._validation import as_positive_int, as_shape, rank_error
+from .._validation import as_rank, as_shape, rank_error
 from ..errors import RankError, ShapeError
 from ..structure import Structure
 from ..tensor import SeKronTensor
@@ -114,10 +114,7 @@ def _tucker_ranks(ranks: Any, dims: tuple[int, ...]) -> tuple[int, ...]:
         raise RankError(f"ranks: expected None, an int or {N} ints, got {ranks!r}")
     out = []
     for k, r in enumerate(vals):
-        try:
-            r = as_positive_int(r, f"ranks[{k}]")
-        except (TypeError, ValueError) as exc:
-            raise RankError(str(exc)) from None
+        r = as_rank(r, f"ranks[{k}]")
         if r > full[k]:
             raise rank_error(f"ranks[{k}]", r, full[k], f"min(n_{k + 1}, product of the other modes)")
         out.append(r)
