@@ -22,10 +22,10 @@ import sys
 import numpy as np
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import blas_report, median_time  # noqa: E402
+from _common import blas_report, median_time
 
-from sekron.svd import truncated_svd  # noqa: E402
-from sekron.torch.adapters import LoKr, lokr_to_lora  # noqa: E402
+from sekron.svd import truncated_svd
+from sekron.torch.adapters import LoKr, lokr_to_lora
 
 
 def main() -> None:

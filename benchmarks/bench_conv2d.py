@@ -107,14 +107,23 @@ def main():
     clocks = [("wall", wall), ("cpu", cpu)] if single else [("wall", wall)]
     for label, best in clocks:
         t_dense = best["dense"]
-        print(f"[{label} time] dense im2col + GEMM (numpy executor): {t_dense * 1e3:.1f} ms"
-              + (f"; torch conv2d, dense kernel (scale only): {best['torch'] * 1e3:.1f} ms"
-                 if "torch" in best else ""))
-        print(f"{'structure':44s} {'MAC ratio':>9s} {'sekron ms':>10s} {'speed-up':>9s} {'target':>7s}")
+        print(
+            f"[{label} time] dense im2col + GEMM (numpy executor): {t_dense * 1e3:.1f} ms"
+            + (
+                f"; torch conv2d, dense kernel (scale only): {best['torch'] * 1e3:.1f} ms"
+                if "torch" in best
+                else ""
+            )
+        )
+        print(
+            f"{'structure':44s} {'MAC ratio':>9s} {'sekron ms':>10s} {'speed-up':>9s} {'target':>7s}"
+        )
         for name, ratio, rel in rows:
             t = best[name]
-            print(f"{name:44s} {ratio:9.2f} {t * 1e3:10.2f} {t_dense / t:8.2f}x {ratio / 2:6.2f}x"
-                  f"   (max rel diff {rel:.1e})")
+            print(
+                f"{name:44s} {ratio:9.2f} {t * 1e3:10.2f} {t_dense / t:8.2f}x {ratio / 2:6.2f}x"
+                f"   (max rel diff {rel:.1e})"
+            )
     print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
 

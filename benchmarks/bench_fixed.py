@@ -57,14 +57,19 @@ def gemm_section(n: int, rounds: int) -> list[dict]:
     for bits in (8, 12, 16):
         m = 2 ** (bits - 1) - 1
         dt = np.int8 if bits <= 8 else np.int16
-        ops[bits] = (FixedTensor(rng.integers(-m, m + 1, size=(n, n)).astype(dt), 0, bits),
-                     FixedTensor(rng.integers(-m, m + 1, size=(n, n)).astype(dt), 0, bits))
+        ops[bits] = (
+            FixedTensor(rng.integers(-m, m + 1, size=(n, n)).astype(dt), 0, bits),
+            FixedTensor(rng.integers(-m, m + 1, size=(n, n)).astype(dt), 0, bits),
+        )
     for bits, method in ((8, "auto"), (8, "blas"), (12, "auto"), (16, "auto"), (16, "blas")):
         a, b = ops[bits]
         key = f"exact {bits}-bit GEMM {n}^3 via matmul, method={method}"
         fns[key] = lambda a=a, b=b, method=method: matmul(a, b, method=method)
         meta[key] = plan_gemm(n, bits, method=method, macs=n**3).path
-    for bits, kernel, acc in ((8, _kernels.gemm_acc32, np.int32), (16, _kernels.gemm_acc64, np.int64)):
+    for bits, kernel, acc in (
+        (8, _kernels.gemm_acc32, np.int32),
+        (16, _kernels.gemm_acc64, np.int64),
+    ):
         a, b = ops[bits]
         bt = np.ascontiguousarray(b.mantissa.T)
         out = np.empty((n, n), acc)
@@ -77,10 +82,25 @@ def gemm_section(n: int, rounds: int) -> list[dict]:
     meta[key] = "copy"
     med = interleaved(fns, rounds)
     t_f32 = med.pop("sgemm")
-    rows = [{"what": k, "path": meta[k], "median_s": t, "ratio_vs_float32": t_f32 / t,
-             "gop_s": 2 * n**3 / t / 1e9} for k, t in med.items()]
-    rows.append({"what": f"numpy float32 matmul {n}^3", "path": "sgemm", "median_s": t_f32,
-                 "ratio_vs_float32": 1.0, "gop_s": 2 * n**3 / t_f32 / 1e9})
+    rows = [
+        {
+            "what": k,
+            "path": meta[k],
+            "median_s": t,
+            "ratio_vs_float32": t_f32 / t,
+            "gop_s": 2 * n**3 / t / 1e9,
+        }
+        for k, t in med.items()
+    ]
+    rows.append(
+        {
+            "what": f"numpy float32 matmul {n}^3",
+            "path": "sgemm",
+            "median_s": t_f32,
+            "ratio_vs_float32": 1.0,
+            "gop_s": 2 * n**3 / t_f32 / 1e9,
+        }
+    )
     return rows
 
 
@@ -116,14 +136,31 @@ def first_call_section() -> list[dict]:
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="sekron-numba-cache-") as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache,
-                   PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-        for run in ("cold numba cache (compiles every kernel)", "warm numba cache (second process)"):
-            out = subprocess.run([sys.executable, "-c", _FIRST_CALL], env=env, capture_output=True,
-                                 text=True, check=True)
+        env = dict(
+            os.environ,
+            NUMBA_CACHE_DIR=cache,
+            PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        )
+        for run in (
+            "cold numba cache (compiles every kernel)",
+            "warm numba cache (second process)",
+        ):
+            out = subprocess.run(
+                [sys.executable, "-c", _FIRST_CALL],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             t_imp, t_step = (float(v) for v in out.stdout.split()[-2:])
-            rows.append({"what": f"fresh process, {run}: import sekron.fixed, then first MLP step",
-                         "import_s": t_imp, "first_step_s": t_step, "seconds": t_imp + t_step})
+            rows.append(
+                {
+                    "what": f"fresh process, {run}: import sekron.fixed, then first MLP step",
+                    "import_s": t_imp,
+                    "first_step_s": t_step,
+                    "seconds": t_imp + t_step,
+                }
+            )
     return rows
 
 
@@ -163,8 +200,9 @@ def training_step_section(rounds: int) -> list[dict]:
         gh = FixedTensor(np.where(mask, r.mantissa, 0).astype(r.mantissa.dtype), r.exponent, r.bits)
         _, dW1, db1 = linear_backward(xq, q["W1"], gh, bits, seed=sr)
         for k, gk in {"W1": dW1, "b1": db1, "W2": dW2, "b2": db2}.items():
-            p[k], net.state[k] = sgd_step(p[k], gk, net.state[k], lr=0.05, momentum=0.9,
-                                          weight_decay=1e-4, bits=bits, seed=sr)
+            p[k], net.state[k] = sgd_step(
+                p[k], gk, net.state[k], lr=0.05, momentum=0.9, weight_decay=1e-4, bits=bits, seed=sr
+            )
 
     def bind(step, *args):
         return lambda: step(*args)
@@ -173,8 +211,9 @@ def training_step_section(rounds: int) -> list[dict]:
     for bits in (16, 8):
         net = Net("mlp", np.random.default_rng(0))
         fns[f"int{bits}"] = bind(net.step_int, x, y, bits, np.random.default_rng(1))
-        fns[f"int{bits}-previous"] = bind(previous_step, Net("mlp", np.random.default_rng(0)), bits,
-                                          np.random.default_rng(1))
+        fns[f"int{bits}-previous"] = bind(
+            previous_step, Net("mlp", np.random.default_rng(0)), bits, np.random.default_rng(1)
+        )
     for fn in fns.values():  # more warm-up than interleaved()'s single call
         for _ in range(5):
             fn()
@@ -182,11 +221,18 @@ def training_step_section(rounds: int) -> list[dict]:
     t_f = med["float32"]
     rows = [{"what": "digits MLP step 64-64-10, batch 32, float32 numpy", "median_s": t_f}]
     for bits in (16, 8):
-        for suffix, label in (("", "integer, fused step of the example now"),
-                              ("-previous", "integer, previous example step (unfused ops)")):
+        for suffix, label in (
+            ("", "integer, fused step of the example now"),
+            ("-previous", "integer, previous example step (unfused ops)"),
+        ):
             t_i = med[f"int{bits}{suffix}"]
-            rows.append({"what": f"digits MLP step 64-64-10, batch 32, {bits}-bit {label}",
-                         "median_s": t_i, "ratio_vs_float32": t_i / t_f})
+            rows.append(
+                {
+                    "what": f"digits MLP step 64-64-10, batch 32, {bits}-bit {label}",
+                    "median_s": t_i,
+                    "ratio_vs_float32": t_i / t_f,
+                }
+            )
     return rows
 
 
@@ -195,15 +241,19 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=1024)
     ap.add_argument("--repeat", type=int, default=300, help="training steps timed per variant")
     ap.add_argument("--gemm-rounds", type=int, default=9, help="interleaved GEMM rounds")
-    ap.add_argument("--skip-gemm", action="store_true", help="only the step and first-call sections")
+    ap.add_argument(
+        "--skip-gemm", action="store_true", help="only the step and first-call sections"
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
     import numba
     from threadpoolctl import threadpool_info
 
     print("threadpoolctl:", json.dumps(threadpool_info(), indent=1))
-    print(f"numba {numba.__version__}, threading layer default={numba.config.THREADING_LAYER}, "
-          f"NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS}")
+    print(
+        f"numba {numba.__version__}, threading layer default={numba.config.THREADING_LAYER}, "
+        f"NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS}"
+    )
     print(f"load average before (1, 5, 15 min): {os.getloadavg()}")
     print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     results: dict = {}
@@ -220,7 +270,11 @@ def main(argv=None):
     for section, rows in results.items():
         print(f"\n== {section}")
         for r in rows:
-            extra = "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items() if k != "what")
+            extra = "  ".join(
+                f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in r.items()
+                if k != "what"
+            )
             print(f"  {r['what']}: {extra}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

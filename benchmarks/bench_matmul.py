@@ -61,14 +61,20 @@ def main():
     err = float(np.max(np.abs(got - ref)) / np.max(np.abs(ref)))
     print(f"max relative difference sekron vs dense: {err:.2e}")
     c = op.structure.macs_matmul(256)
-    print(f"MACs: dense {c['dense']:,}  sekron {c['sekron']:,}  ratio {c['dense'] / c['sekron']:.1f}")
+    print(
+        f"MACs: dense {c['dense']:,}  sekron {c['sekron']:,}  ratio {c['dense'] / c['sekron']:.1f}"
+    )
 
     t_sk = timeit(structured)
     t_dense = timeit(dense, repeat=5)
     t_gemm = timeit(two_gemms)
     print(f"sekron.matmul         {t_sk * 1e3:8.2f} ms")
-    print(f"dense kron + matmul   {t_dense * 1e3:8.2f} ms   speed-up {t_dense / t_sk:6.1f}x (target >= 20x)")
-    print(f"two GEMMs alone       {t_gemm * 1e3:8.2f} ms   sekron / GEMMs {t_sk / t_gemm:6.2f} (target <= 1.5)")
+    print(
+        f"dense kron + matmul   {t_dense * 1e3:8.2f} ms   speed-up {t_dense / t_sk:6.1f}x (target >= 20x)"
+    )
+    print(
+        f"two GEMMs alone       {t_gemm * 1e3:8.2f} ms   sekron / GEMMs {t_sk / t_gemm:6.2f} (target <= 1.5)"
+    )
     try:
         from pykronecker import KroneckerProduct
     except ImportError:
@@ -80,9 +86,13 @@ def main():
         return kp @ X
 
     pk = pykron()
-    print(f"max relative difference pykronecker vs dense: {float(np.max(np.abs(pk - ref)) / np.max(np.abs(ref))):.2e}")
+    print(
+        f"max relative difference pykronecker vs dense: {float(np.max(np.abs(pk - ref)) / np.max(np.abs(ref))):.2e}"
+    )
     t_pk = timeit(pykron)
-    print(f"pykronecker           {t_pk * 1e3:8.2f} ms   speed-up {t_pk / t_sk:6.1f}x (target >= 3x)")
+    print(
+        f"pykronecker           {t_pk * 1e3:8.2f} ms   speed-up {t_pk / t_sk:6.1f}x (target >= 3x)"
+    )
 
 
 if __name__ == "__main__":

@@ -20,10 +20,10 @@ import numpy as np
 import scipy.sparse.linalg
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import blas_report, median_time  # noqa: E402
+from _common import blas_report, median_time
 
-import sekron as sk  # noqa: E402
-from sekron.svd import truncated_svd  # noqa: E402
+import sekron as sk
+from sekron.svd import truncated_svd
 
 
 def make_matrix(

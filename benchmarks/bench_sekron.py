@@ -17,9 +17,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import blas_report, median_time  # noqa: E402
+from _common import blas_report, median_time
 
-import sekron as sk  # noqa: E402
+import sekron as sk
 
 SHAPE = (256, 256, 3, 3)
 SHAPES3 = [(4, 4, 3, 1), (8, 8, 1, 3), (8, 8, 1, 1)]

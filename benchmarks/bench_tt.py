@@ -22,10 +22,10 @@ import tensorly as tl
 from tensorly.decomposition import tensor_train
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import blas_report, median_time  # noqa: E402
+from _common import blas_report, median_time
 
-import sekron as sk  # noqa: E402
-from sekron.formats import tt_structure  # noqa: E402
+import sekron as sk
+from sekron.formats import tt_structure
 
 
 def make_tensor(shape: tuple[int, ...], rank: int, dtype: type, seed: int = 0) -> np.ndarray:
@@ -45,7 +45,9 @@ def make_tensor(shape: tuple[int, ...], rank: int, dtype: type, seed: int = 0) -
 
 def rel(W: np.ndarray, approx: np.ndarray) -> float:
     W64 = W.astype(np.float64)
-    return float(np.linalg.norm((W64 - approx.astype(np.float64)).ravel()) / np.linalg.norm(W64.ravel()))
+    return float(
+        np.linalg.norm((W64 - approx.astype(np.float64)).ravel()) / np.linalg.norm(W64.ravel())
+    )
 
 
 def tt_params(tt: tl.tt_tensor.TTTensor) -> int:

@@ -39,10 +39,10 @@ import tensorly as tl
 from tensorly.decomposition import parafac, tensor_ring, tensor_train, tensor_train_matrix, tucker
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import blas_report  # noqa: E402
+from _common import blas_report
 
-import sekron as sk  # noqa: E402
-from sekron.formats import tt_structure  # noqa: E402
+import sekron as sk
+from sekron.formats import tt_structure
 
 BUDGETS = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,9 +70,16 @@ def digits_weights() -> tuple[dict[str, np.ndarray], float]:
     Xtr, ytr, Xte, yte = X[:1400], y[:1400], X[1400:], y[1400:]
     nn = torch.nn
     model = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10),
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(128, 64),
+        nn.ReLU(),
+        nn.Linear(64, 10),
     )
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(15):
@@ -85,7 +92,10 @@ def digits_weights() -> tuple[dict[str, np.ndarray], float]:
             opt.step()
     with torch.no_grad():
         acc = float((model(Xte).argmax(1) == yte).float().mean())
-    weights = {"conv2": model[3].weight.detach().numpy().copy(), "fc1": model[7].weight.detach().numpy().copy()}
+    weights = {
+        "conv2": model[3].weight.detach().numpy().copy(),
+        "fc1": model[7].weight.detach().numpy().copy(),
+    }
     return weights, acc
 
 
@@ -143,7 +153,9 @@ def fit_nkp(W: np.ndarray, shape_a: tuple[int, ...], budget: int) -> Point | Non
     return t.n_params, rel(W, t.to_dense()), f"{shape_a}⊗{shape_b} R={R}"
 
 
-def fit_sekron(W: np.ndarray, shapes: list[tuple[int, ...]], budget: int, tries: int = 4) -> Point | None:
+def fit_sekron(
+    W: np.ndarray, shapes: list[tuple[int, ...]], budget: int, tries: int = 4
+) -> Point | None:
     base = sk.Structure(shapes)
     grid = sorted({1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256})
     options = []
@@ -154,21 +166,34 @@ def fit_sekron(W: np.ndarray, shapes: list[tuple[int, ...]], budget: int, tries:
     if not options:
         return None
     # frontier: structures not dominated rank-wise by another that fits
-    frontier = [s for s in options if not any(o is not s and all(a >= b for a, b in zip(o.ranks, s.ranks, strict=True)) for o in options)]
+    frontier = [
+        s
+        for s in options
+        if not any(
+            o is not s and all(a >= b for a, b in zip(o.ranks, s.ranks, strict=True))
+            for o in options
+        )
+    ]
     frontier.sort(key=lambda s: -s.n_params)
     best: Point | None = None
     for st in frontier[:tries]:
         t = sk.sekron(W, st)
         e = rel(W, t.to_dense())
         if best is None or e < best[1]:
-            best = (st.n_params, e, f"{' ⊗ '.join('×'.join(map(str, s)) for s in shapes)} R={st.ranks}")
+            best = (
+                st.n_params,
+                e,
+                f"{' ⊗ '.join('×'.join(map(str, s)) for s in shapes)} R={st.ranks}",
+            )
     return best
 
 
 def fit_sekron_tt(T: np.ndarray, budget: int) -> Point | None:
     dims = T.shape
+
     def st_of(r: int) -> sk.Structure:
         return tt_structure(dims, [r] * (len(dims) - 1), clip=True)
+
     r = largest(lambda r: st_of(r).n_params <= budget, hi=max(dims))
     if r is None:
         return None
@@ -186,13 +211,19 @@ def fit_tt(T: np.ndarray, budget: int) -> Point | None:
     return sum(c.size for c in tt.factors), rel(T, tl.tt_to_tensor(tt)), f"ranks {tt.rank}"
 
 
-def fit_tt_matrix(W: np.ndarray, m: tuple[int, ...], n: tuple[int, ...], budget: int) -> Point | None:
+def fit_tt_matrix(
+    W: np.ndarray, m: tuple[int, ...], n: tuple[int, ...], budget: int
+) -> Point | None:
     dims = tuple(a * b for a, b in zip(m, n, strict=True))
     r = largest(lambda r: train_params(dims, tt_ranks(dims, r)) <= budget, hi=max(dims) * 4)
     if r is None:
         return None
     ttm = tensor_train_matrix(W.reshape(*m, *n), tt_ranks(dims, r))
-    return sum(c.size for c in ttm.factors), rel(W, tl.tt_matrix_to_matrix(ttm)), f"ranks {ttm.rank}"
+    return (
+        sum(c.size for c in ttm.factors),
+        rel(W, tl.tt_matrix_to_matrix(ttm)),
+        f"ranks {ttm.rank}",
+    )
 
 
 def fit_tr(T: np.ndarray, budget: int, loop: int = 2) -> Point | None:
@@ -254,8 +285,12 @@ def interleave(W: np.ndarray, m: tuple[int, ...], n: tuple[int, ...]) -> np.ndar
 def methods_for(name: str, W: np.ndarray) -> dict[str, Callable[[int], Point | None]]:
     if W.ndim == 4:  # conv kernel (F, C, Kh, Kw)
         return {
-            "SeKron 4×4×3×1 ⊗ 4×2×1×3 ⊗ 2×2×1×1": lambda b: fit_sekron(W, [(4, 4, 3, 1), (4, 2, 1, 3), (2, 2, 1, 1)], b),
-            "SeKron 2×2×1×1 ⊗ 4×2×3×1 ⊗ 4×4×1×3": lambda b: fit_sekron(W, [(2, 2, 1, 1), (4, 2, 3, 1), (4, 4, 1, 3)], b),
+            "SeKron 4×4×3×1 ⊗ 4×2×1×3 ⊗ 2×2×1×1": lambda b: fit_sekron(
+                W, [(4, 4, 3, 1), (4, 2, 1, 3), (2, 2, 1, 1)], b
+            ),
+            "SeKron 2×2×1×1 ⊗ 4×2×3×1 ⊗ 4×4×1×3": lambda b: fit_sekron(
+                W, [(2, 2, 1, 1), (4, 2, 3, 1), (4, 4, 1, 3)], b
+            ),
             "SeKron TT-mirroring (F)(C)(Kh)(Kw)": lambda b: fit_sekron_tt(W, b),
             "GKPD 8×4×3×3 ⊗ 4×4×1×1": lambda b: fit_nkp(W, (8, 4, 3, 3), b),
             "GKPD 8×4×3×1 ⊗ 4×4×1×3": lambda b: fit_nkp(W, (8, 4, 3, 1), b),
@@ -274,7 +309,9 @@ def methods_for(name: str, W: np.ndarray) -> dict[str, Callable[[int], Point | N
         alt = [(6, 8), (8, 12), (8, 16)]
     T = interleave(W, m, n)
     out: dict[str, Callable[[int], Point | None]] = {
-        f"SeKron {' ⊗ '.join(f'{a}×{b}' for a, b in zip(m, n, strict=True))}": lambda b: fit_sekron(W, list(zip(m, n, strict=True)), b),
+        f"SeKron {' ⊗ '.join(f'{a}×{b}' for a, b in zip(m, n, strict=True))}": lambda b: fit_sekron(
+            W, list(zip(m, n, strict=True)), b
+        ),
         f"SeKron {' ⊗ '.join(f'{a}×{b}' for a, b in alt)}": lambda b: fit_sekron(W, alt, b),
     }
     for a in ga:
@@ -298,10 +335,17 @@ def run(name: str, W32: np.ndarray) -> dict[str, list[Point | None]]:
         results[label] = [fn(b) for b in budgets]
         timing[label] = time.perf_counter() - start
     print(f"\n### {name}: shape {W.shape}, {size} parameters\n")
-    head = "| method | " + " | ".join(f"≤ {b} (1/{round(1 / f)})" for b, f in zip(budgets, BUDGETS, strict=True)) + " | time s |"
+    head = (
+        "| method | "
+        + " | ".join(f"≤ {b} (1/{round(1 / f)})" for b, f in zip(budgets, BUDGETS, strict=True))
+        + " | time s |"
+    )
     print(head)
     print("|---" * (head.count("|") - 1) + "|")
-    best = [min((p[1] for p in (r[i] for r in results.values()) if p is not None), default=None) for i in range(len(budgets))]
+    best = [
+        min((p[1] for p in (r[i] for r in results.values()) if p is not None), default=None)
+        for i in range(len(budgets))
+    ]
     for label, pts in results.items():
         cells = []
         for i, p in enumerate(pts):
@@ -327,7 +371,11 @@ def plot(name: str, shape: tuple[int, ...], results: dict[str, list[Point | None
         ys = [p[1] for p in pts if p is not None]
         if not xs:
             continue
-        style = "-o" if label.startswith("SeKron") else ("--s" if label.startswith(("GKPD", "low-rank")) else ":^")
+        style = (
+            "-o"
+            if label.startswith("SeKron")
+            else ("--s" if label.startswith(("GKPD", "low-rank")) else ":^")
+        )
         ax.plot(xs, ys, style, label=label, markersize=4)
     ax.set_xscale("log")
     ax.set_xlabel("parameters")

@@ -52,15 +52,15 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compress_minilm import LINEARS, batches, embed, load_encoder, similarity_scores  # noqa: E402
+from compress_minilm import LINEARS, batches, embed, load_encoder, similarity_scores
 
-from sekron.data.text import python_doc_sentences  # noqa: E402
-from sekron.torch.calibrate import calibrate  # noqa: E402
+from sekron.data.text import python_doc_sentences
+from sekron.torch.calibrate import calibrate
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "img"
 

@@ -50,13 +50,24 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "img"
-METHODS = ("sekron", "gkpd", "svd", "tt", "tucker", "sekron-data", "gkpd-data", "svd-data", "sekron3", "sekron3-data")
+METHODS = (
+    "sekron",
+    "gkpd",
+    "svd",
+    "tt",
+    "tucker",
+    "sekron-data",
+    "gkpd-data",
+    "svd-data",
+    "sekron3",
+    "sekron3-data",
+)
 # calibrated methods: fitted to the Gram of each layer's inputs on the calibration sentences
 DATA_METHODS = ("sekron-data", "gkpd-data", "svd-data", "sekron3-data")
 LINEARS = (
@@ -283,8 +294,15 @@ class SentenceEncoder(nn.Module):
         self.bert = bert
         self.pool = MeanPool()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)[0]
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        hidden = self.bert(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        )[0]
         return F.normalize(self.pool(hidden, attention_mask), dim=-1)
 
 
@@ -347,9 +365,21 @@ class FactoredLinear(nn.Module):
     for comparing accuracy at a parameter count, not speed.
     """
 
-    def __init__(self, factors: Sequence[np.ndarray], build: Callable[..., torch.Tensor], bias: torch.Tensor, label: str, rel_error: float):
+    def __init__(
+        self,
+        factors: Sequence[np.ndarray],
+        build: Callable[..., torch.Tensor],
+        bias: torch.Tensor,
+        label: str,
+        rel_error: float,
+    ):
         super().__init__()
-        self.factors = nn.ParameterList([nn.Parameter(torch.as_tensor(np.ascontiguousarray(f), dtype=torch.float32)) for f in factors])
+        self.factors = nn.ParameterList(
+            [
+                nn.Parameter(torch.as_tensor(np.ascontiguousarray(f), dtype=torch.float32))
+                for f in factors
+            ]
+        )
         self.bias = nn.Parameter(bias.detach().clone())
         self.build = build
         self.label = label
@@ -379,7 +409,9 @@ def _split(d: int, parts: int) -> tuple[int, ...]:
     return (best, *_split(d // best, parts - 1))
 
 
-def fit_svd(W: np.ndarray, budget: float) -> tuple[list[np.ndarray], Callable[..., torch.Tensor], str]:
+def fit_svd(
+    W: np.ndarray, budget: float
+) -> tuple[list[np.ndarray], Callable[..., torch.Tensor], str]:
     m, n = W.shape
     r = int(budget // (m + n))
     U, s, Vt = np.linalg.svd(W, full_matrices=False)
@@ -395,7 +427,9 @@ def _tt_params(m: Sequence[int], n: Sequence[int], r: int) -> int:
 def _tt_ranks(m: Sequence[int], n: Sequence[int], r: int) -> list[int]:
     # a TT rank cannot exceed the size of either side of its cut
     sizes = [mk * nk for mk, nk in zip(m, n, strict=True)]
-    inner = [min(r, math.prod(sizes[: k + 1]), math.prod(sizes[k + 1 :])) for k in range(len(m) - 1)]
+    inner = [
+        min(r, math.prod(sizes[: k + 1]), math.prod(sizes[k + 1 :])) for k in range(len(m) - 1)
+    ]
     return [1, *inner, 1]
 
 
@@ -407,7 +441,9 @@ def _tt_build(*cores: torch.Tensor) -> torch.Tensor:
     return T.reshape(m, -1)
 
 
-def fit_tt(W: np.ndarray, budget: float) -> tuple[list[np.ndarray], Callable[..., torch.Tensor], str]:
+def fit_tt(
+    W: np.ndarray, budget: float
+) -> tuple[list[np.ndarray], Callable[..., torch.Tensor], str]:
     import tensorly as tl
     from tensorly.decomposition import tensor_train_matrix
 
@@ -430,7 +466,9 @@ def _tucker_build(core: torch.Tensor, *factors: torch.Tensor) -> torch.Tensor:
     return T.reshape(u1.shape[0] * u2.shape[0], -1)
 
 
-def fit_tucker(W: np.ndarray, budget: float, seed: int) -> tuple[list[np.ndarray], Callable[..., torch.Tensor], str]:
+def fit_tucker(
+    W: np.ndarray, budget: float, seed: int
+) -> tuple[list[np.ndarray], Callable[..., torch.Tensor], str]:
     from tensorly.decomposition import tucker
 
     m_out, n_in = W.shape
@@ -447,7 +485,9 @@ def fit_tucker(W: np.ndarray, budget: float, seed: int) -> tuple[list[np.ndarray
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if params(ranks_at(mid)) <= budget else (lo, mid)
     rk = ranks_at(lo)
-    core, factors = tucker(W.reshape(dims), rank=list(rk), n_iter_max=20, init="svd", random_state=seed)
+    core, factors = tucker(
+        W.reshape(dims), rank=list(rk), n_iter_max=20, init="svd", random_state=seed
+    )
     shape = "x".join(map(str, dims))
     return [np.asarray(core), *map(np.asarray, factors)], _tucker_build, f"{shape} ranks {rk}"
 
@@ -456,7 +496,14 @@ def _kron_shapes(m: int, n: int) -> tuple[tuple[int, int], tuple[int, int]]:
     """Balanced GKPD shapes: ``m1 n1`` as close to ``sqrt(m n)`` as divisors allow (then m1 ~ sqrt m)."""
     cands = [(a, b) for a in range(2, m) if m % a == 0 for b in range(2, n) if n % b == 0]
     goal = 0.5 * math.log(m * n)
-    a, b = min(cands, key=lambda ab: (abs(math.log(ab[0] * ab[1]) - goal), abs(math.log(ab[0]) - 0.5 * math.log(m)), ab))
+    a, b = min(
+        cands,
+        key=lambda ab: (
+            abs(math.log(ab[0] * ab[1]) - goal),
+            abs(math.log(ab[0]) - 0.5 * math.log(m)),
+            ab,
+        ),
+    )
     return (a, b), (m // a, n // b)
 
 
@@ -465,7 +512,9 @@ def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent), attr, new)
 
 
-def compress_baseline(model: SentenceEncoder, names: Sequence[str], method: str, ratio: float, seed: int) -> tuple[SentenceEncoder, list[dict[str, Any]]]:
+def compress_baseline(
+    model: SentenceEncoder, names: Sequence[str], method: str, ratio: float, seed: int
+) -> tuple[SentenceEncoder, list[dict[str, Any]]]:
     """Replace each named nn.Linear by a ``method`` approximation within ``weight size / ratio``."""
     import copy
 
@@ -498,8 +547,15 @@ def compress_baseline(model: SentenceEncoder, names: Sequence[str], method: str,
             err = _rel_err(W, approx)
             new = FactoredLinear(factors, build, lin.bias, label, err)
         _swap(out, name, new)
-        rows.append({"name": name, "structure": label, "params_before": lin.weight.numel() + lin.bias.numel(),
-                     "params_after": sum(p.numel() for p in new.parameters()), "relative_error": err})
+        rows.append(
+            {
+                "name": name,
+                "structure": label,
+                "params_before": lin.weight.numel() + lin.bias.numel(),
+                "params_after": sum(p.numel() for p in new.parameters()),
+                "relative_error": err,
+            }
+        )
     return out, rows
 
 
@@ -522,17 +578,38 @@ def compress_sekron(
         opts["methods"] = "lowrank"
     if method in ("sekron3", "sekron3-data"):
         opts["methods"] = ("lowrank", "kronecker", "sekron")
-    small, report = compress(model, ratio=ratio, include=list(names), n_factors=2, max_candidates=max_candidates,
-                             random_state=seed, progress=False, **opts)
+    small, report = compress(
+        model,
+        ratio=ratio,
+        include=list(names),
+        n_factors=2,
+        max_candidates=max_candidates,
+        random_state=seed,
+        progress=False,
+        **opts,
+    )
     print(report)
-    rows = [{"name": r.name, "structure": r.structure, "params_before": r.params_before,
-             "params_after": r.params_after, "relative_error": r.relative_error,
-             "data_error": r.data_error, "plain_data_error": r.plain_data_error} for r in report]
+    rows = [
+        {
+            "name": r.name,
+            "structure": r.structure,
+            "params_before": r.params_before,
+            "params_after": r.params_after,
+            "relative_error": r.relative_error,
+            "data_error": r.data_error,
+            "plain_data_error": r.plain_data_error,
+        }
+        for r in report
+    ]
     return small, rows  # type: ignore[return-value]
 
 
 def compress_gkpd_data(
-    model: SentenceEncoder, names: Sequence[str], ratio: float, seed: int, grams: dict[str, np.ndarray]
+    model: SentenceEncoder,
+    names: Sequence[str],
+    ratio: float,
+    seed: int,
+    grams: dict[str, np.ndarray],
 ) -> tuple[SentenceEncoder, list[dict[str, Any]]]:
     """Balanced Kronecker shapes (as ``gkpd``), fitted to each layer's input Gram (data-aware)."""
     import copy
@@ -553,15 +630,23 @@ def compress_gkpd_data(
         plain = SeKronLinear.from_linear(lin, st, random_state=seed)
         _swap(out, name, new)
         assert new.selection is not None and plain.selection is not None
-        rows.append({"name": name, "structure": str(st), "params_before": lin.weight.numel() + lin.bias.numel(),
-                     "params_after": sum(p.numel() for p in new.parameters()),
-                     "relative_error": float(new.fit_relative_error or 0.0),
-                     "data_error": new.selection.fit.data_relative_error,
-                     "plain_data_error": relative_data_error(W, plain.selection.fit, grams[name])})
+        rows.append(
+            {
+                "name": name,
+                "structure": str(st),
+                "params_before": lin.weight.numel() + lin.bias.numel(),
+                "params_after": sum(p.numel() for p in new.parameters()),
+                "relative_error": float(new.fit_relative_error or 0.0),
+                "data_error": new.selection.fit.data_relative_error,
+                "plain_data_error": relative_data_error(W, plain.selection.fit, grams[name]),
+            }
+        )
     return out, rows
 
 
-def layer_grams(model: SentenceEncoder, names: Sequence[str], data: list[dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:
+def layer_grams(
+    model: SentenceEncoder, names: Sequence[str], data: list[dict[str, torch.Tensor]]
+) -> dict[str, np.ndarray]:
     """Mean second moment of each named layer's inputs on ``data`` (sekron.torch.calibrate)."""
     from sekron.torch.calibrate import calibrate
 
@@ -570,7 +655,15 @@ def layer_grams(model: SentenceEncoder, names: Sequence[str], data: list[dict[st
 
 
 # --------------------------------------------------------------------- distillation
-def distill_student(student: SentenceEncoder, teacher: SentenceEncoder, data: list[dict[str, torch.Tensor]], n_layers: int, epochs: int, lr: float, max_seconds: float | None = None) -> tuple[list[float], float]:
+def distill_student(
+    student: SentenceEncoder,
+    teacher: SentenceEncoder,
+    data: list[dict[str, torch.Tensor]],
+    n_layers: int,
+    epochs: int,
+    lr: float,
+    max_seconds: float | None = None,
+) -> tuple[list[float], float]:
     from sekron.torch import distill
 
     for p in student.bert.embeddings.parameters():
@@ -579,35 +672,93 @@ def distill_student(student: SentenceEncoder, teacher: SentenceEncoder, data: li
     opt = torch.optim.Adam(params, lr=lr)
     hidden = [f"bert.encoder.layer.{i}" for i in range(n_layers)] + ["pool"]
     start = time.perf_counter()
-    losses = distill(student, teacher, data, hidden=hidden, logits=False, epochs=epochs, optimizer=opt,
-                     max_seconds=max_seconds, shuffle=True, random_state=0)
+    losses = distill(
+        student,
+        teacher,
+        data,
+        hidden=hidden,
+        logits=False,
+        epochs=epochs,
+        optimizer=opt,
+        max_seconds=max_seconds,
+        shuffle=True,
+        random_state=0,
+    )
     return losses, time.perf_counter() - start
 
 
 # ------------------------------------------------------------------------------ main
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="ratio 4 only, 3 epochs, 2 candidates per layer")
-    p.add_argument("--ratios", type=float, nargs="+", default=None, help="per-layer compression ratios (default 2 4)")
+    p.add_argument(
+        "--quick", action="store_true", help="ratio 4 only, 3 epochs, 2 candidates per layer"
+    )
+    p.add_argument(
+        "--ratios",
+        type=float,
+        nargs="+",
+        default=None,
+        help="per-layer compression ratios (default 2 4)",
+    )
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--layers", type=int, nargs="+", default=None, help="encoder blocks to compress (default all 6)")
-    p.add_argument("--linears", nargs="+", default=list(LINEARS), choices=LINEARS,
-                   help="which linear layers of each block (default all six)")
-    p.add_argument("--epochs", type=int, default=None, help="distillation epochs (default 6, quick 3)")
+    p.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="encoder blocks to compress (default all 6)",
+    )
+    p.add_argument(
+        "--linears",
+        nargs="+",
+        default=list(LINEARS),
+        choices=LINEARS,
+        help="which linear layers of each block (default all six)",
+    )
+    p.add_argument(
+        "--epochs", type=int, default=None, help="distillation epochs (default 6, quick 3)"
+    )
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--n-eval", type=int, default=64, help="held-out sentences (built-in corpus; the rest distil)")
-    p.add_argument("--corpus", choices=("python-docs", "builtin"), default="python-docs",
-                   help="python-docs: sentences of Python's own documentation (sekron.data.text), split into "
-                        "distillation / calibration / held-out; builtin: the 160 sentences above")
-    p.add_argument("--n-calib", type=int, default=512, help="calibration sentences (data-aware methods)")
-    p.add_argument("--n-train", type=int, default=None, help="distillation sentences (default: the whole train split)")
-    p.add_argument("--n-heldout", type=int, default=256, help="held-out sentences scored (python-docs corpus)")
-    p.add_argument("--distill-seconds", type=float, default=None, help="time budget of each distillation")
-    p.add_argument("--max-candidates", type=int, default=None, help="structures compress() fits per layer (default 4, quick 2)")
+    p.add_argument(
+        "--n-eval",
+        type=int,
+        default=64,
+        help="held-out sentences (built-in corpus; the rest distil)",
+    )
+    p.add_argument(
+        "--corpus",
+        choices=("python-docs", "builtin"),
+        default="python-docs",
+        help="python-docs: sentences of Python's own documentation (sekron.data.text), split into "
+        "distillation / calibration / held-out; builtin: the 160 sentences above",
+    )
+    p.add_argument(
+        "--n-calib", type=int, default=512, help="calibration sentences (data-aware methods)"
+    )
+    p.add_argument(
+        "--n-train",
+        type=int,
+        default=None,
+        help="distillation sentences (default: the whole train split)",
+    )
+    p.add_argument(
+        "--n-heldout", type=int, default=256, help="held-out sentences scored (python-docs corpus)"
+    )
+    p.add_argument(
+        "--distill-seconds", type=float, default=None, help="time budget of each distillation"
+    )
+    p.add_argument(
+        "--max-candidates",
+        type=int,
+        default=None,
+        help="structures compress() fits per layer (default 4, quick 2)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path, default=OUT, help="where the results table, json and plot go")
+    p.add_argument(
+        "--out", type=Path, default=OUT, help="where the results table, json and plot go"
+    )
     p.add_argument("--no-plot", action="store_true")
     a = p.parse_args(argv)
     a.ratios = a.ratios or ([4.0] if a.quick else [2.0, 4.0])
@@ -641,13 +792,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
         train_s = python_doc_sentences("train")[: args.n_train]
         calib_s = python_doc_sentences("calibration")[: args.n_calib]
-        eval_s = python_doc_sentences("held_out")[1::2][: args.n_heldout]  # odd positions, as the budget study
+        eval_s = python_doc_sentences("held_out")[1::2][
+            : args.n_heldout
+        ]  # odd positions, as the budget study
     calib_b = batches(tokenizer, calib_s, 32)
     grams: dict[str, np.ndarray] | None = None
     train_b, eval_b = batches(tokenizer, train_s, args.batch), batches(tokenizer, eval_s, 64)
     ref = embed(teacher, eval_b)
-    dense_params = sum(teacher.get_submodule(n).weight.numel() + teacher.get_submodule(n).bias.numel() for n in names)
-    print(f"{len(names)} linear layers, {dense_params} parameters; {len(train_s)} distillation / {len(eval_s)} held-out sentences")
+    dense_params = sum(
+        teacher.get_submodule(n).weight.numel() + teacher.get_submodule(n).bias.numel()
+        for n in names
+    )
+    print(
+        f"{len(names)} linear layers, {dense_params} parameters; {len(train_s)} distillation / {len(eval_s)} held-out sentences"
+    )
 
     results: list[dict[str, Any]] = []
     for ratio in args.ratios:
@@ -658,15 +816,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 grams = grams if grams is not None else layer_grams(teacher, names, calib_b)
                 student, rows = compress_gkpd_data(teacher, names, ratio, args.seed, grams)
             elif method.startswith("sekron") or method in DATA_METHODS:
-                student, rows = compress_sekron(teacher, names, ratio, args.seed, args.max_candidates, method, calib_b)
+                student, rows = compress_sekron(
+                    teacher, names, ratio, args.seed, args.max_candidates, method, calib_b
+                )
             else:
                 student, rows = compress_baseline(teacher, names, method, ratio, args.seed)
             t_fit = time.perf_counter() - t0
             for p in student.parameters():
                 p.requires_grad_(True)
             before = similarity_scores(embed(student, eval_b), ref)
-            losses, t_distill = distill_student(student, teacher, train_b, n_blocks, args.epochs, args.lr,
-                                                args.distill_seconds)
+            losses, t_distill = distill_student(
+                student, teacher, train_b, n_blocks, args.epochs, args.lr, args.distill_seconds
+            )
             after = similarity_scores(embed(student, eval_b), ref)
             structures = sorted({str(r["structure"]) for r in rows})
             res = {
@@ -674,7 +835,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "ratio": ratio,
                 "params": int(sum(r["params_after"] for r in rows)),
                 "dense_params": dense_params,
-                "mean_rel_error": float(np.mean([r["relative_error"] for r in rows if r["relative_error"] is not None])),
+                "mean_rel_error": float(
+                    np.mean([r["relative_error"] for r in rows if r["relative_error"] is not None])
+                ),
                 "mean_data_error": _mean_of(rows, "data_error"),
                 "mean_plain_data_error": _mean_of(rows, "plain_data_error"),
                 "layers": rows,
@@ -695,8 +858,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 flush=True,
             )
     total = time.perf_counter() - t_start
-    summary = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-               "n_train": len(train_s), "n_eval": len(eval_s), "n_calib": len(calib_s), "corpus": args.corpus, "blocks": blocks, "results": results, "total_s": total}
+    summary = {
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "n_train": len(train_s),
+        "n_eval": len(eval_s),
+        "n_calib": len(calib_s),
+        "corpus": args.corpus,
+        "blocks": blocks,
+        "results": results,
+        "total_s": total,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "minilm_results.json").write_text(json.dumps(summary, indent=1))
     table = results_table(summary)
@@ -751,7 +922,10 @@ def results_table(summary: dict[str, Any]) -> str:
         )
     lines += ["", "Structures per method and ratio:", ""]
     for r in summary["results"]:
-        lines.append(f"* {LABELS[r['method']]}, {r['ratio']:g}×: " + "; ".join(f"`{s}`" for s in r["structures"]))
+        lines.append(
+            f"* {LABELS[r['method']]}, {r['ratio']:g}×: "
+            + "; ".join(f"`{s}`" for s in r["structures"])
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -766,10 +940,19 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     ratios = list(dict.fromkeys(r["ratio"] for r in summary["results"]))
     width = 0.8 / len(methods)
     for j, m in enumerate(methods):
-        rs = [next(r for r in summary["results"] if r["method"] == m and r["ratio"] == q) for q in ratios]
+        rs = [
+            next(r for r in summary["results"] if r["method"] == m and r["ratio"] == q)
+            for q in ratios
+        ]
         x = np.arange(len(ratios)) + j * width
         ax.bar(x, [1 - r["before"]["cos_mean"] for r in rs], width, alpha=0.35, color=f"C{j}")
-        ax.bar(x, [1 - r["after"]["cos_mean"] for r in rs], width, color=f"C{j}", label=LABELS[m].replace("`", ""))
+        ax.bar(
+            x,
+            [1 - r["after"]["cos_mean"] for r in rs],
+            width,
+            color=f"C{j}",
+            label=LABELS[m].replace("`", ""),
+        )
     ax.set_xticks(np.arange(len(ratios)) + 0.4 - width / 2, [f"{q:g}×" for q in ratios])
     ax.set_yscale("log")
     ax.set_ylabel("1 − mean cosine to the original (held out)")

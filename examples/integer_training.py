@@ -51,7 +51,9 @@ def im2col(x, k, stride, pad):
     cols = np.empty((n, ho, wo, c, k, k), x.dtype)
     for i in range(k):
         for j in range(k):
-            cols[..., i, j] = xp[:, :, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride].transpose(0, 2, 3, 1)
+            cols[..., i, j] = xp[
+                :, :, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride
+            ].transpose(0, 2, 3, 1)
     return cols.reshape(n * ho * wo, -1), ho, wo
 
 
@@ -61,13 +63,17 @@ def col2im(dcols, shape, k, stride, pad, ho, wo):
     xp = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dcols.dtype)
     for i in range(k):
         for j in range(k):
-            xp[:, :, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride] += d[..., i, j].transpose(0, 3, 1, 2)
+            xp[
+                :, :, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride
+            ] += d[..., i, j].transpose(0, 3, 1, 2)
     return xp[:, :, pad : pad + h, pad : pad + w]
 
 
 def relu_fixed(t: FixedTensor) -> tuple[FixedTensor, np.ndarray]:
     mask = t.mantissa > 0
-    return FixedTensor(np.where(mask, t.mantissa, 0).astype(t.mantissa.dtype), t.exponent, t.bits), mask
+    return FixedTensor(
+        np.where(mask, t.mantissa, 0).astype(t.mantissa.dtype), t.exponent, t.bits
+    ), mask
 
 
 def mask_fixed(t: FixedTensor, mask: np.ndarray) -> FixedTensor:
@@ -89,11 +95,19 @@ class Net:
             return (rng.normal(size=shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
 
         if arch == "mlp":
-            self.p = {"W1": he((64, 64), 64), "b1": np.zeros(64, np.float32),
-                      "W2": he((10, 64), 64), "b2": np.zeros(10, np.float32)}
+            self.p = {
+                "W1": he((64, 64), 64),
+                "b1": np.zeros(64, np.float32),
+                "W2": he((10, 64), 64),
+                "b2": np.zeros(10, np.float32),
+            }
         else:
-            self.p = {"K1": he((8, 1, 3, 3), 9), "K2": he((16, 8, 3, 3), 72),
-                      "W": he((10, 256), 256), "b": np.zeros(10, np.float32)}
+            self.p = {
+                "K1": he((8, 1, 3, 3), 9),
+                "K2": he((16, 8, 3, 3), 72),
+                "W": he((10, 256), 256),
+                "b": np.zeros(10, np.float32),
+            }
         self.state: dict = {k: None for k in self.p}
         self.vel = {k: np.zeros_like(v) for k, v in self.p.items()}
 
@@ -138,7 +152,9 @@ class Net:
             h, mask = linear_relu(xq, q["W1"], q["b1"], bits, seed=seeds[5])
             logits = linear(h, q["W2"], q["b2"], seed=seeds[6]).to_float()
             g = softmax_grad(logits, y)
-            gh, dW2, db2 = linear_backward(h, q["W2"], g, bits, seed=seeds[7], dx_bits=bits, dx_mask=mask)
+            gh, dW2, db2 = linear_backward(
+                h, q["W2"], g, bits, seed=seeds[7], dx_bits=bits, dx_mask=mask
+            )
             _, dW1, db1 = linear_backward(xq, q["W1"], gh, bits, seed=seeds[8], need_dx=False)
             return logits, dict(zip(names, (dW1, db1, dW2, db2), strict=True))
         xi = reshape_fixed(xq, (-1, 1, 8, 8))
@@ -159,8 +175,16 @@ class Net:
         seeds = split_seed(sr, N_SEEDS)
         logits, gr = self.grads_int(x, y, bits, seeds)
         for i, (k, g) in enumerate(gr.items()):
-            self.p[k], self.state[k] = sgd_step(self.p[k], g, self.state[k], lr=lr, momentum=mu,
-                                                weight_decay=wd, bits=bits, seed=seeds[13 + i])
+            self.p[k], self.state[k] = sgd_step(
+                self.p[k],
+                g,
+                self.state[k],
+                lr=lr,
+                momentum=mu,
+                weight_decay=wd,
+                bits=bits,
+                seed=seeds[13 + i],
+            )
         return logits
 
     def predict(self, x, bits, sr):
@@ -208,8 +232,18 @@ def train_regression(bits, mode, steps, seed=0, width=32, lr=0.2, mu=0.9):
     rng = np.random.default_rng(seed)
     x = np.linspace(-1, 1, 256, dtype=np.float32)[:, None]
     y = target(x).astype(np.float32)
-    shapes = {"W1": (width, 1), "b1": (width,), "W2": (width, width), "b2": (width,), "W3": (1, width), "b3": (1,)}
-    p = {k: (rng.normal(size=s) * (np.sqrt(1.0 / s[1]) if len(s) == 2 else 0.0)).astype(np.float32) for k, s in shapes.items()}
+    shapes = {
+        "W1": (width, 1),
+        "b1": (width,),
+        "W2": (width, width),
+        "b2": (width,),
+        "W3": (1, width),
+        "b3": (1,),
+    }
+    p = {
+        k: (rng.normal(size=s) * (np.sqrt(1.0 / s[1]) if len(s) == 2 else 0.0)).astype(np.float32)
+        for k, s in shapes.items()
+    }
     sr = np.random.default_rng(20_000 + seed)
     state: dict = {k: None for k in p}
     vel = {k: np.zeros_like(v) for k, v in p.items()}
@@ -246,7 +280,9 @@ def train_regression(bits, mode, steps, seed=0, width=32, lr=0.2, mu=0.9):
             _, dW1, db1 = linear_backward(xq, q["W1"], g1, bits, seed=sr)
             gr = {"W1": dW1, "b1": db1, "W2": dW2, "b2": db2, "W3": dW3, "b3": db3}
             for k, gk in gr.items():
-                p[k], state[k] = sgd_step(p[k], gk, state[k], lr=lr, momentum=mu, bits=bits, mode=mode, seed=sr)
+                p[k], state[k] = sgd_step(
+                    p[k], gk, state[k], lr=lr, momentum=mu, bits=bits, mode=mode, seed=sr
+                )
         losses.append(float(np.mean((out - y) ** 2)))
     return np.array(losses)
 
@@ -274,25 +310,44 @@ def main(argv=None):
     steps = 400 if args.quick else 5000
     digits = load_digits()
     X = (digits.data / 16.0).astype(np.float32)
-    xtr, xte, ytr, yte = train_test_split(X, digits.target, test_size=0.25, random_state=0, stratify=digits.target)
+    xtr, xte, ytr, yte = train_test_split(
+        X, digits.target, test_size=0.25, random_state=0, stratify=digits.target
+    )
     data = (xtr, ytr, xte, yte)
-    results: dict = {"classification": {}, "regression": {}, "config": {"epochs": epochs, "steps": steps, "seeds": args.seeds}}
+    results: dict = {
+        "classification": {},
+        "regression": {},
+        "config": {"epochs": epochs, "steps": steps, "seeds": args.seeds},
+    }
     t0 = time.time()
     for arch in ("mlp", "cnn"):
         for bits in (None, *BITS):
             accs = [train_classifier(arch, bits, s, data, epochs[arch]) for s in range(args.seeds)]
             name = "float32" if bits is None else f"int{bits}"
             results["classification"].setdefault(arch, {})[name] = {
-                "mean": float(np.mean(accs)), "spread": float(np.std(accs)), "runs": accs}
-            print(f"{arch} {name:>8}: {np.mean(accs):6.2f} +- {np.std(accs):.2f}  ({time.time() - t0:.0f}s)", flush=True)
+                "mean": float(np.mean(accs)),
+                "spread": float(np.std(accs)),
+                "runs": accs,
+            }
+            print(
+                f"{arch} {name:>8}: {np.mean(accs):6.2f} +- {np.std(accs):.2f}  ({time.time() - t0:.0f}s)",
+                flush=True,
+            )
     curves = {"float32": train_regression(None, "master", steps)}
     for bits in BITS:
         for mode in ("master", "integer"):
             curves[f"int{bits}-{mode}"] = train_regression(bits, mode, steps)
     for name, c in curves.items():
         dep = None if name == "float32" else departure(c, curves["float32"])
-        results["regression"][name] = {"final_mse": float(c[-20:].mean()), "min_mse": float(c.min()), "departs_at_step": dep}
-        print(f"regression {name:>16}: final mse {c[-20:].mean():.2e}  departs from float at {dep}", flush=True)
+        results["regression"][name] = {
+            "final_mse": float(c[-20:].mean()),
+            "min_mse": float(c.min()),
+            "departs_at_step": dep,
+        }
+        print(
+            f"regression {name:>16}: final mse {c[-20:].mean():.2e}  departs from float at {dep}",
+            flush=True,
+        )
     write_outputs(results, curves, args.quick)
     print(f"done in {time.time() - t0:.0f}s")
 
@@ -301,11 +356,21 @@ def write_outputs(results, curves, quick):
     OUT.mkdir(parents=True, exist_ok=True)
     suffix = "_quick" if quick else ""
     (OUT / f"fixed_results{suffix}.json").write_text(json.dumps(results, indent=2))
-    lines = ["| model | " + " | ".join(results["classification"]["mlp"]) + " |",
-             "|---|" + "---|" * len(results["classification"]["mlp"])]
+    lines = [
+        "| model | " + " | ".join(results["classification"]["mlp"]) + " |",
+        "|---|" + "---|" * len(results["classification"]["mlp"]),
+    ]
     for arch, row in results["classification"].items():
-        lines.append(f"| {arch} | " + " | ".join(f"{v['mean']:.2f} ± {v['spread']:.2f}" for v in row.values()) + " |")
-    lines += ["", "| regression run | final MSE | min MSE | departs from float32 at step |", "|---|---|---|---|"]
+        lines.append(
+            f"| {arch} | "
+            + " | ".join(f"{v['mean']:.2f} ± {v['spread']:.2f}" for v in row.values())
+            + " |"
+        )
+    lines += [
+        "",
+        "| regression run | final MSE | min MSE | departs from float32 at step |",
+        "|---|---|---|---|",
+    ]
     for name, v in results["regression"].items():
         dep = "—" if v["departs_at_step"] is None else str(v["departs_at_step"])
         lines.append(f"| {name} | {v['final_mse']:.2e} | {v['min_mse']:.2e} | {dep} |")
@@ -319,7 +384,12 @@ def write_outputs(results, curves, quick):
     for ax, arch in zip(axes[:2], ("mlp", "cnn"), strict=True):
         row = results["classification"][arch]
         names = list(row)
-        ax.bar(names, [row[n]["mean"] for n in names], yerr=[row[n]["spread"] for n in names], color="C0")
+        ax.bar(
+            names,
+            [row[n]["mean"] for n in names],
+            yerr=[row[n]["spread"] for n in names],
+            color="C0",
+        )
         lo = min(row[n]["mean"] for n in names)
         ax.set_ylim(max(0, lo - 5), 100)
         ax.set_title(f"digits {arch.upper()}: test accuracy (%)")
@@ -327,7 +397,9 @@ def write_outputs(results, curves, quick):
     ax.semilogy(curves["float32"], "k", lw=2, label="float32")
     for i, bits in enumerate(BITS):
         ax.semilogy(curves[f"int{bits}-master"], color=f"C{i}", lw=1, label=f"int{bits} master")
-        ax.semilogy(curves[f"int{bits}-integer"], color=f"C{i}", lw=1, ls="--", label=f"int{bits} integer")
+        ax.semilogy(
+            curves[f"int{bits}-integer"], color=f"C{i}", lw=1, ls="--", label=f"int{bits} integer"
+        )
     ax.set_xlabel("step")
     ax.set_title("regression MSE")
     ax.legend(fontsize=7, ncol=2)

@@ -19,21 +19,21 @@ from .tensor import SeKronTensor, load
 __version__ = "0.1.0"
 
 __all__ = [
-    "__version__",
-    "errors",
-    "kron",
-    "rearrange",
-    "unrearrange",
-    "Structure",
-    "structures",
-    "nkp",
-    "sekron",
     "SeKronTensor",
+    "Structure",
+    "__version__",
+    "conv2d",
+    "errors",
+    "fixed",
+    "formats",
+    "kron",
     "load",
     "matmul",
-    "conv2d",
-    "formats",
-    "fixed",
+    "nkp",
+    "rearrange",
+    "sekron",
+    "structures",
+    "unrearrange",
 ]
 
 # name -> (module, attribute or None for the module itself); imported on first access

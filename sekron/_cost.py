@@ -25,10 +25,10 @@ from typing import Any
 from .errors import ShapeError
 
 __all__ = [
-    "macs_conv2d",
     "ConvStage",
-    "conv_stages",
     "as_pair",
+    "conv_stages",
+    "macs_conv2d",
 ]
 
 

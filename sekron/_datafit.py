@@ -28,12 +28,12 @@ from .tensor import SeKronTensor
 from .typing import SVDMethod
 
 __all__ = [
+    "DEFAULT_RIDGE",
+    "DEFAULT_SWEEPS",
     "check_gram",
     "check_options",
     "fit_nkp_data",
     "fit_sekron_data",
-    "DEFAULT_RIDGE",
-    "DEFAULT_SWEEPS",
 ]
 
 #: default ``ridge``: λ = ridge · tr(C)/n. 1e-6 of the mean eigenvalue changes the fit of a

@@ -16,21 +16,21 @@ import numpy as np
 from .errors import DTypeError, NonFiniteError, RankError, ShapeError
 
 __all__ = [
+    "SVD_FULL_BELOW",
     "as_float_array",
-    "check_finite",
+    "as_generator",
+    "as_pair",
+    "as_positive_int",
+    "as_rank",
     "as_shape",
     "as_shapes",
-    "as_positive_int",
-    "as_generator",
     "check_bits",
-    "check_tol",
-    "as_rank",
-    "as_pair",
+    "check_exactly_one",
+    "check_finite",
     "check_ratio",
     "check_rounding",
-    "check_exactly_one",
+    "check_tol",
     "svd_method",
-    "SVD_FULL_BELOW",
 ]
 
 _FLOAT_DTYPES = (np.float32, np.float64)

@@ -75,17 +75,17 @@ from ._validation import as_float_array, as_positive_int, as_shapes
 from .errors import RankError, ShapeError
 
 __all__ = [
+    "LinearBackend",
+    "LinearPlan",
+    "LinearStep",
+    "MatmulStep",
+    "NumpyLinearBackend",
     "ReshapeStep",
     "TransposeStep",
-    "MatmulStep",
-    "LinearStep",
-    "LinearPlan",
-    "linear_plan",
-    "LinearBackend",
-    "NumpyLinearBackend",
-    "execute_linear",
-    "linear_weight",
     "as_operand",
+    "execute_linear",
+    "linear_plan",
+    "linear_weight",
     "matmul_factors",
     "rmatmul_factors",
 ]

@@ -8,14 +8,14 @@ keeps working in code that does not know about sekron.
 from __future__ import annotations
 
 __all__ = [
+    "ArgumentError",
+    "DTypeError",
+    "FormatError",
+    "NonFiniteError",
+    "OverflowRiskError",
+    "RankError",
     "SekronError",
     "ShapeError",
-    "RankError",
-    "OverflowRiskError",
-    "NonFiniteError",
-    "FormatError",
-    "DTypeError",
-    "ArgumentError",
 ]
 
 

@@ -44,30 +44,30 @@ from typing import Any
 
 import numpy as np
 
+from ._datafit import DEFAULT_RIDGE
 from ._kron import rearrange
 from ._validation import as_positive_int, check_exactly_one, check_ratio, check_tol
-from ._datafit import DEFAULT_RIDGE
 from .decompose import nkp, sekron
 from .errors import SekronError, ShapeError
 from .structure import Structure, structures
 from .tensor import SeKronTensor
 
 __all__ = [
+    "Chooser",
+    "CostFn",
     "Selection",
     "WeightReport",
-    "CostFn",
-    "fit_structure",
-    "fit_error",
+    "budget",
+    "compress_weight",
     "fit_candidates",
+    "fit_error",
+    "fit_structure",
+    "relative_data_error",
     "select",
-    "select_fixed",
     "select_by_ratio",
     "select_by_ratio_deep",
     "select_by_tol",
-    "compress_weight",
-    "relative_data_error",
-    "budget",
-    "Chooser",
+    "select_fixed",
 ]
 
 CostFn = Callable[[Structure], int]

@@ -76,7 +76,7 @@ class Structure:
     (224, 18.29)
     """
 
-    __slots__ = ("_shapes", "_ranks")
+    __slots__ = ("_ranks", "_shapes")
     _shapes: tuple[tuple[int, ...], ...]
     _ranks: tuple[int, ...]
 
@@ -209,7 +209,9 @@ class Structure:
         32
         """
         if self.ndim != 2:
-            raise ShapeError(f"structure: expected a 2-D (matrix) structure, got shape {self.shape}")
+            raise ShapeError(
+                f"structure: expected a 2-D (matrix) structure, got shape {self.shape}"
+            )
         c = as_positive_int(n_cols, "n_cols")
         m, n = self.shape
         return {"sekron": linear_plan(self._shapes, self._ranks).macs * c, "dense": m * n * c}
@@ -230,7 +232,9 @@ class Structure:
         >>> c["dense"] > c["sekron"]
         True
         """
-        return macs_conv2d(self._shapes, self._ranks, h, w, stride=stride, padding=padding, dilation=dilation)
+        return macs_conv2d(
+            self._shapes, self._ranks, h, w, stride=stride, padding=padding, dilation=dilation
+        )
 
     # -- protocol ----------------------------------------------------------------------
     def __eq__(self, other: object) -> bool:

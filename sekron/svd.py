@@ -19,7 +19,7 @@ import scipy.sparse.linalg
 from ._validation import as_generator, as_rank, svd_method
 from .typing import RandomState, SVDMethod
 
-__all__ = ["truncated_svd", "choose_method", "MatrixOperator"]
+__all__ = ["MatrixOperator", "choose_method", "truncated_svd"]
 
 
 class MatrixOperator(Protocol):

@@ -20,7 +20,7 @@ from .errors import FormatError, ShapeError
 from .files import save_npz
 from .structure import Structure
 
-__all__ = ["SeKronTensor", "load", "FILE_FORMAT", "FILE_VERSION"]
+__all__ = ["FILE_FORMAT", "FILE_VERSION", "SeKronTensor", "load"]
 
 FILE_FORMAT = "sekron.SeKronTensor"
 FILE_VERSION = 1
@@ -105,12 +105,12 @@ class SeKronTensor:
     """
 
     __slots__ = (
-        "_factors",
-        "_structure",
-        "_error_bound",
-        "_reference_norm",
         "_data_error_bound",
         "_data_reference_norm",
+        "_error_bound",
+        "_factors",
+        "_reference_norm",
+        "_structure",
     )
     # numpy must defer ``ndarray @ op`` to __rmatmul__ instead of densifying through
     # __array__; np.asarray(op) still builds the dense tensor.

@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Shape", "ShapeLike", "RandomState", "SVDMethod", "ArrayLike"]
+__all__ = ["ArrayLike", "RandomState", "SVDMethod", "Shape", "ShapeLike"]
 
 Shape = tuple[int, ...]
 ShapeLike = int | Sequence[int]

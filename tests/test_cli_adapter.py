@@ -16,7 +16,6 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 
 from sekron.torch import adapters as ad  # noqa: E402
 
-
 cli = importlib.import_module("sekron.cli.adapter")
 
 

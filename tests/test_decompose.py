@@ -201,7 +201,11 @@ def test_sekron_with_two_factors_is_nkp(case, data):
 def _tensor_and_structure(draw, n_factors=None, max_size=256):
     s = draw(structures(n_factors=n_factors, max_size=max_size))
     dtype = draw(float_dtypes())
-    W = np.random.default_rng(draw(st.integers(0, 2**32 - 1))).standard_normal(s.shape).astype(dtype)
+    W = (
+        np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+        .standard_normal(s.shape)
+        .astype(dtype)
+    )
     return W, s
 
 
@@ -276,7 +280,11 @@ def test_sekron_tol_gives_each_level_an_equal_share(tol):
     s = np.linalg.svd(sk.rearrange(W, shapes).reshape(4, 16), compute_uv=False)
     budget = tol**2 * float(np.sum(W**2)) / 2
     tails = [float(np.sum(s[r:] ** 2)) for r in range(1, 5)]
-    expected = next(r for r, e in zip(range(1, 5), tails, strict=True) if e <= budget + 64 * np.finfo(np.float64).eps * float(np.sum(W**2)))
+    expected = next(
+        r
+        for r, e in zip(range(1, 5), tails, strict=True)
+        if e <= budget + 64 * np.finfo(np.float64).eps * float(np.sum(W**2))
+    )
     assert t.structure.ranks[0] == expected
     if tol == 0.0:
         assert t.structure.ranks == (4, 4)

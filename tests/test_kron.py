@@ -130,7 +130,9 @@ def test_rearrange_two_factor_matrix_is_van_loan_pitsianis():
     W = rng.standard_normal((6, 8))
     a, b = (3, 2), (2, 4)
     R = sk.rearrange(W, [a, b])
-    blocks = [W[i * 2 : (i + 1) * 2, j * 4 : (j + 1) * 4].ravel() for i in range(3) for j in range(2)]
+    blocks = [
+        W[i * 2 : (i + 1) * 2, j * 4 : (j + 1) * 4].ravel() for i in range(3) for j in range(2)
+    ]
     assert np.array_equal(R, np.stack(blocks))
 
 
@@ -156,7 +158,9 @@ def test_rearrange_rejects_shapes_that_do_not_factor():
         sk.rearrange(np.zeros((4, 4)), [(4, 4)])
 
 
-@pytest.mark.parametrize("bad", [np.array([["a"]]), np.array([[1j]]), np.array([[None]], dtype=object)])
+@pytest.mark.parametrize(
+    "bad", [np.array([["a"]]), np.array([[1j]]), np.array([[None]], dtype=object)]
+)
 def test_kron_and_rearrange_reject_non_numeric(bad):
     with pytest.raises(DTypeError, match=r"factors\[1\]"):
         sk.kron(np.ones((1, 1)), bad)
@@ -216,7 +220,8 @@ def test_kron_float_product_that_would_overflow_is_refused(dtype):
 
 
 @pytest.mark.parametrize(
-    ("shape", "shapes"), [((6,), [(2,), (3,)]), ((6, 8), [(6, 1), (1, 8)]), ((4, 6), [(1, 1), (4, 6)])]
+    ("shape", "shapes"),
+    [((6,), [(2,), (3,)]), ((6, 8), [(6, 1), (1, 8)]), ((4, 6), [(1, 1), (4, 6)])],
 )
 def test_rearrange_and_unrearrange_never_return_a_view(shape, shapes):
     W = np.arange(np.prod(shape), dtype=np.float64).reshape(shape)

@@ -38,7 +38,11 @@ def _tree_tensor(seed: int, dtype=np.float64) -> np.ndarray:
 def _tensor_and_structure(draw):
     s = draw(structures(n_factors=draw(st.integers(3, 4)), max_size=128, max_rank=3))
     dtype = draw(float_dtypes())
-    W = np.random.default_rng(draw(st.integers(0, 2**32 - 1))).standard_normal(s.shape).astype(dtype)
+    W = (
+        np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+        .standard_normal(s.shape)
+        .astype(dtype)
+    )
     return W, s
 
 
@@ -69,10 +73,14 @@ def test_refinement_is_deterministic():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_refinement_keeps_exact_fits_exact(dtype):
     s = sk.Structure(TREE_SHAPES, (2, 2))
-    W = sk.SeKronTensor(random_sekron_factors(s, np.random.default_rng(1), dtype=dtype, tt_like=True)).to_dense()
+    W = sk.SeKronTensor(
+        random_sekron_factors(s, np.random.default_rng(1), dtype=dtype, tt_like=True)
+    ).to_dense()
     t = sk.sekron(W, s, refine=5)
     eps = float(np.finfo(dtype).eps)
-    assert _true_error(W, t) <= 16 * sum(s.sizes) * eps * float(np.linalg.norm(W.astype(np.float64)))
+    assert _true_error(W, t) <= 16 * sum(s.sizes) * eps * float(
+        np.linalg.norm(W.astype(np.float64))
+    )
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -134,4 +142,7 @@ def test_refine_argument_is_checked():
         sk.sekron(W, TREE_SHAPES, (2, 2), refine=-1)
     with pytest.raises(TypeError, match="refine"):
         sk.sekron(W, TREE_SHAPES, (2, 2), refine=1.5)
-    assert sk.sekron(W, TREE_SHAPES, (2, 2), refine=0).error_bound == sk.sekron(W, TREE_SHAPES, (2, 2)).error_bound
+    assert (
+        sk.sekron(W, TREE_SHAPES, (2, 2), refine=0).error_bound
+        == sk.sekron(W, TREE_SHAPES, (2, 2)).error_bound
+    )

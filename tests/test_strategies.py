@@ -51,7 +51,9 @@ def test_impossible_shape_requests_are_refused():
 @settings(deadline=None)
 @given(st.data(), st.integers(2, 4), st.one_of(st.none(), st.integers(1, 3)), st.booleans())
 def test_structures_ranks_within_limits(data, n_factors, max_rank, full):
-    s = data.draw(sks.structures(n_factors=n_factors, max_size=128, max_rank=max_rank, full_rank=full))
+    s = data.draw(
+        sks.structures(n_factors=n_factors, max_size=128, max_rank=max_rank, full_rank=full)
+    )
     assert isinstance(s, sk.Structure) and s.n_factors == n_factors
     assert s.dense_size <= 128
     if full:
@@ -80,8 +82,7 @@ def test_sekron_tensors(t32, t2):
 
 
 @settings(deadline=None)
-@given(sks.structures(n_factors=4, max_size=256, max_rank=3),
-       st.integers(0, 2**32 - 1))
+@given(sks.structures(n_factors=4, max_size=256, max_rank=3), st.integers(0, 2**32 - 1))
 def test_tt_like_factors_are_shared_across_earlier_branches(s, seed):
     fs = sks.random_sekron_factors(s, np.random.default_rng(seed), tt_like=True)
     S = s.n_factors

@@ -109,8 +109,16 @@ def test_clip_caps_ranks_at_the_largest_useful_rank():
 
 @pytest.mark.parametrize(
     "ranks, match",
-    [(0, r"ranks\[0\]"), ((1, 0), r"ranks\[1\]"), ((1,), "ranks"), ((1, 2, 3), "ranks"),
-     ("2", "ranks"), ((1.5, 1), r"ranks\[0\]"), ((True, 1), r"ranks\[0\]"), (-1, r"ranks\[0\]")],
+    [
+        (0, r"ranks\[0\]"),
+        ((1, 0), r"ranks\[1\]"),
+        ((1,), "ranks"),
+        ((1, 2, 3), "ranks"),
+        ("2", "ranks"),
+        ((1.5, 1), r"ranks\[0\]"),
+        ((True, 1), r"ranks\[0\]"),
+        (-1, r"ranks\[0\]"),
+    ],
 )
 def test_bad_ranks_raise_rank_error_naming_the_argument(ranks, match):
     with pytest.raises(RankError, match=match):
@@ -131,7 +139,8 @@ def test_bad_shapes_raise_shape_error(shapes):
 def _brute_structures(shape, S, ranks, min_factor_size=2):
     found = set()
     per_mode = [
-        [c for c in itertools.product(range(1, w + 1), repeat=S) if math.prod(c) == w] for w in shape
+        [c for c in itertools.product(range(1, w + 1), repeat=S) if math.prod(c) == w]
+        for w in shape
     ]
     for combo in itertools.product(*per_mode):
         shapes = tuple(tuple(combo[n][k] for n in range(len(shape))) for k in range(S))
@@ -145,8 +154,14 @@ def _brute_structures(shape, S, ranks, min_factor_size=2):
 
 @pytest.mark.parametrize(
     "shape, S, ranks",
-    [((16, 16), 2, [1]), ((8, 8), 3, [1, "full"]), ((12,), 2, [2]), ((4, 6, 2), 2, [1, 3]),
-     ((8, 4), 4, [1]), ((6, 6), 3, [(2, 1)])],
+    [
+        ((16, 16), 2, [1]),
+        ((8, 8), 3, [1, "full"]),
+        ((12,), 2, [2]),
+        ((4, 6, 2), 2, [1, 3]),
+        ((8, 4), 4, [1]),
+        ((6, 6), 3, [(2, 1)]),
+    ],
 )
 def test_structures_matches_brute_force_enumeration(shape, S, ranks):
     got = sk.structures(shape, S, ranks=ranks if len(ranks) > 1 else ranks[0])
@@ -163,10 +178,16 @@ def test_structures_matches_brute_force_enumeration(shape, S, ranks):
     st.one_of(st.none(), st.floats(1.0, 20.0)),
     st.integers(1, 4),
 )
-def test_structures_results_respect_every_filter(pair, S, ranks, max_params, min_compression, min_size):
+def test_structures_results_respect_every_filter(
+    pair, S, ranks, max_params, min_compression, min_size
+):
     shape, _ = pair
     got = sk.structures(
-        shape, S, ranks=ranks, max_params=max_params, min_compression=min_compression,
+        shape,
+        S,
+        ranks=ranks,
+        max_params=max_params,
+        min_compression=min_compression,
         min_factor_size=min_size,
     )
     assert len(got) == len(set(got))
@@ -183,12 +204,16 @@ def test_structures_results_respect_every_filter(pair, S, ranks, max_params, min
             assert s.ranks == tuple(min(ranks, m) for m in s.max_ranks)
     unfiltered = sk.structures(shape, S, ranks=ranks, min_factor_size=min_size)
     expected = [
-        s for s in unfiltered
+        s
+        for s in unfiltered
         if (max_params is None or s.n_params <= max_params)
         and (min_compression is None or s.compression_ratio >= min_compression)
     ]
     assert got == expected
-    assert sk.structures(shape, S, ranks=ranks, min_factor_size=min_size, max_results=3) == unfiltered[:3]
+    assert (
+        sk.structures(shape, S, ranks=ranks, min_factor_size=min_size, max_results=3)
+        == unfiltered[:3]
+    )
 
 
 def test_structures_bad_arguments():

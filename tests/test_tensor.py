@@ -47,7 +47,9 @@ def test_to_dense_equals_the_nested_sum_of_kronecker_products(t):
     np.testing.assert_allclose(dense, ref, rtol=0, atol=_tol(t))
     np.testing.assert_allclose(np.asarray(t), dense, rtol=0, atol=0)
     assert np.array_equal(sk.unrearrange(t.rearranged(), t.structure.shapes), dense)
-    np.testing.assert_allclose(t.norm(), np.linalg.norm(ref), rtol=0, atol=_tol(t) * np.sqrt(dense.size))
+    np.testing.assert_allclose(
+        t.norm(), np.linalg.norm(ref), rtol=0, atol=_tol(t) * np.sqrt(dense.size)
+    )
 
 
 @settings(deadline=None)
@@ -97,7 +99,10 @@ def test_factors_are_read_only_copies_and_dtypes_are_unified():
     assert t32.factors[0][0, 0, 0] == 1.0
     with pytest.raises(ValueError):
         t32.factors[0][0, 0, 0] = 2.0
-    assert sk.SeKronTensor([np.ones((1, 2), dtype=int), np.ones((1, 2), dtype=int)]).dtype == np.float64
+    assert (
+        sk.SeKronTensor([np.ones((1, 2), dtype=int), np.ones((1, 2), dtype=int)]).dtype
+        == np.float64
+    )
     assert t.astype(np.float32).dtype == np.float32
 
 
@@ -129,12 +134,17 @@ def test_constructor_rejects_bad_factors():
 @settings(deadline=None, max_examples=20)
 @given(sekron_tensors(max_size=64), st.one_of(st.none(), st.floats(0, 10)))
 def test_save_load_round_trip_is_bit_exact(tmp_path_factory, t, bound):
-    t = sk.SeKronTensor(list(t.factors), error_bound=bound, reference_norm=None if bound is None else 3.0)
+    t = sk.SeKronTensor(
+        list(t.factors), error_bound=bound, reference_norm=None if bound is None else 3.0
+    )
     path = tmp_path_factory.mktemp("rt") / "t.npz"
     t.save(path)
     u = sk.load(path)
     assert u.structure == t.structure and u.dtype == t.dtype
-    assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(u.factors, t.factors, strict=True))
+    assert all(
+        np.array_equal(a, b) and a.dtype == b.dtype
+        for a, b in zip(u.factors, t.factors, strict=True)
+    )
     assert u.error_bound == t.error_bound and u.reference_norm == t.reference_norm
     assert np.array_equal(u.to_dense(), t.to_dense())
 
@@ -213,8 +223,16 @@ def test_load_rejects_pickle_files(tmp_path):
     # an npz whose members need pickle (object arrays) is refused, not unpickled
     obj = np.empty(2, dtype=object)
     obj[0], obj[1] = np.ones((1, 2)), np.ones((1, 2))
-    np.savez(path, format=np.array("sekron.SeKronTensor"), version=np.array(1), n_factors=np.array(2),
-             factor_0=obj, factor_1=obj, error_bound=np.array(np.nan), reference_norm=np.array(np.nan))
+    np.savez(
+        path,
+        format=np.array("sekron.SeKronTensor"),
+        version=np.array(1),
+        n_factors=np.array(2),
+        factor_0=obj,
+        factor_1=obj,
+        error_bound=np.array(np.nan),
+        reference_norm=np.array(np.nan),
+    )
     with pytest.raises(FormatError):
         sk.load(path)
 

@@ -18,13 +18,13 @@ from . import adapter, checkpoint, demo, structures
 from .structures import kernel_matrix, load_tensor, pareto_front, rank_structures
 
 __all__ = [
-    "main",
-    "build_parser",
     "COMMANDS",
+    "build_parser",
     "kernel_matrix",
     "load_tensor",
-    "rank_structures",
+    "main",
     "pareto_front",
+    "rank_structures",
 ]
 
 # one line per sub-command, in the order ``sekron --help`` lists them

@@ -33,16 +33,16 @@ from ..tensor import FILE_VERSION as TENSOR_VERSION
 from ..tensor import SeKronTensor
 
 __all__ = [
-    "read_weights",
+    "FILE_FORMAT",
+    "TensorReport",
+    "add_parser",
     "choose_structure",
     "compress_weights",
-    "save_compressed",
-    "load_compressed",
-    "TensorReport",
     "format_report",
-    "FILE_FORMAT",
-    "add_parser",
+    "load_compressed",
+    "read_weights",
     "run",
+    "save_compressed",
 ]
 
 FILE_FORMAT = "sekron.compressed-checkpoint"

@@ -26,7 +26,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-__all__ = ["run_demo", "DemoRow", "add_parser", "run"]
+__all__ = ["DemoRow", "add_parser", "run", "run_demo"]
 
 
 @dataclass
@@ -165,7 +165,8 @@ def _time_interleaved(timed: list[tuple[DemoRow, Any]], X: Any, rounds: int = 5)
 
 def _conv_macs(model: Any, x: Any, staged: bool = False) -> int:
     """Multiply-adds per image of the paths the layers run (``staged``: as if every SeKron
-    layer ran its staged convolution)."""
+    layer ran its staged convolution).
+    """
     torch = _require_torch()
     from ..torch import SeKronConv2d
 
@@ -330,7 +331,7 @@ def _sekron_students(setup: _Setup, ratio: float) -> list[tuple[DemoRow, Any]]:
 
 
 def _format_students(setup: _Setup, ratio: float) -> list[tuple[DemoRow, Any]]:
-    """tensorly's TT, Tucker and CP fits at matched parameters, run as SeKron layers."""
+    """Tensorly's TT, Tucker and CP fits at matched parameters, run as SeKron layers."""
     convs = {name: dict(setup.teacher.named_modules())[name] for name in COMPRESSED}
     budgets = {name: int(conv.weight.numel() / ratio) for name, conv in convs.items()}
     out = []

@@ -22,11 +22,11 @@ from ..selection import fit_candidates
 from ..structure import Structure, structures
 
 __all__ = [
+    "add_parser",
     "kernel_matrix",
     "load_tensor",
-    "rank_structures",
     "pareto_front",
-    "add_parser",
+    "rank_structures",
     "run",
 ]
 

@@ -44,7 +44,7 @@ from typing import Literal
 
 from sekron.errors import ShapeError
 
-__all__ = ["python_doc_sentences", "SPLITS"]
+__all__ = ["SPLITS", "python_doc_sentences"]
 
 Split = Literal["train", "calibration", "held_out", "all"]
 Source = Literal["topics", "docstrings"]
@@ -85,8 +85,8 @@ def _prose(lines: list[str]) -> str | None:
     if (
         _UNDERLINE.match(head)
         or _CODE_START.match(head)
-        or len(lines) > 1
-        and _UNDERLINE.match(lines[1].strip())
+        or (len(lines) > 1
+        and _UNDERLINE.match(lines[1].strip()))
     ):
         return None
     step = 2 if _BULLET.match(head) else 0

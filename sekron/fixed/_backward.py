@@ -30,25 +30,31 @@ _NO_FLOAT = np.zeros(1, dtype=np.float64)
 _NO_GRAD = np.zeros((1, 1), dtype=np.int16)
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
-__all__ = ["linear", "linear_relu", "matmul_backward", "linear_backward"]
+__all__ = ["linear", "linear_backward", "linear_relu", "matmul_backward"]
 
 _NO_MASK = np.zeros(1, dtype=bool)
 
 
 def _small(n: int, d: int, f: int) -> bool:
     """Sizes for the fused serial kernels (the same thresholds as the other fast paths:
-    setting ``PARALLEL_MIN_ELEMENTS`` to 0 turns every fused path off)."""
-    return (n * d * f < _kernels.PARALLEL_MIN_MACS
-            and max(n * d, n * f, f * d) < _kernels.PARALLEL_MIN_ELEMENTS)
+    setting ``PARALLEL_MIN_ELEMENTS`` to 0 turns every fused path off).
+    """
+    return (
+        n * d * f < _kernels.PARALLEL_MIN_MACS
+        and max(n * d, n * f, f * d) < _kernels.PARALLEL_MIN_ELEMENTS
+    )
 
 
 def _fusable(x: FixedTensor, weight: FixedTensor, out_bits: Any, rounding: Any) -> bool:
     """True when the fused forward applies; anything unusual (bad ``out_bits`` or
-    ``rounding`` included) takes the unfused path, which raises the usual errors."""
+    ``rounding`` included) takes the unfused path, which raises the usual errors.
+    """
     n, d = x.shape
     f = weight.shape[0]
     return (
-        n > 0 and d > 0 and f > 0
+        n > 0
+        and d > 0
+        and f > 0
         and _small(n, d, f)
         and rounding in ("stochastic", "nearest")
         and (out_bits is None or (type(out_bits) is int and 2 <= out_bits <= 16))
@@ -56,11 +62,18 @@ def _fusable(x: FixedTensor, weight: FixedTensor, out_bits: Any, rounding: Any) 
 
 
 def _linear_fused(
-    x: FixedTensor, weight: FixedTensor, bias: FixedTensor | None, out_bits: int | None, plan_bound: int,
-    rounding: Rounding, seed: Seed, relu: bool,
+    x: FixedTensor,
+    weight: FixedTensor,
+    bias: FixedTensor | None,
+    out_bits: int | None,
+    plan_bound: int,
+    rounding: Rounding,
+    seed: Seed,
+    relu: bool,
 ) -> tuple[FixedTensor, np.ndarray] | None:
     """``linear`` (+ ReLU) in one serial kernel, or None when a fallback is needed (an
-    alignment shift past 62 bits or an accumulator bound past 2**62)."""
+    alignment shift past 62 bits or an accumulator bound past 2**62).
+    """
     ex, ew = x.exponent, weight.exponent
     if type(ex) is not int or type(ew) is not int:
         return None
@@ -90,15 +103,30 @@ def _linear_fused(
         out = np.empty((n, f), np.int8 if out_bits <= 8 else np.int16)
         bits = out_bits
     mask = np.empty((n, f), bool) if relu else _NO_MASK
-    e = _kernels.linear_fwd_flat(x.mantissa, weight.mantissa, bq, b_shift, bias is not None, e_acc,
-                                 0 if out_bits is None else out_bits, out_bits is not None, stochastic,
-                                 key, key_r, relu, out, mask)
+    e = _kernels.linear_fwd_flat(
+        x.mantissa,
+        weight.mantissa,
+        bq,
+        b_shift,
+        bias is not None,
+        e_acc,
+        0 if out_bits is None else out_bits,
+        out_bits is not None,
+        stochastic,
+        key,
+        key_r,
+        relu,
+        out,
+        mask,
+    )
     return FixedTensor._trusted(out, int(e), bits), mask
 
 
 def _scalar_exp(t: FixedTensor, name: str) -> int:
     if not t.per_tensor:
-        raise ShapeError(f"{name}: expected a per-tensor exponent, got one of shape {np.shape(t.exponent)}")
+        raise ShapeError(
+            f"{name}: expected a per-tensor exponent, got one of shape {np.shape(t.exponent)}"
+        )
     return int(t.exponent)  # type: ignore[arg-type]
 
 
@@ -159,10 +187,7 @@ def linear(
         bias = check_operand(bias, "bias", 1)
         if bias.shape[0] != weight.shape[0]:
             raise ShapeError(f"bias: expected shape ({weight.shape[0]},), got {bias.shape}")
-    if (
-        (bias is not None or out_bits is not None)
-        and _fusable(x, weight, out_bits, rounding)
-    ):
+    if (bias is not None or out_bits is not None) and _fusable(x, weight, out_bits, rounding):
         fused = _linear_fused(x, weight, bias, out_bits, plan.bound, rounding, seed, False)
         if fused is not None:
             return fused[0]
@@ -253,7 +278,9 @@ def linear_relu(
             return fused
     y = linear(x, weight, bias, ob, method=method, rounding=rounding, seed=seed)
     mask = y.mantissa > 0
-    return FixedTensor._trusted(np.where(mask, y.mantissa, 0).astype(y.mantissa.dtype), y.exponent, y.bits), mask
+    return FixedTensor._trusted(
+        np.where(mask, y.mantissa, 0).astype(y.mantissa.dtype), y.exponent, y.bits
+    ), mask
 
 
 def matmul_backward(
@@ -309,7 +336,9 @@ def matmul_backward(
     a = check_operand(a, "a", 2)
     b = check_operand(b, "b", 2)
     if a.shape[1] != b.shape[0]:
-        raise ShapeError(f"b: expected {a.shape[1]} rows to match a of shape {a.shape}, got shape {b.shape}")
+        raise ShapeError(
+            f"b: expected {a.shape[1]} rows to match a of shape {a.shape}, got shape {b.shape}"
+        )
     ea, eb = _scalar_exp(a, "a"), _scalar_exp(b, "b")
     m, k = a.shape
     n = b.shape[1]
@@ -413,14 +442,20 @@ def linear_backward(
     mask = None
     if dx_mask is not None:
         if dxb is None:
-            raise ValueError("dx_mask: expected dx_bits to be given with a mask (the mask applies after requantization)")
+            raise ValueError(
+                "dx_mask: expected dx_bits to be given with a mask (the mask applies after requantization)"
+            )
         mask = np.asarray(dx_mask)
         if mask.dtype != np.bool_ or mask.shape != (n, d):
-            raise ShapeError(f"dx_mask: expected a bool array of shape {(n, d)}, got {_describe(mask)}")
+            raise ShapeError(
+                f"dx_mask: expected a bool array of shape {(n, d)}, got {_describe(mask)}"
+            )
     key = resolve_seed(seed)
     need_dx = bool(need_dx)
     if n and d and f and _small(n, d, f) and rounding in ("stochastic", "nearest"):
-        fused = _linear_backward_fused(x, weight, grad_out, nb, dxb, mask, need_dx, method, rounding, key)
+        fused = _linear_backward_fused(
+            x, weight, grad_out, nb, dxb, mask, need_dx, method, rounding, key
+        )
         if fused is not None:
             return fused
     g2 = map_grad(grad_out, (n, f), nb, rounding, key, 2)
@@ -435,8 +470,11 @@ def linear_backward(
         if dxb is not None:
             dx_t = requantize(dx_t, dxb, rounding, key, stream=3)
             if mask is not None:
-                dx_t = FixedTensor._trusted(np.where(mask, dx_t.mantissa, 0).astype(dx_t.mantissa.dtype),
-                                            dx_t.exponent, dx_t.bits)
+                dx_t = FixedTensor._trusted(
+                    np.where(mask, dx_t.mantissa, 0).astype(dx_t.mantissa.dtype),
+                    dx_t.exponent,
+                    dx_t.bits,
+                )
     plan_w = plan_for(n, g2.bits, x.bits, method)
     dw = gemm_nt(transposed(g2.mantissa), transposed(x.mantissa), plan_w)
     db = g2.mantissa.astype(np.int64).sum(axis=0)  # |sum| <= N * m_g, far inside int64
@@ -448,12 +486,21 @@ def linear_backward(
 
 
 def _linear_backward_fused(
-    x: FixedTensor, weight: FixedTensor, grad_out: Any, nb: int, dxb: int | None, mask: np.ndarray | None,
-    need_dx: bool, method: Any, rounding: Rounding, key: int,
+    x: FixedTensor,
+    weight: FixedTensor,
+    grad_out: Any,
+    nb: int,
+    dxb: int | None,
+    mask: np.ndarray | None,
+    need_dx: bool,
+    method: Any,
+    rounding: Rounding,
+    key: int,
 ) -> tuple[FixedTensor | None, FixedTensor, FixedTensor] | None:
     """``linear_backward`` in one serial kernel; None (unfused path) for inputs it does not
     take: a gradient that is not a float32/float64 array or a per-tensor FixedTensor of at
-    most ``nb`` bits, or a non-finite gradient (the unfused path raises)."""
+    most ``nb`` bits, or a non-finite gradient (the unfused path raises).
+    """
     n, d = x.shape
     f = weight.shape[0]
     ex, ew = x.exponent, weight.exponent
@@ -462,7 +509,13 @@ def _linear_backward_fused(
     if isinstance(grad_out, FixedTensor):
         if grad_out.shape != (n, f) or type(grad_out.exponent) is not int or grad_out.bits > nb:
             return None
-        gf, gq, from_float, e_g, g_bits = _NO_FLOAT, grad_out.mantissa, False, grad_out.exponent, grad_out.bits
+        gf, gq, from_float, e_g, g_bits = (
+            _NO_FLOAT,
+            grad_out.mantissa,
+            False,
+            grad_out.exponent,
+            grad_out.bits,
+        )
     elif type(grad_out) is np.ndarray and grad_out.dtype in _FLOATS and grad_out.shape == (n, f):
         gf, gq, from_float, e_g, g_bits = grad_out.reshape(-1), _NO_GRAD, True, 0, nb
     else:
@@ -472,20 +525,40 @@ def _linear_backward_fused(
     if need_dx and dxb is not None:
         dx_out = np.empty((n, d), np.int8 if dxb <= 8 else np.int16)
     else:
-        dx_out = np.empty((n, d) if need_dx else (1, 1), plan_x.acc_dtype if plan_x is not None else np.int64)
+        dx_out = np.empty(
+            (n, d) if need_dx else (1, 1), plan_x.acc_dtype if plan_x is not None else np.int64
+        )
     dw_out = np.empty((f, d), plan_w.acc_dtype)
     db_out = np.empty(f, np.int64)
     e_dx, e_dw, e_db = _kernels.linear_bwd_flat(
-        x.mantissa, weight.mantissa, gf, gq, from_float, nb, rounding == "stochastic", np.uint64(key),
-        ex, ew, e_g, need_dx, 0 if dxb is None else dxb, _NO_MASK if mask is None else mask, mask is not None,
-        dx_out, dw_out, db_out,
+        x.mantissa,
+        weight.mantissa,
+        gf,
+        gq,
+        from_float,
+        nb,
+        rounding == "stochastic",
+        np.uint64(key),
+        ex,
+        ew,
+        e_g,
+        need_dx,
+        0 if dxb is None else dxb,
+        _NO_MASK if mask is None else mask,
+        mask is not None,
+        dx_out,
+        dw_out,
+        db_out,
     )
     if e_dx == _kernels.NONFINITE:
         return None
     dx_t = None
     if plan_x is not None:
-        dx_t = (FixedTensor._trusted(dx_out, int(e_dx), bits_for_bound(plan_x.bound)) if dxb is None
-                else FixedTensor._trusted(dx_out, int(e_dx), dxb))
+        dx_t = (
+            FixedTensor._trusted(dx_out, int(e_dx), bits_for_bound(plan_x.bound))
+            if dxb is None
+            else FixedTensor._trusted(dx_out, int(e_dx), dxb)
+        )
     m_g = (1 << (g_bits - 1)) - 1
     return (
         dx_t,

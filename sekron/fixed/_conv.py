@@ -34,13 +34,17 @@ def _pair(x: Any, name: str, minimum: int) -> tuple[int, int]:
         isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or int(v) < minimum
         for v in p
     ):
-        raise ValueError(f"{name}: expected an int >= {minimum} or a pair of them, got {_describe(x)}")
+        raise ValueError(
+            f"{name}: expected an int >= {minimum} or a pair of them, got {_describe(x)}"
+        )
     return int(p[0]), int(p[1])
 
 
 def _per_tensor(t: FixedTensor, name: str) -> int:
     if not t.per_tensor:
-        raise ShapeError(f"{name}: expected a per-tensor exponent, got one of shape {np.shape(t.exponent)}")
+        raise ShapeError(
+            f"{name}: expected a per-tensor exponent, got one of shape {np.shape(t.exponent)}"
+        )
     return int(t.exponent)  # type: ignore[arg-type]
 
 
@@ -57,19 +61,25 @@ def _check_groups(groups: Any, x: FixedTensor, weight: FixedTensor) -> int:
 def _channels(t: FixedTensor, groups: int, i: int) -> FixedTensor:
     """Slice ``i`` of ``groups`` equal slices of ``t``'s axis 1 (same exponent and bits)."""
     c = t.shape[1] // groups
-    return FixedTensor._trusted(np.ascontiguousarray(t.mantissa[:, i * c : (i + 1) * c]), t.exponent, t.bits)
+    return FixedTensor._trusted(
+        np.ascontiguousarray(t.mantissa[:, i * c : (i + 1) * c]), t.exponent, t.bits
+    )
 
 
 def _filters(w: FixedTensor, groups: int, i: int) -> FixedTensor:
     f = w.shape[0] // groups
-    return FixedTensor._trusted(np.ascontiguousarray(w.mantissa[i * f : (i + 1) * f]), w.exponent, w.bits)
+    return FixedTensor._trusted(
+        np.ascontiguousarray(w.mantissa[i * f : (i + 1) * f]), w.exponent, w.bits
+    )
 
 
 def _geometry(x_shape, w_shape, stride, padding, dilation):  # type: ignore[no-untyped-def]
     n, c, h, w = x_shape
     f, cw, kh, kw = w_shape
     if c != cw:
-        raise ShapeError(f"weight: expected {c} input channels to match x of shape {x_shape}, got shape {w_shape}")
+        raise ShapeError(
+            f"weight: expected {c} input channels to match x of shape {x_shape}, got shape {w_shape}"
+        )
     ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     if ho < 1 or wo < 1:
@@ -80,7 +90,9 @@ def _geometry(x_shape, w_shape, stride, padding, dilation):  # type: ignore[no-u
     return n, c, h, w, f, kh, kw, ho, wo
 
 
-def im2col(xq: np.ndarray, kh: int, kw: int, ho: int, wo: int, stride, padding, dilation) -> np.ndarray:  # type: ignore[no-untyped-def]
+def im2col(
+    xq: np.ndarray, kh: int, kw: int, ho: int, wo: int, stride, padding, dilation
+) -> np.ndarray:  # type: ignore[no-untyped-def]
     """Columns (N*Ho*Wo, C*kh*kw) of the padded integer input (exact copy)."""
     n, c = xq.shape[:2]
     xp = np.pad(xq, ((0, 0), (0, 0), (padding[0], padding[0]), (padding[1], padding[1])))
@@ -88,21 +100,32 @@ def im2col(xq: np.ndarray, kh: int, kw: int, ho: int, wo: int, stride, padding, 
     for i in range(kh):
         for j in range(kw):
             r0, c0 = i * dilation[0], j * dilation[1]
-            patch = xp[:, :, r0 : r0 + stride[0] * (ho - 1) + 1 : stride[0], c0 : c0 + stride[1] * (wo - 1) + 1 : stride[1]]
+            patch = xp[
+                :,
+                :,
+                r0 : r0 + stride[0] * (ho - 1) + 1 : stride[0],
+                c0 : c0 + stride[1] * (wo - 1) + 1 : stride[1],
+            ]
             cols[:, :, :, :, i, j] = patch.transpose(0, 2, 3, 1)
     return cols.reshape(n * ho * wo, c * kh * kw)
 
 
 def col2im(dcols: np.ndarray, x_shape, kh, kw, ho, wo, stride, padding, dilation) -> np.ndarray:  # type: ignore[no-untyped-def]
     """Scatter-add columns back onto the input grid in int64 (exact; each input pixel
-    receives at most kh*kw terms)."""
+    receives at most kh*kw terms).
+    """
     n, c, h, w = x_shape
     d = dcols.reshape(n, ho, wo, c, kh, kw).astype(np.int64)
     xp = np.zeros((n, c, h + 2 * padding[0], w + 2 * padding[1]), dtype=np.int64)
     for i in range(kh):
         for j in range(kw):
             r0, c0 = i * dilation[0], j * dilation[1]
-            xp[:, :, r0 : r0 + stride[0] * (ho - 1) + 1 : stride[0], c0 : c0 + stride[1] * (wo - 1) + 1 : stride[1]] += d[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+            xp[
+                :,
+                :,
+                r0 : r0 + stride[0] * (ho - 1) + 1 : stride[0],
+                c0 : c0 + stride[1] * (wo - 1) + 1 : stride[1],
+            ] += d[:, :, :, :, i, j].transpose(0, 3, 1, 2)
     return xp[:, :, padding[0] : padding[0] + h, padding[1] : padding[1] + w]
 
 
@@ -172,13 +195,29 @@ def conv2d(
         g = _check_groups(groups, x, weight)
         if g > 1:
             parts = [
-                conv2d(_channels(x, g, i), _filters(weight, g, i), stride, padding, dilation, method=method, acc_dtype=acc_dtype)
+                conv2d(
+                    _channels(x, g, i),
+                    _filters(weight, g, i),
+                    stride,
+                    padding,
+                    dilation,
+                    method=method,
+                    acc_dtype=acc_dtype,
+                )
                 for i in range(g)
             ]
             # every group has the same reduction length, so the same accumulator and bits
-            out = FixedTensor._trusted(np.concatenate([p.mantissa for p in parts], axis=1), parts[0].exponent, parts[0].bits)
+            out = FixedTensor._trusted(
+                np.concatenate([p.mantissa for p in parts], axis=1),
+                parts[0].exponent,
+                parts[0].bits,
+            )
             return out if out_bits is None else requantize(out, out_bits, rounding, seed)
-    st, pd, dl = _pair(stride, "stride", 1), _pair(padding, "padding", 0), _pair(dilation, "dilation", 1)
+    st, pd, dl = (
+        _pair(stride, "stride", 1),
+        _pair(padding, "padding", 0),
+        _pair(dilation, "dilation", 1),
+    )
     ex, ew = _per_tensor(x, "x"), _per_tensor(weight, "weight")
     n, c, _, _, f, kh, kw, ho, wo = _geometry(x.shape, weight.shape, st, pd, dl)
     plan = plan_gemm(c * kh * kw, x.bits, weight.bits, method=method, acc_dtype=acc_dtype)
@@ -258,7 +297,11 @@ def conv2d_backward(
     x = check_operand(x, "x", 4)
     weight = check_operand(weight, "weight", 4)
     g = 1 if groups == 1 else _check_groups(groups, x, weight)
-    st, pd, dl = _pair(stride, "stride", 1), _pair(padding, "padding", 0), _pair(dilation, "dilation", 1)
+    st, pd, dl = (
+        _pair(stride, "stride", 1),
+        _pair(padding, "padding", 0),
+        _pair(dilation, "dilation", 1),
+    )
     _per_tensor(x, "x")
     _per_tensor(weight, "weight")
     x_group = (x.shape[0], x.shape[1] // g, *x.shape[2:])
@@ -272,20 +315,39 @@ def conv2d_backward(
     if g == 1:
         return _backward_mapped(x, weight, g1, g2, st, pd, dl, method)
     parts = [
-        _backward_mapped(_channels(x, g, i), _filters(weight, g, i), _channels(g1, g, i), _channels(g2, g, i), st, pd, dl, method)
+        _backward_mapped(
+            _channels(x, g, i),
+            _filters(weight, g, i),
+            _channels(g1, g, i),
+            _channels(g2, g, i),
+            st,
+            pd,
+            dl,
+            method,
+        )
         for i in range(g)
     ]
     dx0, dw0 = parts[0]
-    dx = FixedTensor._trusted(np.concatenate([p[0].mantissa for p in parts], axis=1), dx0.exponent, dx0.bits)
-    dw = FixedTensor._trusted(np.concatenate([p[1].mantissa for p in parts], axis=0), dw0.exponent, dw0.bits)
+    dx = FixedTensor._trusted(
+        np.concatenate([p[0].mantissa for p in parts], axis=1), dx0.exponent, dx0.bits
+    )
+    dw = FixedTensor._trusted(
+        np.concatenate([p[1].mantissa for p in parts], axis=0), dw0.exponent, dw0.bits
+    )
     return dx, dw
 
 
 def _backward_mapped(
-    x: FixedTensor, weight: FixedTensor, g1: FixedTensor, g2: FixedTensor, st: tuple[int, int],
-    pd: tuple[int, int], dl: tuple[int, int], method: Method,
+    x: FixedTensor,
+    weight: FixedTensor,
+    g1: FixedTensor,
+    g2: FixedTensor,
+    st: tuple[int, int],
+    pd: tuple[int, int],
+    dl: tuple[int, int],
+    method: Method,
 ) -> tuple[FixedTensor, FixedTensor]:
-    """dX from ``g1`` and dW from ``g2``, both mapped gradients of one group (checked)."""
+    """DX from ``g1`` and dW from ``g2``, both mapped gradients of one group (checked)."""
     ex, ew, eg1, eg2 = int(x.exponent), int(weight.exponent), int(g1.exponent), int(g2.exponent)  # type: ignore[call-overload]
     n, c, _, _, f, kh, kw, ho, wo = _geometry(x.shape, weight.shape, st, pd, dl)
     g1_mat = g1.mantissa.transpose(0, 2, 3, 1).reshape(-1, f)  # (N*Ho*Wo, F)
@@ -294,10 +356,11 @@ def _backward_mapped(
     plan_x = plan_gemm(f, g1.bits, weight.bits, method=method, acc_dtype=np.int64)
     dcols = gemm_nt(g1_mat, transposed(w_mat), plan_x)
     dx_q = col2im(dcols, x.shape, kh, kw, ho, wo, st, pd, dl)
-    dx = FixedTensor._trusted(np.ascontiguousarray(dx_q), eg1 + ew, bits_for_bound(plan_x.bound * kh * kw))
+    dx = FixedTensor._trusted(
+        np.ascontiguousarray(dx_q), eg1 + ew, bits_for_bound(plan_x.bound * kh * kw)
+    )
     cols = im2col(x.mantissa, kh, kw, ho, wo, st, pd, dl)  # (N*Ho*Wo, C*kh*kw)
     plan_w = plan_gemm(n * ho * wo, g2.bits, x.bits, method=method)
     dw_q = gemm_nt(transposed(g2_mat), transposed(cols), plan_w)
     dw = FixedTensor._trusted(dw_q.reshape(weight.shape), eg2 + ex, bits_for_bound(plan_w.bound))
     return dx, dw
-

@@ -39,7 +39,7 @@ from ._tensor import (
     requantize,
 )
 
-__all__ = ["GemmPlan", "plan_gemm", "matmul", "batched_matmul", "Method"]
+__all__ = ["GemmPlan", "Method", "batched_matmul", "matmul", "plan_gemm"]
 
 Method = Literal["auto", "numba", "blas"]
 
@@ -185,10 +185,19 @@ def _plan_cached(k: int, bits_a: int, bits_b: int, method: str) -> GemmPlan:
     return plan_gemm(k, bits_a, bits_b, method=method)  # type: ignore[arg-type]
 
 
-def plan_for(k: int, bits_a: int, bits_b: int, method: Any = "auto", acc_dtype: Any = None) -> GemmPlan:
+def plan_for(
+    k: int, bits_a: int, bits_b: int, method: Any = "auto", acc_dtype: Any = None
+) -> GemmPlan:
     """:func:`plan_gemm` for internal callers, memoized for the common hashable arguments
-    (a plan depends only on them; errors are raised, never cached)."""
-    if acc_dtype is None and type(method) is str and type(k) is int and type(bits_a) is int and type(bits_b) is int:
+    (a plan depends only on them; errors are raised, never cached).
+    """
+    if (
+        acc_dtype is None
+        and type(method) is str
+        and type(k) is int
+        and type(bits_a) is int
+        and type(bits_b) is int
+    ):
         return _plan_cached(k, bits_a, bits_b, method)
     return plan_gemm(k, bits_a, bits_b, method=method, acc_dtype=acc_dtype)
 
@@ -205,7 +214,11 @@ def _as_acc_dtype(acc_dtype: Any) -> np.dtype:
 
 def _operand_dtypes(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Give both operands one kernel dtype (int8 or int16) to bound the specializations."""
-    wide = np.int16 if np.int16 in (a.dtype, b.dtype) or a.dtype.itemsize > 1 or b.dtype.itemsize > 1 else np.int8
+    wide = (
+        np.int16
+        if np.int16 in (a.dtype, b.dtype) or a.dtype.itemsize > 1 or b.dtype.itemsize > 1
+        else np.int8
+    )
     return (
         np.ascontiguousarray(a, dtype=wide),
         np.ascontiguousarray(b, dtype=wide),
@@ -214,7 +227,8 @@ def _operand_dtypes(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 def transposed(q: np.ndarray) -> np.ndarray:
     """A C-contiguous copy of ``q.T`` (2-d): a tiled parallel numba copy for large int8/int16
-    operands, numpy's otherwise. Same values either way."""
+    operands, numpy's otherwise. Same values either way.
+    """
     if q.size >= _kernels.PARALLEL_MIN_ELEMENTS and q.dtype in _NARROW and q.flags.c_contiguous:
         out = np.empty((q.shape[1], q.shape[0]), q.dtype)
         _kernels.transpose_blocked(q, out)
@@ -227,7 +241,8 @@ _NARROW = (np.dtype(np.int8), np.dtype(np.int16))
 
 def _gemm_blas(a_q: np.ndarray, b_q: np.ndarray, plan: GemmPlan) -> np.ndarray:
     """Exact ``a_q @ b_q`` on float BLAS: every partial sum is an integer below the
-    float's 2**24 / 2**53 (``plan.bound``), so any summation order gives the exact result."""
+    float's 2**24 / 2**53 (``plan.bound``), so any summation order gives the exact result.
+    """
     prod = exact_float_matmul(a_q, b_q, plan.bound)
     assert prod is not None  # a blas plan exists only for bounds <= 2**53
     return prod.astype(plan.acc_dtype)
@@ -266,7 +281,9 @@ def gemm_nt(a_q: np.ndarray, bt_q: np.ndarray, plan: GemmPlan) -> np.ndarray:
 
 def check_operand(t: Any, name: str, ndim: int | None = None) -> FixedTensor:
     if not isinstance(t, FixedTensor):
-        raise TypeError(f"{name}: expected a FixedTensor (see sekron.fixed.to_fixed), got {_describe(t)}")
+        raise TypeError(
+            f"{name}: expected a FixedTensor (see sekron.fixed.to_fixed), got {_describe(t)}"
+        )
     if t.bits > 16:
         raise ValueError(
             f"{name}: expected operand mantissas of at most 16 bits, got bits={t.bits} "
@@ -404,12 +421,18 @@ def batched_matmul(a: FixedTensor, b: FixedTensor, *, method: Method = "auto") -
     if a.ndim == b.ndim == 2:
         return matmul(a, b, method=method)
     if a.ndim != 3 or b.ndim != 3:
-        raise ShapeError(f"b: expected two 2-d or two 3-d operands, got shapes {a.shape} and {b.shape}")
+        raise ShapeError(
+            f"b: expected two 2-d or two 3-d operands, got shapes {a.shape} and {b.shape}"
+        )
     if a.shape[0] != b.shape[0] or a.shape[2] != b.shape[1]:
-        raise ShapeError(f"b: expected shape ({a.shape[0]}, {a.shape[2]}, N) to match a of shape {a.shape}, got {b.shape}")
+        raise ShapeError(
+            f"b: expected shape ({a.shape[0]}, {a.shape[2]}, N) to match a of shape {a.shape}, got {b.shape}"
+        )
     for name, t in (("a", a), ("b", b)):
         if not t.per_tensor:
-            raise ShapeError(f"{name}: expected a per-tensor exponent, got one of shape {np.shape(t.exponent)}")
+            raise ShapeError(
+                f"{name}: expected a per-tensor exponent, got one of shape {np.shape(t.exponent)}"
+            )
     p, m, k = a.shape
     n = b.shape[2]
     plan = plan_for(k, a.bits, b.bits, method).for_size(m * n * k)

@@ -41,7 +41,6 @@ _S11 = np.uint64(11)
 _TWO_M53 = 2.0**-53
 
 
-
 @njit(cache=True, inline="always")
 def _mix64(z: np.uint64) -> np.uint64:
     z = (z ^ (z >> _S30)) * _M1
@@ -158,7 +157,8 @@ def _gemm_acc32(a, bt, out):  # pragma: no cover - compiled
 
 def _gemm_acc64(a, bt, out):  # pragma: no cover - compiled
     """``out = a @ bt.T`` with int64 accumulation (bound K * max|a| * max|b| <= 2^62);
-    ``a``, ``bt`` int8/int16 (``gemm_nt`` converts), so each product fits int32."""
+    ``a``, ``bt`` int8/int16 (``gemm_nt`` converts), so each product fits int32.
+    """
     m, k = a.shape
     n = bt.shape[0]
     for ib in prange((m + 1) // 2):
@@ -266,7 +266,8 @@ def _clamp(q, qmax):  # pragma: no cover - compiled
 def _scaled(v, k, scale, exact):  # pragma: no cover - compiled
     """``v * 2**k`` correctly rounded: a multiply by the exact power of two ``scale`` when
     ``exact`` (``-1022 <= k <= 1023``), else ``ldexp``. Both round the exact product once,
-    so they agree bit for bit; the multiply is ~50x cheaper than a libm ``ldexp`` call."""
+    so they agree bit for bit; the multiply is ~50x cheaper than a libm ``ldexp`` call.
+    """
     if exact:
         return v * scale
     return math.ldexp(v, k)
@@ -349,7 +350,8 @@ def shift_flat(q, shift, stochastic, seed, stream, out):  # pragma: no cover - c
 @njit(cache=True, inline="always")
 def _add_aligned(qa, ea, qb, eb, seed, out):  # pragma: no cover - compiled
     """The exact sum of ``add`` before requantization (stochastic alignment, streams 5/6);
-    returns the target exponent. An all-zero operand does not set the target."""
+    returns the target exponent. An all-zero operand does not set the target.
+    """
     n = qa.size
     a_any = False
     b_any = False
@@ -373,8 +375,9 @@ def _add_aligned(qa, ea, qb, eb, seed, out):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
-def sgd_master_flat(w, g, e_g, v, e_v, has_v, bits, wd_q, wd_e, mu_q, mu_e, lr_q, lr_e,
-                    seed, w_out, v_out):  # pragma: no cover - compiled
+def sgd_master_flat(
+    w, g, e_g, v, e_v, has_v, bits, wd_q, wd_e, mu_q, mu_e, lr_q, lr_e, seed, w_out, v_out
+):  # pragma: no cover - compiled
     """One fused ``sgd_step`` (mode "master", stochastic rounding) on flat arrays.
 
     ``w`` float32/float64 master weights, ``g`` the integer gradient (exponent ``e_g``),
@@ -426,7 +429,8 @@ def sgd_master_flat(w, g, e_g, v, e_v, has_v, bits, wd_q, wd_e, mu_q, mu_e, lr_q
 def _dot_nt(a, b, i, j, k):  # pragma: no cover - compiled
     """``sum_p a[i, p] * b[j, p]`` exactly in int64 for mantissas of at most 16 bits: each
     product fits int32 (|.| <= (2**15 - 1)**2), which lets LLVM vectorize it; the caller
-    checked that ``k * m_a * m_b <= 2**62``."""
+    checked that ``k * m_a * m_b <= 2**62``.
+    """
     c = np.int64(0)
     for p in range(k):
         c += np.int64(np.int32(a[i, p]) * np.int32(b[j, p]))
@@ -434,8 +438,9 @@ def _dot_nt(a, b, i, j, k):  # pragma: no cover - compiled
 
 
 @njit(cache=True)
-def linear_fwd_flat(x, w, bq, b_shift, has_bias, e_acc, bits, requant, stochastic, seed, seed_r,
-                    relu, out, mask):  # pragma: no cover - compiled
+def linear_fwd_flat(
+    x, w, bq, b_shift, has_bias, e_acc, bits, requant, stochastic, seed, seed_r, relu, out, mask
+):  # pragma: no cover - compiled
     """Fused ``linear(x, w, bias, out_bits=bits)`` (+ ReLU) for small per-tensor operands.
 
     ``x`` (N, D) and ``w`` (F, D) are mantissas of at most 16 bits, ``bq`` (F,) the bias
@@ -483,8 +488,26 @@ def linear_fwd_flat(x, w, bq, b_shift, has_bias, e_acc, bits, requant, stochasti
 
 
 @njit(cache=True)
-def linear_bwd_flat(x, w, gf, gq, from_float, bits, stochastic, seed, e_x, e_w, e_g, need_dx,
-                    dx_bits, mask, use_mask, dx_out, dw_out, db_out):  # pragma: no cover
+def linear_bwd_flat(
+    x,
+    w,
+    gf,
+    gq,
+    from_float,
+    bits,
+    stochastic,
+    seed,
+    e_x,
+    e_w,
+    e_g,
+    need_dx,
+    dx_bits,
+    mask,
+    use_mask,
+    dx_out,
+    dw_out,
+    db_out,
+):  # pragma: no cover
     """Fused ``linear_backward`` for small per-tensor operands; returns exponents
     ``(e_dx, e_dw, e_db)``, or ``(NONFINITE, 0, 0)`` when ``gf`` holds NaN or infinity.
 
@@ -526,8 +549,17 @@ def linear_bwd_flat(x, w, gf, gq, from_float, bits, stochastic, seed, e_x, e_w, 
                     for p in range(d):
                         dx[i, p] += np.int64(c * np.int32(w[j, p]))
         if dx_bits > 0:
-            e_dx = requant_flat(dx.reshape(-1), e_dx, dx_bits, stochastic, seed, 3, mask.reshape(-1),
-                                use_mask, dx_out.reshape(-1))
+            e_dx = requant_flat(
+                dx.reshape(-1),
+                e_dx,
+                dx_bits,
+                stochastic,
+                seed,
+                3,
+                mask.reshape(-1),
+                use_mask,
+                dx_out.reshape(-1),
+            )
         else:
             for i in range(n):
                 for p in range(d):
@@ -552,7 +584,8 @@ def linear_bwd_flat(x, w, gf, gq, from_float, bits, stochastic, seed, e_x, e_w, 
 def _transpose_blocked(src, dst):  # pragma: no cover - compiled
     """``dst = src.T`` for a 2-d ``src`` (R, C) and ``dst`` (C, R), in 64 x 64 tiles so
     both the reads and the writes stay in cache (numpy's strided copy of a transposed
-    view is several times slower at 1024 x 1024)."""
+    view is several times slower at 1024 x 1024).
+    """
     r, c = src.shape
     nb = (c + 63) // 64
     for jb in prange(nb):
@@ -567,8 +600,11 @@ def _transpose_blocked(src, dst):  # pragma: no cover - compiled
 
 def _renamed(fn: Callable[..., Any], suffix: str) -> Callable[..., Any]:
     """A copy of ``fn`` under another qualified name, so each compiled twin gets its own
-    on-disk cache entry (numba names cache files after the function's qualname)."""
-    twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix, fn.__defaults__, fn.__closure__)
+    on-disk cache entry (numba names cache files after the function's qualname).
+    """
+    twin = types.FunctionType(
+        fn.__code__, fn.__globals__, fn.__name__ + suffix, fn.__defaults__, fn.__closure__
+    )
     twin.__qualname__ = fn.__qualname__ + suffix
     twin.__doc__ = fn.__doc__
     return twin

@@ -32,14 +32,14 @@ from ._tensor import (
 )
 
 __all__ = [
-    "align_to",
-    "add",
-    "mul",
-    "layer_norm",
-    "layer_norm_backward",
     "LayerNormCache",
+    "add",
+    "align_to",
     "embedding",
     "embedding_backward",
+    "layer_norm",
+    "layer_norm_backward",
+    "mul",
 ]
 
 _INT32_MAX = (1 << 31) - 1
@@ -48,7 +48,9 @@ _SAFE = 1 << 62
 
 def _check_fixed(t: Any, name: str) -> FixedTensor:
     if not isinstance(t, FixedTensor):
-        raise TypeError(f"{name}: expected a FixedTensor (see sekron.fixed.to_fixed), got {_describe(t)}")
+        raise TypeError(
+            f"{name}: expected a FixedTensor (see sekron.fixed.to_fixed), got {_describe(t)}"
+        )
     return t
 
 
@@ -56,7 +58,9 @@ def _narrow(q: np.ndarray, bound: int) -> np.ndarray:
     return q.astype(np.int32 if bound <= _INT32_MAX else np.int64)
 
 
-def align_to(t: FixedTensor, exponent: int, rounding: Rounding, seed: Seed) -> tuple[np.ndarray, int]:
+def align_to(
+    t: FixedTensor, exponent: int, rounding: Rounding, seed: Seed
+) -> tuple[np.ndarray, int]:
     """Mantissas of ``t`` re-expressed at ``exponent`` (int64), and their magnitude bound.
 
     Used to add a tensor onto an accumulator of another exponent (a bias onto a GEMM
@@ -163,7 +167,9 @@ def add(
     try:
         shape = np.broadcast_shapes(a.shape, b.shape)
     except ValueError:
-        raise ShapeError(f"b: expected a shape that broadcasts with a's {a.shape}, got {b.shape}") from None
+        raise ShapeError(
+            f"b: expected a shape that broadcasts with a's {a.shape}, got {b.shape}"
+        ) from None
     if max(a.max_mantissa, b.max_mantissa) >= _SAFE // 2:
         raise OverflowRiskError(f"add: operands of {a.bits} and {b.bits} bits may overflow int64")
     rounding_ = check_rounding(rounding)
@@ -175,8 +181,10 @@ def add(
         ea = eb
     elif not b.mantissa.any():
         eb = ea
-    target = np.maximum(ea.reshape((1,) * (len(shape) - ea.ndim) + ea.shape),
-                        eb.reshape((1,) * (len(shape) - eb.ndim) + eb.shape))
+    target = np.maximum(
+        ea.reshape((1,) * (len(shape) - ea.ndim) + ea.shape),
+        eb.reshape((1,) * (len(shape) - eb.ndim) + eb.shape),
+    )
     qa = shift_round(np.broadcast_to(a.mantissa, shape), target - ea, rounding_, key, 5)
     qb = shift_round(np.broadcast_to(b.mantissa, shape), target - eb, rounding_, key, 6)
     bound = a.max_mantissa + b.max_mantissa
@@ -226,10 +234,14 @@ def mul(
     try:
         np.broadcast_shapes(a.shape, b.shape)
     except ValueError:
-        raise ShapeError(f"b: expected a shape that broadcasts with a's {a.shape}, got {b.shape}") from None
+        raise ShapeError(
+            f"b: expected a shape that broadcasts with a's {a.shape}, got {b.shape}"
+        ) from None
     bound = a.max_mantissa * b.max_mantissa
     if bound > _SAFE:
-        raise OverflowRiskError(f"mul: the product of {a.bits}- and {b.bits}-bit mantissas may pass 2**62")
+        raise OverflowRiskError(
+            f"mul: the product of {a.bits}- and {b.bits}-bit mantissas may pass 2**62"
+        )
     q = a.mantissa.astype(np.int64) * b.mantissa.astype(np.int64)
     ea = np.asarray(a.exponent, np.int64)
     eb = np.asarray(b.exponent, np.int64)
@@ -249,7 +261,9 @@ class LayerNormCache(NamedTuple):
     bits: int
 
 
-def _as_fixed(v: Any, name: str, bits: int, rounding: Rounding, key: int, stream: int) -> FixedTensor:
+def _as_fixed(
+    v: Any, name: str, bits: int, rounding: Rounding, key: int, stream: int
+) -> FixedTensor:
     if isinstance(v, FixedTensor):
         if not v.per_tensor:
             raise ShapeError(f"{name}: expected a per-tensor exponent")
@@ -328,7 +342,9 @@ def layer_norm(
             raise ShapeError(f"{name}: expected shape ({d},), got {t.shape}")
     m = xq.max_mantissa
     if d * d * m * m > _SAFE:
-        raise OverflowRiskError(f"x: D={d} with {xq.bits}-bit mantissas overflows the int64 variance")
+        raise OverflowRiskError(
+            f"x: D={d} with {xq.bits}-bit mantissas overflows the int64 variance"
+        )
     q = xq.mantissa.astype(np.int64)
     s1 = q.sum(axis=-1, keepdims=True)  # |S1| <= D m
     s2 = (q * q).sum(axis=-1, keepdims=True)  # S2 <= D m^2
@@ -398,10 +414,16 @@ def layer_norm_backward(
     qdy = dy.mantissa.astype(np.int64).reshape(rows, d)
     qx = xh.mantissa.astype(np.int64).reshape(rows, d)
     # column reductions: |sum| <= rows * m^2 < 2^62 for rows < 2^32 at 16 bits
-    dgamma = FixedTensor._trusted((qdy * qx).sum(axis=0), int(dy.exponent) + int(xh.exponent),  # type: ignore[arg-type]
-                                  bits_for_bound(rows * dy.max_mantissa * xh.max_mantissa))
-    dbeta = FixedTensor._trusted(qdy.sum(axis=0), int(dy.exponent),  # type: ignore[arg-type]
-                                 bits_for_bound(rows * dy.max_mantissa))
+    dgamma = FixedTensor._trusted(
+        (qdy * qx).sum(axis=0),
+        int(dy.exponent) + int(xh.exponent),  # type: ignore[arg-type]
+        bits_for_bound(rows * dy.max_mantissa * xh.max_mantissa),
+    )
+    dbeta = FixedTensor._trusted(
+        qdy.sum(axis=0),
+        int(dy.exponent),  # type: ignore[arg-type]
+        bits_for_bound(rows * dy.max_mantissa),
+    )
     g = requantize(mul(dy, cache.gamma), b, rounding, key, stream=2)  # per-tensor exponent e_g
     qg = g.mantissa.astype(np.int64).reshape(rows, d)
     sg = qg.sum(axis=1, keepdims=True)  # |.| <= D m
@@ -410,8 +432,9 @@ def layer_norm_backward(
         raise OverflowRiskError(f"grad_out: D={d} at {b} bits overflows the int64 bracket")
     eg, ex = int(g.exponent), int(xh.exponent)  # type: ignore[arg-type]
     t1 = FixedTensor._trusted(d * qg - sg, eg, bits_for_bound(2 * d * g.max_mantissa))
-    t2 = FixedTensor._trusted(-(qx * sgx), eg + 2 * ex,
-                              bits_for_bound(d * g.max_mantissa * xh.max_mantissa ** 2))
+    t2 = FixedTensor._trusted(
+        -(qx * sgx), eg + 2 * ex, bits_for_bound(d * g.max_mantissa * xh.max_mantissa**2)
+    )
     bracket = add(t1, t2, rounding=rounding, seed=key)  # exponent max(eg, eg + 2 ex)
     # dx = rstd_real / D * bracket with rstd_real = D * rstd * 2^-e_x (see layer_norm Notes)
     scale = cache.rstd.reshape(rows, 1) * 2.0 ** (-cache.x_exponent)
@@ -425,7 +448,9 @@ def _check_ids(ids: Any, n: int) -> np.ndarray:
     if arr.dtype.kind not in "iu":
         raise DTypeError(f"ids: expected an integer array, got {_describe(arr)}")
     if arr.size and (arr.min() < 0 or arr.max() >= n):
-        raise ValueError(f"ids: expected values in 0..{n - 1}, got min {arr.min()} and max {arr.max()}")
+        raise ValueError(
+            f"ids: expected values in 0..{n - 1}, got min {arr.min()} and max {arr.max()}"
+        )
     return arr.astype(np.int64)
 
 
@@ -465,7 +490,11 @@ def embedding(table: FixedTensor, ids: Any) -> FixedTensor:
         raise ShapeError("table: expected an exponent shared along the rows")
     idx = _check_ids(ids, table.shape[0])
     q = table.mantissa[idx]
-    e = table.exponent if table.per_tensor else np.asarray(table.exponent).reshape((1,) * idx.ndim + (-1,))
+    e = (
+        table.exponent
+        if table.per_tensor
+        else np.asarray(table.exponent).reshape((1,) * idx.ndim + (-1,))
+    )
     return FixedTensor._trusted(q, e, table.bits)
 
 
@@ -515,7 +544,9 @@ def embedding_backward(
     """
     b = check_bits(bits)
     idx = _check_ids(ids, int(num_embeddings))
-    gshape = np.shape(grad_out.mantissa) if isinstance(grad_out, FixedTensor) else np.shape(grad_out)
+    gshape = (
+        np.shape(grad_out.mantissa) if isinstance(grad_out, FixedTensor) else np.shape(grad_out)
+    )
     if len(gshape) != idx.ndim + 1 or tuple(gshape[:-1]) != idx.shape:
         raise ShapeError(f"grad_out: expected shape {idx.shape} + (D,), got {tuple(gshape)}")
     g = map_grad(grad_out, tuple(gshape), b, rounding, resolve_seed(seed), 1)

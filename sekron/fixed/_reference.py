@@ -16,20 +16,19 @@ from ._streams import MASK64, stream_key
 
 __all__ = [
     "MASK64",
-    "stream_key",
-    "hash_stream",
-    "round_stochastic_ref",
-    "shift_stochastic_ref",
     "gemm_ref",
-    "scatter_add_rows_ref",
+    "hash_stream",
+    "linear_bwd_ref",
+    "linear_fwd_ref",
     "map_fixed_ref",
     "requant_ref",
+    "round_stochastic_ref",
+    "scatter_add_rows_ref",
     "shift_ref",
-    "linear_fwd_ref",
-    "linear_bwd_ref",
+    "shift_stochastic_ref",
     "split_seed_ref",
+    "stream_key",
 ]
-
 
 
 def hash_stream(key: np.uint64, n: int) -> np.ndarray:
@@ -83,7 +82,9 @@ def scatter_add_rows_ref(ids: np.ndarray, rows: np.ndarray, n_rows: int) -> np.n
     return out
 
 
-def map_fixed_ref(x: np.ndarray, bits: int, stochastic: bool, key: np.uint64) -> tuple[np.ndarray, int]:
+def map_fixed_ref(
+    x: np.ndarray, bits: int, stochastic: bool, key: np.uint64
+) -> tuple[np.ndarray, int]:
     """Reference of ``_kernels.map_fixed_flat``: (int64 mantissas, exponent) of a flat array."""
     y = np.asarray(x, dtype=np.float64).ravel()
     amax = float(np.abs(y).max(initial=0.0))
@@ -95,7 +96,9 @@ def map_fixed_ref(x: np.ndarray, bits: int, stochastic: bool, key: np.uint64) ->
     return np.clip(np.floor(s + 0.5), -qmax, qmax).astype(np.int64), e
 
 
-def requant_ref(q: np.ndarray, e_in: int, bits: int, stochastic: bool, key: np.uint64) -> tuple[np.ndarray, int]:
+def requant_ref(
+    q: np.ndarray, e_in: int, bits: int, stochastic: bool, key: np.uint64
+) -> tuple[np.ndarray, int]:
     """Reference of ``_kernels.requant_flat`` (no mask): (int64 mantissas, exponent)."""
     q = np.asarray(q, dtype=np.int64).ravel()
     length = int(np.abs(q).max(initial=0)).bit_length()
@@ -117,12 +120,20 @@ def shift_ref(q: np.ndarray, shift: int, stochastic: bool, key: np.uint64) -> np
 
 
 def linear_fwd_ref(
-    x: np.ndarray, w: np.ndarray, bq: np.ndarray | None, b_shift: int, e_acc: int, bits: int | None,
-    stochastic: bool, seed: int, relu: bool,
+    x: np.ndarray,
+    w: np.ndarray,
+    bq: np.ndarray | None,
+    b_shift: int,
+    e_acc: int,
+    bits: int | None,
+    stochastic: bool,
+    seed: int,
+    relu: bool,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Reference of ``_kernels.linear_fwd_flat``: (int64 output (N, F), ReLU mask, exponent).
 
-    ``bq`` None means no bias; ``bits`` None means no requantization."""
+    ``bq`` None means no bias; ``bits`` None means no requantization.
+    """
     acc = gemm_ref(x, w)
     if bq is not None:
         acc = acc + shift_ref(bq, b_shift, stochastic, stream_key(seed, 4))[None, :]
@@ -137,13 +148,23 @@ def linear_fwd_ref(
 
 
 def linear_bwd_ref(
-    x: np.ndarray, w: np.ndarray, g: np.ndarray, e_g: int | None, bits: int, stochastic: bool, seed: int,
-    e_x: int, e_w: int, dx_bits: int | None, mask: np.ndarray | None,
+    x: np.ndarray,
+    w: np.ndarray,
+    g: np.ndarray,
+    e_g: int | None,
+    bits: int,
+    stochastic: bool,
+    seed: int,
+    e_x: int,
+    e_w: int,
+    dx_bits: int | None,
+    mask: np.ndarray | None,
 ) -> tuple[tuple[np.ndarray, int], tuple[np.ndarray, int], tuple[np.ndarray, int]]:
     """Reference of ``_kernels.linear_bwd_flat``: ((dx, e), (dW, e), (db, e)) in int64.
 
     ``e_g`` None: ``g`` is a float gradient mapped on streams 1 and 2; else ``g`` holds
-    mantissas of exponent ``e_g``. ``dx_bits`` requantizes dx on stream 3; ``mask`` zeroes it."""
+    mantissas of exponent ``e_g``. ``dx_bits`` requantizes dx on stream 3; ``mask`` zeroes it.
+    """
     n, f = np.shape(g)
     if e_g is None:
         q1, eg1 = map_fixed_ref(g, bits, stochastic, stream_key(seed, 1))

@@ -62,11 +62,19 @@ def _scalar_parts(v: float, bits: int) -> tuple[int, int]:
 
 
 def _sgd_master_fused(
-    w: np.ndarray, grad: FixedTensor, state: SGDState, lr: float, mu: float, wd: float, b: int, key: int
+    w: np.ndarray,
+    grad: FixedTensor,
+    state: SGDState,
+    lr: float,
+    mu: float,
+    wd: float,
+    b: int,
+    key: int,
 ) -> tuple[np.ndarray, SGDState] | None:
     """Mode "master" with stochastic rounding in one serial kernel: the same bits as the
     unfused chain below (the tests compare both). None when the kernel declines (non-finite
-    weights, exponent gaps past 62 bits); the caller then runs the unfused chain."""
+    weights, exponent gaps past 62 bits); the caller then runs the unfused chain.
+    """
     vel = state.velocity
     has_v = bool(mu) and vel is not None
     if has_v and (vel.shape != w.shape or not vel.per_tensor or vel.bits > 16):  # type: ignore[union-attr]
@@ -79,8 +87,22 @@ def _sgd_master_fused(
     w_out = np.empty(w.shape, dtype=w.dtype)
     v_out = np.empty(w.shape, dtype=np.int8 if b <= 8 else np.int16)
     e = _kernels.sgd_master_flat(
-        w.reshape(-1), grad.mantissa.reshape(-1), grad.exponent, v_in, e_v, has_v, b,
-        wd_q, wd_e, mu_q, mu_e, lr_q, lr_e, np.uint64(key), w_out.reshape(-1), v_out.reshape(-1),
+        w.reshape(-1),
+        grad.mantissa.reshape(-1),
+        grad.exponent,
+        v_in,
+        e_v,
+        has_v,
+        b,
+        wd_q,
+        wd_e,
+        mu_q,
+        mu_e,
+        lr_q,
+        lr_e,
+        np.uint64(key),
+        w_out.reshape(-1),
+        v_out.reshape(-1),
     )
     if e == _kernels.NONFINITE:
         return None
@@ -187,7 +209,9 @@ def sgd_step(
         wq = to_fixed(w_master, b, rounding_, key, stream=1)
     else:
         if not isinstance(weight, FixedTensor):
-            raise TypeError(f"weight: mode='integer' expects a FixedTensor, got {_describe(weight)}")
+            raise TypeError(
+                f"weight: mode='integer' expects a FixedTensor, got {_describe(weight)}"
+            )
         wq = weight
     if isinstance(grad, FixedTensor):
         gq = requantize(grad, b, rounding_, key, stream=2)
@@ -200,7 +224,9 @@ def sgd_step(
     v = gq
     if mu and state.velocity is not None:
         if state.velocity.shape != gq.shape:
-            raise ShapeError(f"state: velocity of shape {state.velocity.shape} does not match {gq.shape}")
+            raise ShapeError(
+                f"state: velocity of shape {state.velocity.shape} does not match {gq.shape}"
+            )
         v = add(mul(_scalar(mu, b), state.velocity), gq, b, rounding=rounding_, seed=key + 4)
     step = mul(_scalar(lr_, b), v)  # exact: exponent e_lr + e_v
     new_state = SGDState(v if mu else None, state.step + 1)

@@ -15,17 +15,17 @@ __all__ = [
     "GAMMA",
     "M1",
     "M2",
-    "MASK64",
     "MASK62",
+    "MASK64",
+    "STREAM_BIAS",
     "STREAM_INPUT",
     "STREAM_WEIGHT",
-    "STREAM_BIAS",
-    "mix64",
-    "stream_key",
-    "splitmix64_outputs",
     "call_key",
     "forward_backward_keys",
+    "mix64",
+    "splitmix64_outputs",
     "stage_key",
+    "stream_key",
 ]
 
 # splitmix64 constants (Steele, Lea & Flood 2014)

@@ -20,7 +20,15 @@ from ..errors import ArgumentError, DTypeError, OverflowRiskError, ShapeError
 from . import _kernels
 from ._streams import MASK64, splitmix64_outputs, stream_key
 
-__all__ = ["FixedTensor", "to_fixed", "requantize", "split_seed", "mantissa_dtype", "Rounding", "Seed"]
+__all__ = [
+    "FixedTensor",
+    "Rounding",
+    "Seed",
+    "mantissa_dtype",
+    "requantize",
+    "split_seed",
+    "to_fixed",
+]
 
 Rounding = Literal["stochastic", "nearest"]
 Seed = None | int | np.random.Generator
@@ -107,7 +115,7 @@ class FixedTensor:
     array([ 0.75, -1.25])
     """
 
-    __slots__ = ("mantissa", "exponent", "bits")
+    __slots__ = ("bits", "exponent", "mantissa")
 
     mantissa: np.ndarray
     exponent: Exponent
@@ -116,9 +124,7 @@ class FixedTensor:
     def __init__(self, mantissa: Any, exponent: Any, bits: int) -> None:
         q = np.asarray(mantissa)
         if q.dtype.kind != "i":
-            raise DTypeError(
-                f"mantissa: expected a signed integer array, got {_describe(q)}"
-            )
+            raise DTypeError(f"mantissa: expected a signed integer array, got {_describe(q)}")
         if isinstance(bits, (bool, np.bool_)) or not isinstance(bits, numbers.Integral):
             raise TypeError(f"bits: expected an int in 2..{_MAX_WIDE_BITS}, got {_describe(bits)}")
         bits = int(bits)
@@ -184,10 +190,14 @@ class FixedTensor:
         array([ 0.75, -1.25])
         """
         if not isinstance(mantissa, np.ndarray) or mantissa.dtype.kind != "i":
-            raise DTypeError(f"mantissa: expected a signed integer ndarray, got {_describe(mantissa)}")
+            raise DTypeError(
+                f"mantissa: expected a signed integer ndarray, got {_describe(mantissa)}"
+            )
         if type(bits) is not int or not 2 <= bits <= _MAX_WIDE_BITS:
             if isinstance(bits, (bool, np.bool_)) or not isinstance(bits, numbers.Integral):
-                raise TypeError(f"bits: expected an int in 2..{_MAX_WIDE_BITS}, got {_describe(bits)}")
+                raise TypeError(
+                    f"bits: expected an int in 2..{_MAX_WIDE_BITS}, got {_describe(bits)}"
+                )
             if not 2 <= int(bits) <= _MAX_WIDE_BITS:
                 raise ValueError(f"bits: expected an int in 2..{_MAX_WIDE_BITS}, got {int(bits)}")
         if mantissa.dtype.itemsize * 8 < bits:
@@ -196,7 +206,9 @@ class FixedTensor:
                 f"expected {mantissa_dtype(bits)} or wider"
             )
         if type(exponent) is not int and np.asarray(exponent).dtype.kind not in "iu":
-            raise DTypeError(f"exponent: expected an int or an integer array, got {_describe(exponent)}")
+            raise DTypeError(
+                f"exponent: expected an int or an integer array, got {_describe(exponent)}"
+            )
         return cls._trusted(mantissa, exponent, int(bits))
 
     @classmethod
@@ -375,13 +387,15 @@ def _kept_axes(axis: Any, ndim: int) -> tuple[int, ...]:
         if isinstance(a, (bool, np.bool_)) or not isinstance(a, numbers.Integral):
             raise TypeError(f"axis: expected ints, got {_describe(axis)}")
         if not -ndim <= int(a) < ndim:
-            raise ShapeError(f"axis: expected axes in [-{ndim}, {ndim}) for a {ndim}-d array, got {axis!r}")
+            raise ShapeError(
+                f"axis: expected axes in [-{ndim}, {ndim}) for a {ndim}-d array, got {axis!r}"
+            )
         out.append(int(a) % ndim)
     return tuple(sorted(set(out)))
 
 
 def _cell_max(mag: np.ndarray, exponent_shape: tuple[int, ...] | None) -> np.ndarray:
-    """max of ``mag`` over every axis along which the exponent is shared (keepdims)."""
+    """Max of ``mag`` over every axis along which the exponent is shared (keepdims)."""
     if exponent_shape is None:
         return np.asarray(mag.max(initial=0)).reshape((1,) * mag.ndim)
     red = tuple(i for i, d in enumerate(exponent_shape) if d == 1)
@@ -462,7 +476,12 @@ def to_fixed(
     b = check_bits(bits)
     rounding_ = check_rounding(rounding)
     stream = check_stream(stream)
-    if axis is None and type(x) is np.ndarray and x.dtype in _FLOATS and x.size < _kernels.PARALLEL_MIN_ELEMENTS:
+    if (
+        axis is None
+        and type(x) is np.ndarray
+        and x.dtype in _FLOATS
+        and x.size < _kernels.PARALLEL_MIN_ELEMENTS
+    ):
         fast = _to_fixed_flat(x, b, rounding_ == "stochastic", seed, stream)
         if fast is not None:
             return fast
@@ -487,7 +506,9 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _SCALE_EXP_MAX = 960
 
 
-def _to_fixed_scaled(x: np.ndarray, bits: int, rounding: Rounding, seed: Seed, stream: int) -> FixedTensor | None:
+def _to_fixed_scaled(
+    x: np.ndarray, bits: int, rounding: Rounding, seed: Seed, stream: int
+) -> FixedTensor | None:
     """``to_fixed(x, bits, axis=None)`` of a large float array, the same bits by a shorter route.
 
     The scaling is one multiply by ``2**-e`` (exact, as ``ldexp``, which cost 1 ms of a
@@ -509,7 +530,9 @@ def _to_fixed_scaled(x: np.ndarray, bits: int, rounding: Rounding, seed: Seed, s
 _NO_MASK = np.zeros(1, dtype=bool)
 
 
-def _to_fixed_flat(x: np.ndarray, bits: int, stochastic: bool, seed: Seed, stream: int) -> FixedTensor | None:
+def _to_fixed_flat(
+    x: np.ndarray, bits: int, stochastic: bool, seed: Seed, stream: int
+) -> FixedTensor | None:
     """``to_fixed(x, bits, axis=None)`` of a float32/float64 array in one serial kernel.
 
     Same bits as the general path (the tests compare both); None when ``x`` is not finite
@@ -527,7 +550,12 @@ def _to_fixed_flat(x: np.ndarray, bits: int, stochastic: bool, seed: Seed, strea
 
 
 def requantize_flat(
-    t: FixedTensor, bits: int, stochastic: bool, seed: Seed, stream: int, mask: np.ndarray | None = None
+    t: FixedTensor,
+    bits: int,
+    stochastic: bool,
+    seed: Seed,
+    stream: int,
+    mask: np.ndarray | None = None,
 ) -> FixedTensor:
     """``requantize`` of a per-tensor FixedTensor in one serial kernel (trusted inputs).
 
@@ -540,7 +568,9 @@ def requantize_flat(
         return FixedTensor._trusted(out.reshape(t.mantissa.shape), 0, bits)
     key = np.uint64(resolve_seed(seed)) if stochastic else np.uint64(0)
     m = _NO_MASK if mask is None else mask.reshape(-1)
-    e = _kernels.requant_flat(q, t.exponent, bits, stochastic, key, stream, m, mask is not None, out)
+    e = _kernels.requant_flat(
+        q, t.exponent, bits, stochastic, key, stream, m, mask is not None, out
+    )
     return FixedTensor._trusted(out.reshape(t.mantissa.shape), int(e), bits)
 
 
@@ -651,14 +681,18 @@ def requantize(
     exp_shape = None if t.per_tensor else np.shape(t.exponent)
     length = bit_length(_cell_max(np.abs(q), exp_shape))
     shift = np.where(length > 0, length - (b - 1), 0)
-    new_q = np.clip(shift_round(q, shift, rounding_, seed, stream), -((1 << (b - 1)) - 1), (1 << (b - 1)) - 1)
+    new_q = np.clip(
+        shift_round(q, shift, rounding_, seed, stream), -((1 << (b - 1)) - 1), (1 << (b - 1)) - 1
+    )
     new_exp = np.asarray(t.exponent, np.int64) + shift
     new_exp = np.where(length > 0, new_exp, 0)
     exp_out: Exponent = int(new_exp.reshape(-1)[0]) if exp_shape is None else new_exp
     return FixedTensor._trusted(new_q.astype(mantissa_dtype(b)), exp_out, b)
 
 
-def map_grad(g: Any, shape: tuple[int, ...], bits: int, rounding: Rounding, key: int, stream: int) -> FixedTensor:
+def map_grad(
+    g: Any, shape: tuple[int, ...], bits: int, rounding: Rounding, key: int, stream: int
+) -> FixedTensor:
     """Map a float gradient freshly (one independent draw per stream), or requantize one."""
     if isinstance(g, FixedTensor):
         if g.shape != shape:

@@ -15,7 +15,7 @@ from ..tensor import SeKronTensor
 from ._parse import cp_parts
 from ._train import mode_shapes, sekron_from_train
 
-__all__ = ["from_cp", "to_cp", "cp_structure"]
+__all__ = ["cp_structure", "from_cp", "to_cp"]
 
 
 def _relative_error(W: np.ndarray, approx: np.ndarray) -> float:
@@ -168,7 +168,12 @@ def to_cp(
         from tensorly.decomposition import parafac
 
         fit = parafac(W, R, init="svd", n_iter_max=n_iter_max, tol=tol, random_state=0)
-        cp = CPTensor((np.asarray(fit.weights, dtype=t.dtype), [np.asarray(f, dtype=t.dtype) for f in fit.factors]))
+        cp = CPTensor(
+            (
+                np.asarray(fit.weights, dtype=t.dtype),
+                [np.asarray(f, dtype=t.dtype) for f in fit.factors],
+            )
+        )
     return cp, _relative_error(W, cp_to_tensor(cp))
 
 

@@ -17,12 +17,16 @@ import numpy as np
 from .._validation import as_float_array
 from ..errors import FormatError
 
-__all__ = ["tt_cores", "tr_cores", "tt_matrix_cores", "cp_parts", "tucker_parts"]
+__all__ = ["cp_parts", "tr_cores", "tt_cores", "tt_matrix_cores", "tucker_parts"]
 
 
 def _sequence(x: Any, name: str, what: str) -> list[Any]:
     factors = getattr(x, "factors", x)
-    if isinstance(factors, np.ndarray) or not isinstance(factors, Sequence) or isinstance(factors, str):
+    if (
+        isinstance(factors, np.ndarray)
+        or not isinstance(factors, Sequence)
+        or isinstance(factors, str)
+    ):
         raise FormatError(f"{name}: expected {what}, got {type(x).__name__}")
     if len(factors) == 0:
         raise FormatError(f"{name}: expected {what}, got an empty sequence")
@@ -40,7 +44,9 @@ def _chain(x: Any, name: str, core_ndim: int, layout: str, *, loop: bool) -> lis
     cores = [as_float_array(c, f"{name}[{k}]") for k, c in enumerate(_sequence(x, name, what))]
     for k, c in enumerate(cores):
         if c.ndim != core_ndim:
-            raise FormatError(f"{name}: core {k} must be {core_ndim}-d with shape {layout}, got shape {c.shape}")
+            raise FormatError(
+                f"{name}: core {k} must be {core_ndim}-d with shape {layout}, got shape {c.shape}"
+            )
     n = len(cores)
     for k in range(1, n):
         if cores[k - 1].shape[-1] != cores[k].shape[0]:
@@ -51,7 +57,9 @@ def _chain(x: Any, name: str, core_ndim: int, layout: str, *, loop: bool) -> lis
     first, last = cores[0].shape[0], cores[-1].shape[-1]
     if loop:
         if n < 2:
-            raise FormatError(f"{name}: a tensor ring needs at least 2 cores, got 1 of shape {cores[0].shape}")
+            raise FormatError(
+                f"{name}: a tensor ring needs at least 2 cores, got 1 of shape {cores[0].shape}"
+            )
         if first != last:
             raise FormatError(
                 f"{name}: a tensor ring closes its loop (r_0 = r_N), so core 0's left rank must equal core "
@@ -107,7 +115,9 @@ def cp_parts(cp: Any, name: str = "cp") -> tuple[np.ndarray, list[np.ndarray]]:
         if a.ndim == 1:
             a = a[:, None]
         if a.ndim != 2:
-            raise FormatError(f"{name}: factor {k} must be 2-d of shape (I_k, R), got shape {a.shape}")
+            raise FormatError(
+                f"{name}: factor {k} must be 2-d of shape (I_k, R), got shape {a.shape}"
+            )
         factors.append(a)
     rank = factors[0].shape[1]
     for k, f in enumerate(factors):
@@ -136,7 +146,9 @@ def tucker_parts(tucker: Any, name: str = "tucker") -> tuple[np.ndarray, list[np
     what = "a TuckerTensor or a pair (core, factors) with factors of shape (I_k, r_k)"
     core_in, factors_in = _pair(tucker, name, what)
     core = as_float_array(core_in, f"{name} core")
-    factors_raw = _sequence(factors_in, f"{name} factors", "a sequence of (I_k, r_k) factor matrices")
+    factors_raw = _sequence(
+        factors_in, f"{name} factors", "a sequence of (I_k, r_k) factor matrices"
+    )
     if len(factors_raw) != core.ndim:
         raise FormatError(
             f"{name}: expected one factor per mode of the core, got a core of shape {core.shape} "
@@ -146,7 +158,9 @@ def tucker_parts(tucker: Any, name: str = "tucker") -> tuple[np.ndarray, list[np
     for k, f in enumerate(factors_raw):
         a = as_float_array(f, f"{name} factors[{k}]")
         if a.ndim != 2:
-            raise FormatError(f"{name}: factor {k} must be 2-d of shape (I_k, r_k), got shape {a.shape}")
+            raise FormatError(
+                f"{name}: factor {k} must be 2-d of shape (I_k, r_k), got shape {a.shape}"
+            )
         if a.shape[1] != core.shape[k]:
             raise FormatError(
                 f"{name}: factor {k} of shape {a.shape} must have core.shape[{k}] = {core.shape[k]} "

@@ -200,7 +200,9 @@ def tr_structure(shape: Sequence[int], ranks: Any, *, clip: bool = False) -> Str
         if len(vals) == N:
             vals.append(vals[0])
         if len(vals) != N + 1:
-            raise RankError(f"ranks: expected {N} or {N + 1} TR ranks for a {N}-way tensor, got {tuple(vals)}")
+            raise RankError(
+                f"ranks: expected {N} or {N + 1} TR ranks for a {N}-way tensor, got {tuple(vals)}"
+            )
         if vals[0] != vals[-1]:
             raise RankError(f"ranks: a tensor ring needs r_0 = r_N, got {tuple(vals)}")
     else:

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..tensor import SeKronTensor
 
-__all__ = ["mode_shapes", "cap_right_ranks", "sekron_from_train", "train_of_sekron"]
+__all__ = ["cap_right_ranks", "mode_shapes", "sekron_from_train", "train_of_sekron"]
 
 
 def mode_shapes(dims: Sequence[int]) -> list[tuple[int, ...]]:

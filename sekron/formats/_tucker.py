@@ -116,7 +116,9 @@ def _tucker_ranks(ranks: Any, dims: tuple[int, ...]) -> tuple[int, ...]:
     for k, r in enumerate(vals):
         r = as_rank(r, f"ranks[{k}]")
         if r > full[k]:
-            raise rank_error(f"ranks[{k}]", r, full[k], f"min(n_{k + 1}, product of the other modes)")
+            raise rank_error(
+                f"ranks[{k}]", r, full[k], f"min(n_{k + 1}, product of the other modes)"
+            )
         out.append(r)
     return tuple(out)
 

@@ -95,7 +95,9 @@ def conv2d(
     xa = as_float_array(x, "x", ndim=4)
     if isinstance(kernel, SeKronTensor):
         if kernel.ndim != 4:
-            raise ShapeError(f"kernel: expected a 4-D (F, C, Kh, Kw) kernel, got shape {kernel.shape}")
+            raise ShapeError(
+                f"kernel: expected a 4-D (F, C, Kh, Kw) kernel, got shape {kernel.shape}"
+            )
         kshape, kdtype = kernel.shape, kernel.dtype
     else:
         kernel = as_float_array(kernel, "kernel", ndim=4)
@@ -181,14 +183,19 @@ def run_plan(plan: ConvPlan, x: np.ndarray, factors: Any) -> np.ndarray:
 def _peak_elements(plan: ConvPlan) -> int:
     """Elements per image of the largest array a plan's stages read or write."""
     _, h, w = plan.in_shape
-    _, stages = conv_stages(plan.structure.shapes, plan.structure.ranks, h, w, plan.stride, plan.padding, plan.dilation)
+    _, stages = conv_stages(
+        plan.structure.shapes, plan.structure.ranks, h, w, plan.stride, plan.padding, plan.dilation
+    )
     return max(
-        s.batch * max(s.in_channels * s.in_hw[0] * s.in_hw[1], s.out_channels * s.out_hw[0] * s.out_hw[1])
+        s.batch
+        * max(s.in_channels * s.in_hw[0] * s.in_hw[1], s.out_channels * s.out_hw[0] * s.out_hw[1])
         for s in stages
     )
 
 
-def _run_steps(plan: ConvPlan, x: np.ndarray, weights: dict[int, np.ndarray], dest: np.ndarray) -> None:
+def _run_steps(
+    plan: ConvPlan, x: np.ndarray, weights: dict[int, np.ndarray], dest: np.ndarray
+) -> None:
     """Run the plan's steps on one chunk and write the result into ``dest``.
 
     Three liberties, none changing a value: (1) the zero padding is held back while only
@@ -212,8 +219,12 @@ def _run_steps(plan: ConvPlan, x: np.ndarray, weights: dict[int, np.ndarray], de
             nxt = steps[i + 1]
             if isinstance(nxt, ConvStep) and not any(pending):
                 regroup = step.shape  # the conv reads x's axes where they lie
-            elif (isinstance(nxt, ConvStep) and nxt.weight_shape[2:] == (1, 1)
-                  and nxt.stride == (1, 1) and tuple(step.shape[-2:]) == _padded_hw(x, pending)):
+            elif (
+                isinstance(nxt, ConvStep)
+                and nxt.weight_shape[2:] == (1, 1)
+                and nxt.stride == (1, 1)
+                and tuple(step.shape[-2:]) == _padded_hw(x, pending)
+            ):
                 regroup = (*step.shape[:-2], *x.shape[-2:])  # the pad stays pending
             elif any(pending):
                 x, pending = _reshape_padded(x, step.shape, pending)
@@ -258,7 +269,8 @@ def _padded_hw(x: np.ndarray, pad: tuple[int, int, int, int]) -> tuple[int, int]
 def _dest_view(layout: Any, dest: np.ndarray) -> np.ndarray | None:
     """A view ``v`` of ``dest`` such that the ``layout`` steps (reshapes and transposes)
     take ``v``'s C-order regrouping to ``dest``; the first step, if a reshape, is left
-    to the regrouping. None when some step has no such inverse view."""
+    to the regrouping. None when some step has no such inverse view.
+    """
     if not all(isinstance(s, (ReshapeStep, TransposeStep)) for s in layout):
         return None
     if not layout or not isinstance(layout[-1], ReshapeStep):
@@ -269,7 +281,9 @@ def _dest_view(layout: Any, dest: np.ndarray) -> np.ndarray | None:
     for s in layout:
         if isinstance(s, ReshapeStep):
             known = math.prod(n for n in s.shape if n != -1)
-            shape = tuple(dest.size // known if n == -1 else n for n in s.shape) if known else s.shape
+            shape = (
+                tuple(dest.size // known if n == -1 else n for n in s.shape) if known else s.shape
+            )
         else:
             shape = tuple(shape[a] for a in s.axes)
         shapes.append(shape)
@@ -290,7 +304,8 @@ def _reshape_padded(
     x: np.ndarray, shape: tuple[int, ...], pad: tuple[int, int, int, int]
 ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """``reshape(pad2d(x, pad), shape)``: a view while one exists (the pad stays
-    pending), else one copy of ``x`` into the interior of the padded result."""
+    pending), else one copy of ``x`` into the interior of the padded result.
+    """
     top, bottom, left, right = pad
     H, W = x.shape[-2:]
     if tuple(shape[-2:]) != (H + top + bottom, W + left + right):
@@ -321,7 +336,8 @@ def _byte_bounds(a: np.ndarray) -> tuple[int, int]:
 
 def _reshape(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """``np.reshape``; an array whose rows lie in a wider buffer is reshaped with the
-    whole rows (long contiguous copies) and cut back to its width afterwards."""
+    whole rows (long contiguous copies) and cut back to its width afterwards.
+    """
     if x.ndim >= 2 and tuple(shape[-2:]) == x.shape[-2:] and x.size:
         it = x.itemsize
         s_h, s_w = x.strides[-2:]
@@ -338,9 +354,7 @@ def _reshape(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.reshape(x, shape)
 
 
-def execute_plan(
-    plan: ConvPlan, x: Any, factors: Any, backend: Any = None
-) -> Any:
+def execute_plan(plan: ConvPlan, x: Any, factors: Any, backend: Any = None) -> Any:
     """Run a :class:`ConvPlan` on a batch ``x`` with the kernel's ``factors``.
 
     Parameters

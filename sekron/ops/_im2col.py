@@ -24,7 +24,7 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-__all__ = ["conv2d_valid", "conv2d_regrouped", "pad2d"]
+__all__ = ["conv2d_regrouped", "conv2d_valid", "pad2d"]
 
 # Column buffers are built for a chunk of the batch at a time so that they stay in the
 # (last-level) cache between their copy and their GEMM; 1-16 MiB measured within 10 % of
@@ -176,7 +176,8 @@ def _split_axes(axes: Axes, sizes: tuple[int, ...]) -> tuple[Axes, ...] | None:
     """Regroup ``axes`` (C order) into consecutive groups of the given total ``sizes``,
     splitting an axis where a boundary falls inside it; None when that is impossible.
     Each group is returned with unit axes dropped and mergeable neighbours merged, and is
-    never empty (``[(1, 0)]`` for a size-1 group)."""
+    never empty (``[(1, 0)]`` for a size-1 group).
+    """
     rest = [a for a in axes if a[0] != 1]
     groups: list[Axes] = []
     i = 0
@@ -242,8 +243,9 @@ def _chunked(
     for b0 in range(0, b0_len, nb):
         m = min(b0_len - b0, nb)
         c = cols[:m]
-        src = as_strided(_offset(x, b0 * b0_stride), (m, *shape), (b0_stride, *strides),
-                         writeable=False)
+        src = as_strided(
+            _offset(x, b0 * b0_stride), (m, *shape), (b0_stride, *strides), writeable=False
+        )
         np.copyto(c, src)
         cm = c.reshape(m * per // q, *(n for n, _ in obat[1:]), g, K, n_pix)
         np.matmul(wg, cm, out=target[b0 * per // q : (b0 + m) * per // q])
@@ -251,7 +253,8 @@ def _chunked(
 
 def _offset(x: np.ndarray, nbytes: int) -> np.ndarray:
     """A view of ``x``'s buffer starting ``nbytes`` (a multiple of the item size) past
-    ``x``'s first element, for ``as_strided`` to lay its axes on."""
+    ``x``'s first element, for ``as_strided`` to lay its axes on.
+    """
     e, it = nbytes // x.itemsize, x.itemsize
     if e >= 0:
         return as_strided(x, (e + 1,), (it,), writeable=False)[e:]

@@ -24,16 +24,16 @@ from ..structure import Structure
 from ._im2col import conv2d_valid, pad2d
 
 __all__ = [
+    "Backend",
+    "ConvPlan",
+    "ConvStep",
+    "NumpyBackend",
     "PadStep",
     "ReshapeStep",
-    "TransposeStep",
-    "ConvStep",
-    "SumStep",
     "Step",
-    "ConvPlan",
+    "SumStep",
+    "TransposeStep",
     "conv2d_plan",
-    "Backend",
-    "NumpyBackend",
     "conv_weight",
 ]
 
@@ -117,7 +117,9 @@ def _drop_unit(shape: tuple[int, ...], perm: tuple[int, ...]) -> bool:
     return kept == sorted(kept)
 
 
-def _layout_steps(shape: tuple[int, ...], perm: tuple[int, ...], final: tuple[int, ...]) -> list[Step]:
+def _layout_steps(
+    shape: tuple[int, ...], perm: tuple[int, ...], final: tuple[int, ...]
+) -> list[Step]:
     """Reshape to ``shape``, permute by ``perm``, reshape to ``final`` (skipping no-ops)."""
     if _drop_unit(shape, perm):
         return [ReshapeStep(final)]

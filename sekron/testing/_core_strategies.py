@@ -18,12 +18,12 @@ from ..tensor import SeKronTensor
 
 __all__ = [
     "factorable_shapes",
-    "shapes",
-    "structures",
     "float_dtypes",
     "kronecker_factors",
-    "sekron_tensors",
     "random_sekron_factors",
+    "sekron_tensors",
+    "shapes",
+    "structures",
 ]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -109,7 +109,9 @@ def factorable_shapes(
     if N < 1 or S < 2:
         raise ValueError(f"expected ndim >= 1 and n_factors >= 2, got ndim={N}, n_factors={S}")
     if min_dim ** (N * S) > max_size:
-        raise ValueError(f"min_dim={min_dim} cannot fit {S} factors of {N} modes in max_size={max_size}")
+        raise ValueError(
+            f"min_dim={min_dim} cannot fit {S} factors of {N} modes in max_size={max_size}"
+        )
     size = 1
     dims = [[0] * N for _ in range(S)]
     slots_left = N * S

@@ -21,12 +21,14 @@ from tensorly.tt_matrix import TTMatrix
 from tensorly.tt_tensor import TTTensor
 from tensorly.tucker_tensor import TuckerTensor
 
-__all__ = ["tt_tensors", "tr_tensors", "cp_tensors", "tucker_tensors", "tt_matrices"]
+__all__ = ["cp_tensors", "tr_tensors", "tt_matrices", "tt_tensors", "tucker_tensors"]
 
 _DTYPES: tuple[Any, ...] = (np.float32, np.float64)
 
 
-def _setup(draw: Any, min_order: int, max_order: int, max_dim: int, dtypes: Sequence[Any]) -> tuple[list[int], Any, np.random.Generator]:
+def _setup(
+    draw: Any, min_order: int, max_order: int, max_dim: int, dtypes: Sequence[Any]
+) -> tuple[list[int], Any, np.random.Generator]:
     order = draw(st.integers(min_order, max_order))
     dims = draw(st.lists(st.integers(1, max_dim), min_size=order, max_size=order))
     dtype = np.dtype(draw(st.sampled_from(list(dtypes))))
@@ -185,7 +187,9 @@ def tucker_tensors(
     dims, dtype, rng = _setup(draw, max(min_order, 2), max(max_order, 2), max_dim, dtypes)
     ranks = draw(st.lists(st.integers(1, max_rank), min_size=len(dims), max_size=len(dims)))
     core = _normal(rng, ranks, dtype)
-    return TuckerTensor((core, [_normal(rng, (n, r), dtype) for n, r in zip(dims, ranks, strict=True)]))
+    return TuckerTensor(
+        (core, [_normal(rng, (n, r), dtype) for n, r in zip(dims, ranks, strict=True)])
+    )
 
 
 @st.composite
@@ -226,5 +230,8 @@ def tt_matrices(
     inner = draw(st.lists(st.integers(1, max_rank), min_size=len(rows) - 1, max_size=len(rows) - 1))
     ranks = [1, *inner, 1]
     return TTMatrix(
-        [_normal(rng, (ranks[k], m, n, ranks[k + 1]), dtype) for k, (m, n) in enumerate(zip(rows, cols, strict=True))]
+        [
+            _normal(rng, (ranks[k], m, n, ranks[k + 1]), dtype)
+            for k, (m, n) in enumerate(zip(rows, cols, strict=True))
+        ]
     )

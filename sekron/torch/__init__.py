@@ -8,11 +8,11 @@ and ``torch.autograd.Function``\\ s.
 
 from __future__ import annotations
 
+from . import adapters
 from ._contract import linear_macs
 from ._conv import TorchBackend
 from .compression import CompressionReport, LayerReport, compress
 from .distillation import Capture, attention_loss, distill, hidden_loss, logit_loss
-from . import adapters
 from .int_model import integerize
 from .int_sekron import IntSeKronConv2d, IntSeKronLinear, IntTorchBackend
 from .integer import IntConv2d, IntEmbedding, IntLayerNorm, IntLinear
@@ -20,27 +20,27 @@ from .layers import KroneckerEmbedding, SeKronConv2d, SeKronLinear
 from .state_dict import read_state_dict
 
 __all__ = [
-    "SeKronLinear",
-    "SeKronConv2d",
-    "KroneckerEmbedding",
-    "TorchBackend",
-    "compress",
-    "IntLinear",
-    "IntConv2d",
-    "IntLayerNorm",
-    "IntEmbedding",
-    "integerize",
-    "IntSeKronLinear",
-    "IntSeKronConv2d",
-    "IntTorchBackend",
-    "distill",
     "Capture",
-    "hidden_loss",
-    "attention_loss",
-    "logit_loss",
     "CompressionReport",
+    "IntConv2d",
+    "IntEmbedding",
+    "IntLayerNorm",
+    "IntLinear",
+    "IntSeKronConv2d",
+    "IntSeKronLinear",
+    "IntTorchBackend",
+    "KroneckerEmbedding",
     "LayerReport",
-    "linear_macs",
-    "read_state_dict",
+    "SeKronConv2d",
+    "SeKronLinear",
+    "TorchBackend",
     "adapters",
+    "attention_loss",
+    "compress",
+    "distill",
+    "hidden_loss",
+    "integerize",
+    "linear_macs",
+    "logit_loss",
+    "read_state_dict",
 ]

@@ -35,7 +35,7 @@ from torch import nn
 from ..errors import FormatError, ShapeError
 from ._lokr import LoKr, LoRA, factorization
 
-__all__ = ["lycoris_name", "save_lycoris", "load_lycoris", "save_peft", "load_peft"]
+__all__ = ["load_lycoris", "load_peft", "lycoris_name", "save_lycoris", "save_peft"]
 
 _PEFT_PREFIX = "base_model.model."
 _LOKR_KEYS = {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"}
@@ -187,7 +187,8 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 def _kernels(model: Any) -> dict[str, tuple[int, ...]]:
     """Weight shapes of a model's layers (or a state dict's ``*.weight`` entries), by module
-    name and by LyCORIS name."""
+    name and by LyCORIS name.
+    """
     if model is None:
         return {}
     if isinstance(model, nn.Module):

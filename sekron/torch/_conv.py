@@ -122,7 +122,13 @@ def sekron_conv2d(
     return execute_plan(plan, x, list(factors), _BACKEND)
 
 
-def conv_cost(structure: Structure, in_hw: tuple[int, int], stride: Any, pads: tuple[int, int, int, int], dilation: Any) -> dict[str, int]:
+def conv_cost(
+    structure: Structure,
+    in_hw: tuple[int, int],
+    stride: Any,
+    pads: tuple[int, int, int, int],
+    dilation: Any,
+) -> dict[str, int]:
     """Multiply-adds per image from the core's cost model (``Structure.macs_conv2d``)."""
     top, bottom, left, right = pads
     ph, pw = min(top, bottom), min(left, right)

@@ -14,10 +14,14 @@ import torch
 
 from ..structure import Structure
 
-__all__ = ["to_numpy", "to_torch", "structure_state", "structure_from_state"]
+__all__ = ["structure_from_state", "structure_state", "to_numpy", "to_torch"]
 
 
-_NUMPY_DTYPES: dict[torch.dtype, np.dtype] = {torch.float64: np.dtype(np.float64), torch.float32: np.dtype(np.float32), torch.float16: np.dtype(np.float16)}
+_NUMPY_DTYPES: dict[torch.dtype, np.dtype] = {
+    torch.float64: np.dtype(np.float64),
+    torch.float32: np.dtype(np.float32),
+    torch.float16: np.dtype(np.float16),
+}
 
 
 def to_numpy(t: torch.Tensor, dtype: Any = None) -> np.ndarray:
@@ -30,7 +34,9 @@ def to_numpy(t: torch.Tensor, dtype: Any = None) -> np.ndarray:
     return np.array(arr, dtype=dtype if dtype is not None else arr.dtype, copy=True, order="C")
 
 
-def to_torch(a: np.ndarray, like: torch.Tensor | None = None, dtype: Any = None, *, copy: bool = True) -> torch.Tensor:
+def to_torch(
+    a: np.ndarray, like: torch.Tensor | None = None, dtype: Any = None, *, copy: bool = True
+) -> torch.Tensor:
     """A torch tensor holding ``a``, on ``like``'s device and in ``like``'s dtype.
 
     ``a`` is copied at most once: by the dtype cast when one is needed, else (``copy``)

@@ -39,7 +39,8 @@ def quantize(t: torch.Tensor, bits: int, rounding: Any, key: int, stream: int) -
 
 def scaled(acc: np.ndarray, e: int, like: torch.Tensor) -> torch.Tensor:
     """``acc * 2**e`` (exact integers) as a tensor of ``like``'s dtype and device, bit for
-    bit the engine's ``FixedTensor(acc, e).to_float()`` cast to that dtype."""
+    bit the engine's ``FixedTensor(acc, e).to_float()`` cast to that dtype.
+    """
     target = _NP_FLOAT.get(like.dtype, np.dtype(np.float64))
     out = torch.from_numpy(fixed.scaled_to_float(acc, e, target))
     return out.to(device=like.device, dtype=like.dtype)

@@ -26,11 +26,11 @@ from ..svd import truncated_svd
 __all__ = [
     "LoKr",
     "LoRA",
-    "factorization",
-    "lokr_shapes",
-    "kron_lowrank_svd",
-    "fit_lokr",
     "LowRankRearranged",
+    "factorization",
+    "fit_lokr",
+    "kron_lowrank_svd",
+    "lokr_shapes",
 ]
 
 
@@ -307,7 +307,8 @@ def _apply_t(R: Any, y: np.ndarray) -> np.ndarray:
 
 def _residual_sq(R: Any, norm_sq: float, u: np.ndarray, x: np.ndarray) -> float:
     """``||R - u xᵀ||²``: from the formed residual when ``R`` is an array; for an operator
-    through one product with it (the expansion loses digits below ``√eps · ||R||``)."""
+    through one product with it (the expansion loses digits below ``√eps · ||R||``).
+    """
     if isinstance(R, np.ndarray):
         return float(np.sum((R - np.outer(u, x)) ** 2))
     return max(norm_sq - 2.0 * float(u @ _apply(R, x)) + float(u @ u) * float(x @ x), 0.0)

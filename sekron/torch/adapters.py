@@ -47,23 +47,23 @@ from ._lokr import (
 )
 
 __all__ = [
+    "Extraction",
+    "LayerFit",
     "LoKr",
     "LoRA",
-    "LayerFit",
-    "Extraction",
-    "factorization",
-    "lokr_shapes",
     "extract",
+    "factorization",
     "fit_update",
+    "load_lycoris",
+    "load_peft",
+    "lokr_shapes",
     "lokr_to_lora",
     "lora_to_lokr",
-    "merge",
-    "unmerge",
-    "save_lycoris",
-    "load_lycoris",
-    "save_peft",
-    "load_peft",
     "lycoris_name",
+    "merge",
+    "save_lycoris",
+    "save_peft",
+    "unmerge",
 ]
 
 _TARGET_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -146,7 +146,7 @@ class Extraction:
         ]
         for f in self.report:
             lines.append(
-                f"{f.name:<24} {str(f.shape):<18} {str(f.shape_w1):<10} {str(f.shape_w2):<16} "
+                f"{f.name:<24} {f.shape!s:<18} {f.shape_w1!s:<10} {f.shape_w2!s:<16} "
                 f"{'full' if f.rank is None else f.rank:>5} {f.relative_error:>10.3e} "
                 f"{f.relative_floor:>10.3e} {f.n_params:>9}"
             )

@@ -40,7 +40,7 @@ from sekron.files import save_npz
 
 from .distillation import _call
 
-__all__ = ["InputGram", "calibrate", "save_grams", "load_grams"]
+__all__ = ["InputGram", "calibrate", "load_grams", "save_grams"]
 
 _FORMAT = "sekron-input-grams"
 _VERSION = 1

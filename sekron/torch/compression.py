@@ -28,7 +28,7 @@ from ._budget import sensitivities, split_budget, uniform_ranks
 from .calibrate import calibrate
 from .layers import KroneckerEmbedding, SeKronConv2d, SeKronLinear
 
-__all__ = ["LayerReport", "CompressionReport", "compress", "METHODS"]
+__all__ = ["METHODS", "CompressionReport", "LayerReport", "compress"]
 
 
 LayerReport = WeightReport

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["hidden_loss", "attention_loss", "logit_loss", "Capture", "distill"]
+__all__ = ["Capture", "attention_loss", "distill", "hidden_loss", "logit_loss"]
 
 
 def hidden_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from ._conv import TorchBackend
 from ._int_base import IntModule, numpy_view, quantize, scaled
 from .layers import SeKronConv2d, SeKronLinear
 
-__all__ = ["IntSeKronLinear", "IntSeKronConv2d", "IntTorchBackend", "int_bmm", "stage_seed"]
+__all__ = ["IntSeKronConv2d", "IntSeKronLinear", "IntTorchBackend", "int_bmm", "stage_seed"]
 
 #: The key of stage ``stage`` of a call keyed ``seed``: the engine's :func:`sekron.fixed.stage_key`.
 stage_seed = fixed.stage_key
@@ -43,12 +43,16 @@ class _BmmFn(torch.autograd.Function):
     """``a @ b`` for ``a`` (P, M, K), ``b`` (P, K, N): slice p is ``fixed.matmul`` of slices."""
 
     @staticmethod
-    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, bits: int, rounding: Any, seed: int) -> torch.Tensor:  # type: ignore[override]
+    def forward(
+        ctx: Any, a: torch.Tensor, b: torch.Tensor, bits: int, rounding: Any, seed: int
+    ) -> torch.Tensor:  # type: ignore[override]
         fwd, bwd = fixed.forward_backward_keys(seed)
         aq = quantize(a, bits, rounding, fwd, STREAM_INPUT)
         bq = quantize(b, bits, rounding, fwd, STREAM_WEIGHT)
         ctx.saved = (aq, bq, bits, rounding, bwd)
-        acc = fixed.exact_float_matmul(aq.mantissa, bq.mantissa, fixed.accumulator_bound(a.shape[2], bits))
+        acc = fixed.exact_float_matmul(
+            aq.mantissa, bq.mantissa, fixed.accumulator_bound(a.shape[2], bits)
+        )
         if acc is None:
             exact = fixed.batched_matmul(aq, bq)
             return scaled(exact.mantissa, int(exact.exponent), a)  # type: ignore[call-overload]
@@ -61,13 +65,23 @@ class _BmmFn(torch.autograd.Function):
         g1 = quantize(g, bits, rounding, bwd, 1)
         g2 = quantize(g, bits, rounding, bwd, 2)
         M, N = gn.shape[1], gn.shape[2]
-        da = fixed.exact_float_matmul(g1.mantissa, np.swapaxes(bq.mantissa, 1, 2), fixed.accumulator_bound(N, bits))
-        db = fixed.exact_float_matmul(np.swapaxes(aq.mantissa, 1, 2), g2.mantissa, fixed.accumulator_bound(M, bits))
+        da = fixed.exact_float_matmul(
+            g1.mantissa, np.swapaxes(bq.mantissa, 1, 2), fixed.accumulator_bound(N, bits)
+        )
+        db = fixed.exact_float_matmul(
+            np.swapaxes(aq.mantissa, 1, 2), g2.mantissa, fixed.accumulator_bound(M, bits)
+        )
         if da is None or db is None:
             # past 2**53: the engine's integer kernels, the same mapped operands
             dq = fixed.batched_matmul(g1, _swap(bq))
             wq = fixed.batched_matmul(_swap(aq), g2)
-            return scaled(dq.mantissa, int(dq.exponent), g), scaled(wq.mantissa, int(wq.exponent), g), None, None, None  # type: ignore[call-overload]
+            return (
+                scaled(dq.mantissa, int(dq.exponent), g),
+                scaled(wq.mantissa, int(wq.exponent), g),
+                None,
+                None,
+                None,
+            )  # type: ignore[call-overload]
         e1, e2 = int(g1.exponent), int(g2.exponent)  # type: ignore[call-overload]
         return (
             scaled(da, e1 + int(bq.exponent), g),  # type: ignore[call-overload]
@@ -91,7 +105,14 @@ def int_bmm(a: torch.Tensor, b: torch.Tensor, bits: int, rounding: Any, seed: in
 
 
 # --- the linear SeKron contraction (to be replaced by the shared matmul plan of sekron.ops) ---
-def int_sekron_linear(x: torch.Tensor, factors: Sequence[torch.Tensor], structure: Structure, bits: int, rounding: Any, seed: int) -> torch.Tensor:
+def int_sekron_linear(
+    x: torch.Tensor,
+    factors: Sequence[torch.Tensor],
+    structure: Structure,
+    bits: int,
+    rounding: Any,
+    seed: int,
+) -> torch.Tensor:
     """``x @ W.T`` right to left, every stage one integer GEMM (:func:`int_bmm`).
 
     The whole linear contraction of the integer SeKron layer is this one function.
@@ -102,13 +123,19 @@ def int_sekron_linear(x: torch.Tensor, factors: Sequence[torch.Tensor], structur
     B = x.shape[0]
     P_last = math.prod(ranks)
     F_last = factors[-1].reshape(P_last * m[-1], n[-1])
-    Z = int_bmm(x.reshape(B * math.prod(n[:-1]), n[-1]), F_last.t(), bits, rounding, stage_seed(seed, 0))
+    Z = int_bmm(
+        x.reshape(B * math.prod(n[:-1]), n[-1]), F_last.t(), bits, rounding, stage_seed(seed, 0)
+    )
     for stage, k in enumerate(range(S - 2, -1, -1), start=1):
         P, R, mk, nk = math.prod(ranks[:k]), ranks[k], m[k], n[k]
         G, T = B * math.prod(n[:k]), math.prod(m[k + 1 :])
         A = factors[k].reshape(P, R, mk, nk).permute(0, 2, 3, 1).reshape(P, mk, nk * R)
         Zp = Z.reshape(G, nk, P, R, T).permute(2, 1, 3, 0, 4).reshape(P, nk * R, G * T)
-        Z = int_bmm(A, Zp, bits, rounding, stage_seed(seed, stage)).reshape(P, mk, G, T).permute(2, 0, 1, 3)
+        Z = (
+            int_bmm(A, Zp, bits, rounding, stage_seed(seed, stage))
+            .reshape(P, mk, G, T)
+            .permute(2, 0, 1, 3)
+        )
     return Z.reshape(B, math.prod(m))
 
 
@@ -138,7 +165,17 @@ class IntSeKronLinear(IntModule, SeKronLinear):
     True
     """
 
-    def __init__(self, structure: Structure, bias: bool = True, *, bits: int = 8, rounding: str = "stochastic", seed: int = 0, device: Any = None, dtype: Any = None):
+    def __init__(
+        self,
+        structure: Structure,
+        bias: bool = True,
+        *,
+        bits: int = 8,
+        rounding: str = "stochastic",
+        seed: int = 0,
+        device: Any = None,
+        dtype: Any = None,
+    ):
         SeKronLinear.__init__(self, structure, bias, path="structured", device=device, dtype=dtype)
         self._init_int(bits, rounding, seed)
 
@@ -146,14 +183,23 @@ class IntSeKronLinear(IntModule, SeKronLinear):
     def from_sekron(cls, layer: SeKronLinear, bits: int = 8, **kw: Any) -> IntSeKronLinear:
         """An integer copy of ``layer`` (factors and bias copied)."""
         w = layer.factors[0]
-        out = cls(layer.structure, layer.bias is not None, bits=bits, device=w.device, dtype=w.dtype, **kw)
+        out = cls(
+            layer.structure, layer.bias is not None, bits=bits, device=w.device, dtype=w.dtype, **kw
+        )
         out.load_state_dict(layer.state_dict())
         out.fit_relative_error = layer.fit_relative_error
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        y = int_sekron_linear(x.reshape(-1, self.in_features), list(self.factors), self.structure, self.bits, self.rounding, self.next_seed())
+        y = int_sekron_linear(
+            x.reshape(-1, self.in_features),
+            list(self.factors),
+            self.structure,
+            self.bits,
+            self.rounding,
+            self.next_seed(),
+        )
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.out_features)
@@ -183,7 +229,15 @@ class _GroupConvFn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, bits: int, rounding: Any, seed: int, geo: tuple[Any, Any, int]) -> torch.Tensor:  # type: ignore[override]
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        w: torch.Tensor,
+        bits: int,
+        rounding: Any,
+        seed: int,
+        geo: tuple[Any, Any, int],
+    ) -> torch.Tensor:  # type: ignore[override]
         fwd, bwd = fixed.forward_backward_keys(seed)
         stride, dilation, groups = geo
         xq = quantize(x, bits, rounding, fwd, STREAM_INPUT)
@@ -195,7 +249,13 @@ class _GroupConvFn(torch.autograd.Function):
             return scaled(yq.mantissa, int(yq.exponent), x)  # type: ignore[call-overload]
         ft = _exact_float(bound)
         with torch.backends.nnpack.flags(enabled=False):  # no Winograd/FFT: exact sums only
-            y = F.conv2d(_tof(xq.mantissa, ft), _tof(wq.mantissa, ft), stride=stride, dilation=dilation, groups=groups)
+            y = F.conv2d(
+                _tof(xq.mantissa, ft),
+                _tof(wq.mantissa, ft),
+                stride=stride,
+                dilation=dilation,
+                groups=groups,
+            )
         return scaled(y.numpy(), int(xq.exponent) + int(wq.exponent), x)  # type: ignore[call-overload]
 
     @staticmethod
@@ -207,22 +267,48 @@ class _GroupConvFn(torch.autograd.Function):
         bound_x = fixed.accumulator_bound((Fo // groups) * kh * kw, bits)
         bound_w = fixed.accumulator_bound(N * Ho * Wo, bits)
         if fixed.exact_float_dtype(max(bound_x, bound_w)) is None:
-            dxq, dwq = fixed.conv2d_backward(xq, wq, gn, stride, 0, dilation, bits, rounding=rounding, seed=bwd, groups=groups)
-            return scaled(dxq.mantissa, int(dxq.exponent), g), scaled(dwq.mantissa, int(dwq.exponent), g), None, None, None, None  # type: ignore[call-overload]
+            dxq, dwq = fixed.conv2d_backward(
+                xq, wq, gn, stride, 0, dilation, bits, rounding=rounding, seed=bwd, groups=groups
+            )
+            return (
+                scaled(dxq.mantissa, int(dxq.exponent), g),
+                scaled(dwq.mantissa, int(dwq.exponent), g),
+                None,
+                None,
+                None,
+                None,
+            )  # type: ignore[call-overload]
         g1 = quantize(g, bits, rounding, bwd, 1)
         g2 = quantize(g, bits, rounding, bwd, 2)
         with torch.backends.nnpack.flags(enabled=False):
             ft = _exact_float(bound_x)
-            dx = conv2d_input(tuple(xq.shape), _tof(wq.mantissa, ft), _tof(g1.mantissa, ft), stride=stride, dilation=dilation, groups=groups)
+            dx = conv2d_input(
+                tuple(xq.shape),
+                _tof(wq.mantissa, ft),
+                _tof(g1.mantissa, ft),
+                stride=stride,
+                dilation=dilation,
+                groups=groups,
+            )
             dw = _conv_weight_grad(xq, wq, g2, stride, dilation, groups)
         return (
             scaled(dx.double().numpy(), int(g1.exponent) + int(wq.exponent), g),  # type: ignore[call-overload]
             scaled(dw.numpy(), int(g2.exponent) + int(xq.exponent), g),  # type: ignore[call-overload]
-            None, None, None, None,
+            None,
+            None,
+            None,
+            None,
         )
 
 
-def _conv_weight_grad(xq: fixed.FixedTensor, wq: fixed.FixedTensor, g2: fixed.FixedTensor, stride: Any, dilation: Any, groups: int) -> torch.Tensor:
+def _conv_weight_grad(
+    xq: fixed.FixedTensor,
+    wq: fixed.FixedTensor,
+    g2: fixed.FixedTensor,
+    stride: Any,
+    dilation: Any,
+    groups: int,
+) -> torch.Tensor:
     """Exact dW in float64: images in chunks whose sums are exact in float32, summed in float64."""
     n, _, ho, wo = g2.shape
     per_image = fixed.accumulator_bound(ho * wo, xq.bits, g2.bits)
@@ -231,7 +317,14 @@ def _conv_weight_grad(xq: fixed.FixedTensor, wq: fixed.FixedTensor, g2: fixed.Fi
     dw = torch.zeros(tuple(wq.shape), dtype=torch.float64)
     for i in range(0, n, chunk):
         xs, gs = xq.mantissa[i : i + chunk], g2.mantissa[i : i + chunk]
-        dw += conv2d_weight(_tof(xs, ft), tuple(wq.shape), _tof(gs, ft), stride=stride, dilation=dilation, groups=groups).double()
+        dw += conv2d_weight(
+            _tof(xs, ft),
+            tuple(wq.shape),
+            _tof(gs, ft),
+            stride=stride,
+            dilation=dilation,
+            groups=groups,
+        ).double()
     return dw
 
 
@@ -248,7 +341,14 @@ class IntTorchBackend(TorchBackend):
     def __init__(self, bits: int, rounding: Any, seed: int):
         self.bits, self.rounding, self.seed, self.stage = bits, rounding, seed, 0
 
-    def conv2d(self, x: torch.Tensor, weight: torch.Tensor, stride: Sequence[int] = (1, 1), dilation: Sequence[int] = (1, 1), groups: int = 1) -> torch.Tensor:
+    def conv2d(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        stride: Sequence[int] = (1, 1),
+        dilation: Sequence[int] = (1, 1),
+        groups: int = 1,
+    ) -> torch.Tensor:
         s = stage_seed(self.seed, self.stage)
         self.stage += 1
         geo = (tuple(int(v) for v in stride), tuple(int(v) for v in dilation), int(groups))
@@ -276,8 +376,24 @@ class IntSeKronConv2d(IntModule, SeKronConv2d):
     True
     """
 
-    def __init__(self, structure: Structure, stride: Any = 1, padding: Any = 0, dilation: Any = 1, bias: bool = True, *, path: str = "auto", bits: int = 8, rounding: str = "stochastic", seed: int = 0, device: Any = None, dtype: Any = None):
-        SeKronConv2d.__init__(self, structure, stride, padding, dilation, bias, path=path, device=device, dtype=dtype)
+    def __init__(
+        self,
+        structure: Structure,
+        stride: Any = 1,
+        padding: Any = 0,
+        dilation: Any = 1,
+        bias: bool = True,
+        *,
+        path: str = "auto",
+        bits: int = 8,
+        rounding: str = "stochastic",
+        seed: int = 0,
+        device: Any = None,
+        dtype: Any = None,
+    ):
+        SeKronConv2d.__init__(
+            self, structure, stride, padding, dilation, bias, path=path, device=device, dtype=dtype
+        )
         self._init_int(bits, rounding, seed)
 
     @classmethod
@@ -285,7 +401,17 @@ class IntSeKronConv2d(IntModule, SeKronConv2d):
         """An integer copy of ``layer``."""
         w = layer.factors[0]
         kw.setdefault("path", layer.path)
-        out = cls(layer.structure, layer.stride, layer.padding, layer.dilation, layer.bias is not None, bits=bits, device=w.device, dtype=w.dtype, **kw)
+        out = cls(
+            layer.structure,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            layer.bias is not None,
+            bits=bits,
+            device=w.device,
+            dtype=w.dtype,
+            **kw,
+        )
         out.load_state_dict(layer.state_dict())
         out.fit_relative_error = layer.fit_relative_error
         return out
@@ -298,7 +424,9 @@ class IntSeKronConv2d(IntModule, SeKronConv2d):
             # one integer stage: the kernel rebuilt in float from the master factors
             y = backend.conv2d(xp, self.dense_weight(), self.stride, self.dilation, 1)
             return y if self.bias is None else y + self.bias[:, None, None]
-        plan = conv2d_plan(self.structure, (int(xp.shape[-2]), int(xp.shape[-1])), self.stride, 0, self.dilation)
+        plan = conv2d_plan(
+            self.structure, (int(xp.shape[-2]), int(xp.shape[-1])), self.stride, 0, self.dilation
+        )
         y = execute_plan(plan, xp, list(self.factors), backend)
         return y if self.bias is None else y + self.bias[:, None, None]
 

@@ -24,10 +24,12 @@ from ..fixed import STREAM_BIAS, STREAM_INPUT, STREAM_WEIGHT
 from ._convert import to_numpy, to_torch
 from ._int_base import IntModule, dequant, numpy_view, quantize, scaled
 
-__all__ = ["IntLinear", "IntConv2d", "IntLayerNorm", "IntEmbedding"]
+__all__ = ["IntConv2d", "IntEmbedding", "IntLayerNorm", "IntLinear"]
 
 
-def int_linear_forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, bits: int, rounding: Any, fwd: int) -> tuple[torch.Tensor, Any]:
+def int_linear_forward(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, bits: int, rounding: Any, fwd: int
+) -> tuple[torch.Tensor, Any]:
     """``deq(fixed.linear(Q(x), Q(W), Q(b)))`` bit for bit, and the operands for backward.
 
     The product runs on the engine's exact float route while its bound allows it (the
@@ -47,14 +49,20 @@ def int_linear_forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None,
     return scaled(acc, e, x), (xq, wq)
 
 
-def int_linear_backward(g: torch.Tensor, xq: Any, wq: Any, bits: int, rounding: Any, bwd: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def int_linear_backward(
+    g: torch.Tensor, xq: Any, wq: Any, bits: int, rounding: Any, bwd: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``fixed.linear_backward(xq, wq, g, bits, seed=bwd)`` dequantized, bit for bit."""
     gn = numpy_view(g)
     n, f = gn.shape
     g1 = quantize(g, bits, rounding, bwd, 1)
     g2 = quantize(g, bits, rounding, bwd, 2)
-    dx = fixed.exact_float_matmul(g1.mantissa, wq.mantissa, fixed.accumulator_bound(f, g1.bits, wq.bits))
-    dw = fixed.exact_float_matmul(g2.mantissa.T, xq.mantissa, fixed.accumulator_bound(n, g2.bits, xq.bits))
+    dx = fixed.exact_float_matmul(
+        g1.mantissa, wq.mantissa, fixed.accumulator_bound(f, g1.bits, wq.bits)
+    )
+    dw = fixed.exact_float_matmul(
+        g2.mantissa.T, xq.mantissa, fixed.accumulator_bound(n, g2.bits, xq.bits)
+    )
     if dx is None or dw is None:
         dxq, dwq, dbq = fixed.linear_backward(xq, wq, gn, bits, rounding=rounding, seed=bwd)
         assert dxq is not None  # the engine skips dx only when asked to
@@ -70,7 +78,15 @@ def int_linear_backward(g: torch.Tensor, xq: Any, wq: Any, bits: int, rounding: 
 
 class _LinearFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, bits: int, rounding: Any, seed: int) -> torch.Tensor:  # type: ignore[override]
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        w: torch.Tensor,
+        b: torch.Tensor | None,
+        bits: int,
+        rounding: Any,
+        seed: int,
+    ) -> torch.Tensor:  # type: ignore[override]
         fwd, bwd = fixed.forward_backward_keys(seed)
         y, (xq, wq) = int_linear_forward(x, w, b, bits, rounding, fwd)
         ctx.saved = (xq, wq, bits, rounding, bwd, b is not None)
@@ -114,7 +130,18 @@ class IntLinear(IntModule):
     (torch.Size([2, 3]), torch.float32)
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, bits: int = 8, rounding: str = "stochastic", seed: int = 0, device: Any = None, dtype: Any = None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        bits: int = 8,
+        rounding: str = "stochastic",
+        seed: int = 0,
+        device: Any = None,
+        dtype: Any = None,
+    ):
         super().__init__()
         ref = nn.Linear(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.in_features, self.out_features = in_features, out_features
@@ -125,13 +152,28 @@ class IntLinear(IntModule):
     @classmethod
     def from_linear(cls, layer: nn.Linear, bits: int = 8, **kw: Any) -> IntLinear:
         """An integer copy of ``layer`` (weights copied)."""
-        out = cls(layer.in_features, layer.out_features, layer.bias is not None, bits=bits, device=layer.weight.device, dtype=layer.weight.dtype, **kw)
+        out = cls(
+            layer.in_features,
+            layer.out_features,
+            layer.bias is not None,
+            bits=bits,
+            device=layer.weight.device,
+            dtype=layer.weight.dtype,
+            **kw,
+        )
         out.load_state_dict(layer.state_dict())
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        y = _LinearFn.apply(x.reshape(-1, self.in_features), self.weight, self.bias, self.bits, self.rounding, self.next_seed())
+        y = _LinearFn.apply(
+            x.reshape(-1, self.in_features),
+            self.weight,
+            self.bias,
+            self.bits,
+            self.rounding,
+            self.next_seed(),
+        )
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
@@ -140,7 +182,15 @@ class IntLinear(IntModule):
 
 class _Conv2dFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, bits: int, rounding: Any, seed: int, geo: tuple[Any, Any, Any]) -> torch.Tensor:  # type: ignore[override]
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        w: torch.Tensor,
+        bits: int,
+        rounding: Any,
+        seed: int,
+        geo: tuple[Any, Any, Any],
+    ) -> torch.Tensor:  # type: ignore[override]
         fwd, bwd = fixed.forward_backward_keys(seed)
         xq = fixed.to_fixed(to_numpy(x, np.float64), bits, rounding, fwd, stream=STREAM_INPUT)
         wq = fixed.to_fixed(to_numpy(w, np.float64), bits, rounding, fwd, stream=STREAM_WEIGHT)
@@ -153,9 +203,24 @@ class _Conv2dFn(torch.autograd.Function):
         xq, wq, bits, rounding, bwd, geo = ctx.saved
         stride, padding, dilation = geo
         dx, dw = fixed.conv2d_backward(
-            xq, wq, to_numpy(g, np.float64), stride=stride, padding=padding, dilation=dilation, bits=bits, rounding=rounding, seed=bwd
+            xq,
+            wq,
+            to_numpy(g, np.float64),
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            bits=bits,
+            rounding=rounding,
+            seed=bwd,
         )
-        return to_torch(dx.to_float(), like=g, copy=False), to_torch(dw.to_float(), like=g, copy=False), None, None, None, None
+        return (
+            to_torch(dx.to_float(), like=g, copy=False),
+            to_torch(dw.to_float(), like=g, copy=False),
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 class IntConv2d(IntModule):
@@ -174,13 +239,43 @@ class IntConv2d(IntModule):
     torch.Size([1, 3, 5, 5])
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1, padding: Any = 0, dilation: Any = 1, bias: bool = True, *, bits: int = 8, rounding: str = "stochastic", seed: int = 0, device: Any = None, dtype: Any = None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Any,
+        stride: Any = 1,
+        padding: Any = 0,
+        dilation: Any = 1,
+        bias: bool = True,
+        *,
+        bits: int = 8,
+        rounding: str = "stochastic",
+        seed: int = 0,
+        device: Any = None,
+        dtype: Any = None,
+    ):
         super().__init__()
-        ref = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, bias=bias, device=device, dtype=dtype)
+        ref = nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            bias=bias,
+            device=device,
+            dtype=dtype,
+        )
         if isinstance(ref.padding, str):
             raise ValueError("padding: IntConv2d needs explicit padding, got a string")
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride, self.padding, self.dilation = ref.kernel_size, ref.stride, ref.padding, ref.dilation
+        self.kernel_size, self.stride, self.padding, self.dilation = (
+            ref.kernel_size,
+            ref.stride,
+            ref.padding,
+            ref.dilation,
+        )
         self.weight, self.bias = ref.weight, ref.bias
         self._init_int(bits, rounding, seed)
 
@@ -188,13 +283,34 @@ class IntConv2d(IntModule):
     def from_conv(cls, layer: nn.Conv2d, bits: int = 8, **kw: Any) -> IntConv2d:
         """An integer copy of ``layer`` (``groups=1``, zero padding, explicit padding)."""
         if layer.groups != 1 or layer.padding_mode != "zeros" or isinstance(layer.padding, str):
-            raise ValueError("layer: IntConv2d needs groups=1, padding_mode='zeros' and explicit padding")
-        out = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding, layer.dilation, layer.bias is not None, bits=bits, device=layer.weight.device, dtype=layer.weight.dtype, **kw)
+            raise ValueError(
+                "layer: IntConv2d needs groups=1, padding_mode='zeros' and explicit padding"
+            )
+        out = cls(
+            layer.in_channels,
+            layer.out_channels,
+            layer.kernel_size,
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            layer.bias is not None,
+            bits=bits,
+            device=layer.weight.device,
+            dtype=layer.weight.dtype,
+            **kw,
+        )
         out.load_state_dict(layer.state_dict())
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = _Conv2dFn.apply(x, self.weight, self.bits, self.rounding, self.next_seed(), (self.stride, self.padding, self.dilation))
+        y = _Conv2dFn.apply(
+            x,
+            self.weight,
+            self.bits,
+            self.rounding,
+            self.next_seed(),
+            (self.stride, self.padding, self.dilation),
+        )
         return y if self.bias is None else y + self.bias[:, None, None]
 
     def extra_repr(self) -> str:
@@ -206,17 +322,44 @@ class IntConv2d(IntModule):
 
 class _LayerNormFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, bits: int, eps: float, rounding: Any, seed: int) -> torch.Tensor:  # type: ignore[override]
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        gamma: torch.Tensor,
+        beta: torch.Tensor,
+        bits: int,
+        eps: float,
+        rounding: Any,
+        seed: int,
+    ) -> torch.Tensor:  # type: ignore[override]
         fwd, bwd = fixed.forward_backward_keys(seed)
-        y, cache = fixed.layer_norm(to_numpy(x, np.float64), to_numpy(gamma, np.float64), to_numpy(beta, np.float64), bits, eps, rounding=rounding, seed=fwd)
+        y, cache = fixed.layer_norm(
+            to_numpy(x, np.float64),
+            to_numpy(gamma, np.float64),
+            to_numpy(beta, np.float64),
+            bits,
+            eps,
+            rounding=rounding,
+            seed=fwd,
+        )
         ctx.saved = (cache, rounding, bwd)
         return to_torch(y.to_float(), like=x, copy=False)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         cache, rounding, bwd = ctx.saved
-        dx, dgamma, dbeta = fixed.layer_norm_backward(to_numpy(g, np.float64), cache, rounding=rounding, seed=bwd)
-        return (to_torch(dx.to_float(), like=g, copy=False), to_torch(dgamma.to_float(), like=g, copy=False), to_torch(dbeta.to_float(), like=g, copy=False), None, None, None, None)
+        dx, dgamma, dbeta = fixed.layer_norm_backward(
+            to_numpy(g, np.float64), cache, rounding=rounding, seed=bwd
+        )
+        return (
+            to_torch(dx.to_float(), like=g, copy=False),
+            to_torch(dgamma.to_float(), like=g, copy=False),
+            to_torch(dbeta.to_float(), like=g, copy=False),
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 class IntLayerNorm(IntModule):
@@ -236,7 +379,17 @@ class IntLayerNorm(IntModule):
     True
     """
 
-    def __init__(self, normalized_shape: int, eps: float = 1e-5, *, bits: int = 16, rounding: str = "stochastic", seed: int = 0, device: Any = None, dtype: Any = None):
+    def __init__(
+        self,
+        normalized_shape: int,
+        eps: float = 1e-5,
+        *,
+        bits: int = 16,
+        rounding: str = "stochastic",
+        seed: int = 0,
+        device: Any = None,
+        dtype: Any = None,
+    ):
         super().__init__()
         self.normalized_shape = (int(normalized_shape),)
         self.eps = float(eps)
@@ -248,13 +401,24 @@ class IntLayerNorm(IntModule):
     def from_layer_norm(cls, layer: nn.LayerNorm, bits: int = 16, **kw: Any) -> IntLayerNorm:
         """An integer copy of an ``nn.LayerNorm`` over one trailing axis, with affine weights."""
         if len(layer.normalized_shape) != 1 or layer.weight is None or layer.bias is None:
-            raise ValueError("layer: IntLayerNorm needs one normalized axis and elementwise_affine with bias")
-        out = cls(layer.normalized_shape[0], layer.eps, bits=bits, device=layer.weight.device, dtype=layer.weight.dtype, **kw)
+            raise ValueError(
+                "layer: IntLayerNorm needs one normalized axis and elementwise_affine with bias"
+            )
+        out = cls(
+            layer.normalized_shape[0],
+            layer.eps,
+            bits=bits,
+            device=layer.weight.device,
+            dtype=layer.weight.dtype,
+            **kw,
+        )
         out.load_state_dict(layer.state_dict())
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _LayerNormFn.apply(x, self.weight, self.bias, self.bits, self.eps, self.rounding, self.next_seed())
+        return _LayerNormFn.apply(
+            x, self.weight, self.bias, self.bits, self.eps, self.rounding, self.next_seed()
+        )
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, {self._int_repr()}"
@@ -262,7 +426,9 @@ class IntLayerNorm(IntModule):
 
 class _EmbeddingFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, ids: torch.Tensor, table: torch.Tensor, bits: int, rounding: Any, seed: int) -> torch.Tensor:  # type: ignore[override]
+    def forward(
+        ctx: Any, ids: torch.Tensor, table: torch.Tensor, bits: int, rounding: Any, seed: int
+    ) -> torch.Tensor:  # type: ignore[override]
         fwd, bwd = fixed.forward_backward_keys(seed)
         tq = fixed.to_fixed(to_numpy(table, np.float64), bits, rounding, fwd, stream=STREAM_WEIGHT)
         ids_np = to_numpy(ids).astype(np.int64)
@@ -273,7 +439,9 @@ class _EmbeddingFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         ids_np, v, bits, rounding, bwd = ctx.saved
-        dt = fixed.embedding_backward(to_numpy(g, np.float64), ids_np, v, bits, rounding=rounding, seed=bwd)
+        dt = fixed.embedding_backward(
+            to_numpy(g, np.float64), ids_np, v, bits, rounding=rounding, seed=bwd
+        )
         return None, to_torch(dt.to_float(), like=g, copy=False), None, None, None
 
 
@@ -289,10 +457,22 @@ class IntEmbedding(IntModule):
     torch.Size([1, 2, 4])
     """
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, *, bits: int = 8, rounding: str = "stochastic", seed: int = 0, device: Any = None, dtype: Any = None):
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        *,
+        bits: int = 8,
+        rounding: str = "stochastic",
+        seed: int = 0,
+        device: Any = None,
+        dtype: Any = None,
+    ):
         super().__init__()
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
-        self.weight = nn.Parameter(torch.randn(num_embeddings, embedding_dim, device=device, dtype=dtype))
+        self.weight = nn.Parameter(
+            torch.randn(num_embeddings, embedding_dim, device=device, dtype=dtype)
+        )
         self._init_int(bits, rounding, seed)
 
     @classmethod
@@ -300,7 +480,14 @@ class IntEmbedding(IntModule):
         """An integer copy of ``layer`` (no ``max_norm``, not sparse)."""
         if layer.max_norm is not None or layer.sparse:
             raise ValueError("layer: IntEmbedding needs max_norm=None and sparse=False")
-        out = cls(layer.num_embeddings, layer.embedding_dim, bits=bits, device=layer.weight.device, dtype=layer.weight.dtype, **kw)
+        out = cls(
+            layer.num_embeddings,
+            layer.embedding_dim,
+            bits=bits,
+            device=layer.weight.device,
+            dtype=layer.weight.dtype,
+            **kw,
+        )
         out.load_state_dict(layer.state_dict())
         return out
 

@@ -16,15 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..selection import Selection, select
 from ..errors import ShapeError
+from ..selection import Selection, select
 from ..structure import Structure
 from ..tensor import SeKronTensor
 from ._contract import dense_from_factors, sekron_linear
 from ._conv import conv_cost, same_padding, sekron_conv2d
 from ._convert import structure_from_state, structure_state, to_numpy, to_torch
 
-__all__ = ["SeKronLinear", "SeKronConv2d", "KroneckerEmbedding"]
+__all__ = ["KroneckerEmbedding", "SeKronConv2d", "SeKronLinear"]
 
 _PATHS = ("auto", "structured", "dense")
 
@@ -53,7 +53,10 @@ class _SeKronModule(nn.Module):
         self.structure = structure
         self.fit_relative_error = None
         self.factors = nn.ParameterList(
-            [nn.Parameter(torch.empty(s, device=device, dtype=dtype)) for s in structure.factor_shapes]
+            [
+                nn.Parameter(torch.empty(s, device=device, dtype=dtype))
+                for s in structure.factor_shapes
+            ]
         )
 
     def _reset_factors(self, fan_in: int) -> None:
@@ -165,13 +168,25 @@ class SeKronLinear(_SeKronModule):
     True
     """
 
-    def __init__(self, structure: Structure, bias: bool = True, *, path: str = "auto", device: Any = None, dtype: Any = None):
+    def __init__(
+        self,
+        structure: Structure,
+        bias: bool = True,
+        *,
+        path: str = "auto",
+        device: Any = None,
+        dtype: Any = None,
+    ):
         super().__init__()
         st = _as_structure(structure, 2)
         self.out_features, self.in_features = st.shape
         self.path = _check_path(path)
         self._init_factors(st, device, dtype)
-        self.bias = nn.Parameter(torch.empty(self.out_features, device=device, dtype=dtype)) if bias else None
+        self.bias = (
+            nn.Parameter(torch.empty(self.out_features, device=device, dtype=dtype))
+            if bias
+            else None
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -196,7 +211,9 @@ class SeKronLinear(_SeKronModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
-            raise ShapeError(f"x: expected a last axis of size {self.in_features}, got shape {tuple(x.shape)}")
+            raise ShapeError(
+                f"x: expected a last axis of size {self.in_features}, got shape {tuple(x.shape)}"
+            )
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         if self.uses_structured_path():
@@ -302,7 +319,13 @@ class SeKronLinear(_SeKronModule):
     def to_dense(self) -> nn.Linear:
         """The equivalent ``nn.Linear`` (weight built from the factors, bias copied)."""
         w = self.factors[0]
-        out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=w.device, dtype=w.dtype)
+        out = nn.Linear(
+            self.in_features,
+            self.out_features,
+            bias=self.bias is not None,
+            device=w.device,
+            dtype=w.dtype,
+        )
         with torch.no_grad():
             out.weight.copy_(self.dense_weight())
             if self.bias is not None:
@@ -375,7 +398,9 @@ class SeKronConv2d(_SeKronModule):
         self.dilation = _pair(dilation, "dilation")
         if isinstance(padding, str):
             if padding not in ("same", "valid"):
-                raise ValueError(f"padding: expected an int, a pair, 'same' or 'valid', got {padding!r}")
+                raise ValueError(
+                    f"padding: expected an int, a pair, 'same' or 'valid', got {padding!r}"
+                )
             if padding == "same" and self.stride != (1, 1):
                 raise ValueError("padding: 'same' needs stride 1, as in nn.Conv2d")
             self.padding: Any = padding
@@ -389,7 +414,11 @@ class SeKronConv2d(_SeKronModule):
         else:
             self._pads = (self.padding[0], self.padding[0], self.padding[1], self.padding[1])
         self._init_factors(st, device, dtype)
-        self.bias = nn.Parameter(torch.empty(self.out_channels, device=device, dtype=dtype)) if bias else None
+        self.bias = (
+            nn.Parameter(torch.empty(self.out_channels, device=device, dtype=dtype))
+            if bias
+            else None
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -429,11 +458,15 @@ class SeKronConv2d(_SeKronModule):
                 f"x: expected shape (n, {self.in_channels}, H, W), got {tuple(x.shape)}"
             )
         if self.uses_structured_path((int(x.shape[-2]), int(x.shape[-1]))):
-            y = sekron_conv2d(x, list(self.factors), self.structure, self.stride, self._pads, self.dilation)
+            y = sekron_conv2d(
+                x, list(self.factors), self.structure, self.stride, self._pads, self.dilation
+            )
             if self.bias is not None:
                 y = y + self.bias[:, None, None]
             return y
-        return F.conv2d(x, self._forward_weight(), self.bias, self.stride, self.padding, self.dilation)
+        return F.conv2d(
+            x, self._forward_weight(), self.bias, self.stride, self.padding, self.dilation
+        )
 
     @classmethod
     def from_conv(
@@ -551,7 +584,9 @@ class SeKronConv2d(_SeKronModule):
 
 def _pair(v: Any, name: str, minimum: int = 1) -> tuple[int, int]:
     vals = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-    if len(vals) != 2 or any(isinstance(u, bool) or not isinstance(u, (int, np.integer)) or u < minimum for u in vals):
+    if len(vals) != 2 or any(
+        isinstance(u, bool) or not isinstance(u, (int, np.integer)) or u < minimum for u in vals
+    ):
         raise ValueError(f"{name}: expected an int >= {minimum} or a pair of them, got {v!r}")
     return int(vals[0]), int(vals[1])
 
@@ -589,7 +624,14 @@ class KroneckerEmbedding(_SeKronModule):
     True
     """
 
-    def __init__(self, structure: Structure, padding_idx: int | None = None, *, device: Any = None, dtype: Any = None):
+    def __init__(
+        self,
+        structure: Structure,
+        padding_idx: int | None = None,
+        *,
+        device: Any = None,
+        dtype: Any = None,
+    ):
         super().__init__()
         st = _as_structure(structure, 2)
         if not _is_embedding_structure(st):
@@ -665,7 +707,13 @@ class KroneckerEmbedding(_SeKronModule):
     def to_dense(self) -> nn.Embedding:
         """The equivalent ``nn.Embedding``."""
         w = self.factors[0]
-        out = nn.Embedding(self.num_embeddings, self.embedding_dim, padding_idx=self.padding_idx, device=w.device, dtype=w.dtype)
+        out = nn.Embedding(
+            self.num_embeddings,
+            self.embedding_dim,
+            padding_idx=self.padding_idx,
+            device=w.device,
+            dtype=w.dtype,
+        )
         with torch.no_grad():
             out.weight.copy_(self.dense_weight())
         return out

@@ -59,7 +59,9 @@ def conv_ref(x, w, stride, padding):
     return out
 
 
-@pytest.mark.parametrize("name", [n for n in ADAPTER_API if callable(getattr(fixed, n))] + ["FixedTensor.trusted"])
+@pytest.mark.parametrize(
+    "name", [n for n in ADAPTER_API if callable(getattr(fixed, n))] + ["FixedTensor.trusted"]
+)
 def test_adapter_callables_have_numpydoc_with_examples(name):
     import inspect
 

@@ -62,7 +62,9 @@ def test_linear_forward_with_bias():
     np.testing.assert_array_equal(y.to_float(), x.to_float() @ w.to_float().T + b.to_float())
 
 
-@pytest.mark.parametrize("stride,padding,dilation", [(1, 0, 1), (2, 1, 1), (1, 2, 2), ((2, 1), (0, 1), (1, 2))])
+@pytest.mark.parametrize(
+    "stride,padding,dilation", [(1, 0, 1), (2, 1, 1), (1, 2, 2), ((2, 1), (0, 1), (1, 2))]
+)
 def test_conv2d_backward_matches_torch(stride, padding, dilation):
     torch = pytest.importorskip("torch")  # not in the test extra
     rng = np.random.default_rng(3)

@@ -24,7 +24,12 @@ def conv_ref(x, w, stride, padding, dilation):
     out = np.zeros((n, f, ho, wo), np.int64)
     for i in range(ho):
         for j in range(wo):
-            patch = xp[:, :, i * sh : i * sh + dh * (kh - 1) + 1 : dh, j * sw : j * sw + dw * (kw - 1) + 1 : dw]
+            patch = xp[
+                :,
+                :,
+                i * sh : i * sh + dh * (kh - 1) + 1 : dh,
+                j * sw : j * sw + dw * (kw - 1) + 1 : dw,
+            ]
             out[:, :, i, j] = np.einsum("nckl,fckl->nf", patch, w)
     return out
 
@@ -35,10 +40,20 @@ def _fixed(q, bits):
 
 @settings(max_examples=25, deadline=None)
 @given(
-    n=st.integers(1, 2), c=st.integers(1, 3), f=st.integers(1, 3),
-    h=st.integers(3, 8), w=st.integers(3, 8), kh=st.integers(1, 3), kw=st.integers(1, 3),
-    sh=st.integers(1, 2), sw=st.integers(1, 2), ph=st.integers(0, 2), pw=st.integers(0, 2),
-    dh=st.integers(1, 2), dw=st.integers(1, 2), bits=st.sampled_from([4, 8, 12, 16]),
+    n=st.integers(1, 2),
+    c=st.integers(1, 3),
+    f=st.integers(1, 3),
+    h=st.integers(3, 8),
+    w=st.integers(3, 8),
+    kh=st.integers(1, 3),
+    kw=st.integers(1, 3),
+    sh=st.integers(1, 2),
+    sw=st.integers(1, 2),
+    ph=st.integers(0, 2),
+    pw=st.integers(0, 2),
+    dh=st.integers(1, 2),
+    dw=st.integers(1, 2),
+    bits=st.sampled_from([4, 8, 12, 16]),
     seed=st.integers(0, 2**32),
 )
 def test_conv2d_equals_reference(n, c, f, h, w, kh, kw, sh, sw, ph, pw, dh, dw, bits, seed):

@@ -50,8 +50,13 @@ def test_stream_key_matches_reference():
 
 
 @settings(max_examples=60, deadline=None)
-@given(x=hnp.arrays(st.sampled_from([np.float32, np.float64]), shapes, elements=finite),
-       bits=st.integers(2, 16), seed=seeds, stochastic=st.booleans(), stream=st.integers(0, 9))
+@given(
+    x=hnp.arrays(st.sampled_from([np.float32, np.float64]), shapes, elements=finite),
+    bits=st.integers(2, 16),
+    seed=seeds,
+    stochastic=st.booleans(),
+    stream=st.integers(0, 9),
+)
 def test_map_fixed_kernel_matches_reference(x, bits, seed, stochastic, stream):
     out = np.empty(x.size, np.int16)
     e = K.map_fixed_flat(x.reshape(-1), bits, stochastic, np.uint64(seed), stream, out)
@@ -61,8 +66,12 @@ def test_map_fixed_kernel_matches_reference(x, bits, seed, stochastic, stream):
 
 
 @settings(max_examples=60, deadline=None)
-@given(x=hnp.arrays(st.sampled_from([np.float32, np.float64]), shapes, elements=finite),
-       bits=st.integers(2, 16), seed=seeds, rounding=st.sampled_from(["stochastic", "nearest"]))
+@given(
+    x=hnp.arrays(st.sampled_from([np.float32, np.float64]), shapes, elements=finite),
+    bits=st.integers(2, 16),
+    seed=seeds,
+    rounding=st.sampled_from(["stochastic", "nearest"]),
+)
 def test_to_fixed_fast_path_is_bit_identical(x, bits, seed, rounding):
     fast = to_fixed(x, bits, rounding, seed, stream=3)
     slow = _unfused(lambda: to_fixed(x, bits, rounding, seed, stream=3))
@@ -79,20 +88,34 @@ def test_to_fixed_fast_path_generator_and_errors():
     bad[2, 3] = np.nan
     with pytest.raises(NonFiniteError):
         to_fixed(bad, 8, seed=0)
-    _same(to_fixed(np.zeros((3, 2)), 8, seed=0), _unfused(lambda: to_fixed(np.zeros((3, 2)), 8, seed=0)))
+    _same(
+        to_fixed(np.zeros((3, 2)), 8, seed=0),
+        _unfused(lambda: to_fixed(np.zeros((3, 2)), 8, seed=0)),
+    )
 
 
-wide = hnp.arrays(np.int64, hnp.array_shapes(min_dims=1, max_dims=2, max_side=7),
-                  elements=st.integers(-(2**40), 2**40))
+wide = hnp.arrays(
+    np.int64,
+    hnp.array_shapes(min_dims=1, max_dims=2, max_side=7),
+    elements=st.integers(-(2**40), 2**40),
+)
 
 
 @settings(max_examples=60, deadline=None)
-@given(q=wide, e=st.integers(-40, 40), bits=st.integers(2, 16), seed=seeds, stochastic=st.booleans(),
-       scale=st.integers(0, 38))
+@given(
+    q=wide,
+    e=st.integers(-40, 40),
+    bits=st.integers(2, 16),
+    seed=seeds,
+    stochastic=st.booleans(),
+    scale=st.integers(0, 38),
+)
 def test_requant_kernel_matches_reference(q, e, bits, seed, stochastic, scale):
     q = q >> scale  # small magnitudes too, so requantization also shifts left
     out = np.empty(q.size, np.int16)
-    got_e = K.requant_flat(q.reshape(-1), e, bits, stochastic, np.uint64(seed), 2, np.zeros(1, bool), False, out)
+    got_e = K.requant_flat(
+        q.reshape(-1), e, bits, stochastic, np.uint64(seed), 2, np.zeros(1, bool), False, out
+    )
     q_ref, e_ref = R.requant_ref(q, e, bits, stochastic, R.stream_key(seed, 2))
     np.testing.assert_array_equal(out.astype(np.int64), q_ref)
     assert got_e == e_ref
@@ -103,27 +126,41 @@ def test_requant_kernel_matches_reference(q, e, bits, seed, stochastic, scale):
 
 
 @settings(max_examples=60, deadline=None)
-@given(q=wide, e=st.integers(-40, 40), bits=st.integers(2, 16), seed=seeds,
-       rounding=st.sampled_from(["stochastic", "nearest"]), scale=st.integers(0, 38),
-       dtype=st.sampled_from([np.int16, np.int32, np.int64]))
+@given(
+    q=wide,
+    e=st.integers(-40, 40),
+    bits=st.integers(2, 16),
+    seed=seeds,
+    rounding=st.sampled_from(["stochastic", "nearest"]),
+    scale=st.integers(0, 38),
+    dtype=st.sampled_from([np.int16, np.int32, np.int64]),
+)
 def test_requantize_fast_path_is_bit_identical(q, e, bits, seed, rounding, scale, dtype):
     q = q >> scale
     info = np.iinfo(dtype)
     q = np.clip(q, -info.max, info.max).astype(dtype)
     t = FixedTensor(q, e, min(62, info.bits))
-    _same(requantize(t, bits, rounding, seed, stream=5),
-          _unfused(lambda: requantize(t, bits, rounding, seed, stream=5)))
+    _same(
+        requantize(t, bits, rounding, seed, stream=5),
+        _unfused(lambda: requantize(t, bits, rounding, seed, stream=5)),
+    )
 
 
 @settings(max_examples=60, deadline=None)
-@given(q=wide, shift=st.integers(-20, 62), seed=seeds, rounding=st.sampled_from(["stochastic", "nearest"]))
+@given(
+    q=wide,
+    shift=st.integers(-20, 62),
+    seed=seeds,
+    rounding=st.sampled_from(["stochastic", "nearest"]),
+)
 def test_scalar_shift_fast_path_is_bit_identical(q, shift, seed, rounding):
     q = q >> 21  # |q| < 2^19: a left shift by up to 20 stays far inside int64
     fast = shift_round(q, np.array(shift), rounding, seed, 4)
     slow = _unfused(lambda: shift_round(q, np.array(shift), rounding, seed, 4))
     np.testing.assert_array_equal(fast, slow)
-    np.testing.assert_array_equal(fast.reshape(-1), R.shift_ref(q, shift, rounding == "stochastic",
-                                                                R.stream_key(seed, 4)))
+    np.testing.assert_array_equal(
+        fast.reshape(-1), R.shift_ref(q, shift, rounding == "stochastic", R.stream_key(seed, 4))
+    )
 
 
 def _layer_grads(x, w, b, g, bits, seed):
@@ -149,14 +186,24 @@ def _sgd_run(w0, grads, bits, momentum, weight_decay, seed):
     w, state = w0.copy(), None
     out = []
     for i, g in enumerate(grads):
-        w, state = sgd_step(w, g, state, lr=0.05, momentum=momentum, weight_decay=weight_decay,
-                            bits=bits, seed=seed + i)
+        w, state = sgd_step(
+            w,
+            g,
+            state,
+            lr=0.05,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            bits=bits,
+            seed=seed + i,
+        )
         out.append((w, state))
     return out
 
 
 @pytest.mark.parametrize("bits", [4, 16])
-@pytest.mark.parametrize(("momentum", "weight_decay"), [(0.0, 0.0), (0.9, 0.0), (0.0, 1e-3), (0.9, 1e-4)])
+@pytest.mark.parametrize(
+    ("momentum", "weight_decay"), [(0.0, 0.0), (0.9, 0.0), (0.0, 1e-3), (0.9, 1e-4)]
+)
 @pytest.mark.parametrize("wdtype", [np.float32, np.float64])
 @pytest.mark.parametrize("fixed_grad", [True, False])
 def test_fused_sgd_is_bit_identical(bits, momentum, weight_decay, wdtype, fixed_grad):
@@ -164,7 +211,10 @@ def test_fused_sgd_is_bit_identical(bits, momentum, weight_decay, wdtype, fixed_
     w0 = rng.normal(size=(6, 5)).astype(wdtype)
     grads = [rng.normal(size=(6, 5)) * 10.0**-i for i in range(5)]
     if fixed_grad:  # exact wide accumulators, as linear_backward returns them
-        grads = [FixedTensor(np.round(g * 2**20).astype(np.int64), -20 - i, 40) for i, g in enumerate(grads)]
+        grads = [
+            FixedTensor(np.round(g * 2**20).astype(np.int64), -20 - i, 40)
+            for i, g in enumerate(grads)
+        ]
     grads.append(FixedTensor(np.zeros((6, 5), np.int32), 0, 20) if fixed_grad else np.zeros((6, 5)))
     fast = _sgd_run(w0, grads, bits, momentum, weight_decay, 2**64 - 3)  # keys wrap past 2^64
     slow = _unfused(lambda: _sgd_run(w0, grads, bits, momentum, weight_decay, 2**64 - 3))
@@ -194,36 +244,86 @@ def _mant(rng, shape, bits):
 
 
 @settings(max_examples=60, deadline=None)
-@given(n=st.integers(1, 6), d=st.integers(1, 7), f=st.integers(1, 6), bits=st.integers(2, 16),
-       b_shift=st.integers(-30, 62), has_bias=st.booleans(), requant=st.booleans(), relu=st.booleans(),
-       stochastic=st.booleans(), seed=seeds, data_seed=st.integers(0, 2**32 - 1))
-def test_linear_fwd_kernel_matches_reference(n, d, f, bits, b_shift, has_bias, requant, relu, stochastic,
-                                             seed, data_seed):
+@given(
+    n=st.integers(1, 6),
+    d=st.integers(1, 7),
+    f=st.integers(1, 6),
+    bits=st.integers(2, 16),
+    b_shift=st.integers(-30, 62),
+    has_bias=st.booleans(),
+    requant=st.booleans(),
+    relu=st.booleans(),
+    stochastic=st.booleans(),
+    seed=seeds,
+    data_seed=st.integers(0, 2**32 - 1),
+)
+def test_linear_fwd_kernel_matches_reference(
+    n, d, f, bits, b_shift, has_bias, requant, relu, stochastic, seed, data_seed
+):
     rng = np.random.default_rng(data_seed)
     x, w, bq = _mant(rng, (n, d), bits), _mant(rng, (f, d), bits), _mant(rng, f, bits)
     out = np.empty((n, f), np.int16 if requant else np.int64)
     mask = np.empty((n, f), bool)
-    e = K.linear_fwd_flat(x, w, bq, b_shift, has_bias, -7, bits, requant, stochastic, np.uint64(seed),
-                          np.uint64(seed), relu, out, mask)
-    q_ref, m_ref, e_ref = R.linear_fwd_ref(x, w, bq if has_bias else None, b_shift, -7,
-                                           bits if requant else None, stochastic, seed, relu)
+    e = K.linear_fwd_flat(
+        x,
+        w,
+        bq,
+        b_shift,
+        has_bias,
+        -7,
+        bits,
+        requant,
+        stochastic,
+        np.uint64(seed),
+        np.uint64(seed),
+        relu,
+        out,
+        mask,
+    )
+    q_ref, m_ref, e_ref = R.linear_fwd_ref(
+        x,
+        w,
+        bq if has_bias else None,
+        b_shift,
+        -7,
+        bits if requant else None,
+        stochastic,
+        seed,
+        relu,
+    )
     np.testing.assert_array_equal(out.astype(np.int64), q_ref)
     assert e == e_ref
     if relu:
         np.testing.assert_array_equal(mask, m_ref)
     if not requant and not has_bias:  # the raw accumulator is the exact product
-        exact = np.array([[sum(int(x[i, p]) * int(w[j, p]) for p in range(d)) for j in range(f)]
-                          for i in range(n)], dtype=object)
+        exact = np.array(
+            [
+                [sum(int(x[i, p]) * int(w[j, p]) for p in range(d)) for j in range(f)]
+                for i in range(n)
+            ],
+            dtype=object,
+        )
         exact = np.where(exact > 0, exact, 0) if relu else exact
         assert (out.astype(object) == exact).all()
 
 
 @settings(max_examples=60, deadline=None)
-@given(n=st.integers(1, 6), d=st.integers(1, 7), f=st.integers(1, 6), bits=st.integers(2, 16),
-       from_float=st.booleans(), need_dx=st.booleans(), dx_bits=st.sampled_from([0, 4, 8, 16]),
-       use_mask=st.booleans(), stochastic=st.booleans(), seed=seeds, data_seed=st.integers(0, 2**32 - 1))
-def test_linear_bwd_kernel_matches_reference(n, d, f, bits, from_float, need_dx, dx_bits, use_mask,
-                                             stochastic, seed, data_seed):
+@given(
+    n=st.integers(1, 6),
+    d=st.integers(1, 7),
+    f=st.integers(1, 6),
+    bits=st.integers(2, 16),
+    from_float=st.booleans(),
+    need_dx=st.booleans(),
+    dx_bits=st.sampled_from([0, 4, 8, 16]),
+    use_mask=st.booleans(),
+    stochastic=st.booleans(),
+    seed=seeds,
+    data_seed=st.integers(0, 2**32 - 1),
+)
+def test_linear_bwd_kernel_matches_reference(
+    n, d, f, bits, from_float, need_dx, dx_bits, use_mask, stochastic, seed, data_seed
+):
     rng = np.random.default_rng(data_seed)
     x, w = _mant(rng, (n, d), bits), _mant(rng, (f, d), bits)
     gf = rng.normal(size=(n, f)) * 2.0 ** rng.integers(-20, 20)
@@ -232,11 +332,39 @@ def test_linear_bwd_kernel_matches_reference(n, d, f, bits, from_float, need_dx,
     use_mask = use_mask and dx_bits > 0
     dx_out = np.empty((n, d), np.int16 if dx_bits else np.int64)
     dw_out, db_out = np.empty((f, d), np.int64), np.empty(f, np.int64)
-    e_dx, e_dw, e_db = K.linear_bwd_flat(x, w, gf.reshape(-1), gq, from_float, bits, stochastic, np.uint64(seed),
-                                         3, -5, 11, need_dx, dx_bits, mask, use_mask, dx_out, dw_out, db_out)
+    e_dx, e_dw, e_db = K.linear_bwd_flat(
+        x,
+        w,
+        gf.reshape(-1),
+        gq,
+        from_float,
+        bits,
+        stochastic,
+        np.uint64(seed),
+        3,
+        -5,
+        11,
+        need_dx,
+        dx_bits,
+        mask,
+        use_mask,
+        dx_out,
+        dw_out,
+        db_out,
+    )
     (dx, edx), (dw, edw), (db, edb) = R.linear_bwd_ref(
-        x, w, gf if from_float else gq, None if from_float else 11, bits, stochastic, seed, 3, -5,
-        dx_bits or None, mask if use_mask else None)
+        x,
+        w,
+        gf if from_float else gq,
+        None if from_float else 11,
+        bits,
+        stochastic,
+        seed,
+        3,
+        -5,
+        dx_bits or None,
+        mask if use_mask else None,
+    )
     np.testing.assert_array_equal(dw_out, dw)
     np.testing.assert_array_equal(db_out, db)
     assert (e_dw, e_db) == (edw, edb)
@@ -253,13 +381,49 @@ def test_fused_linear_gemms_are_exact_past_int32():
     w = np.full((f, d), -32767, np.int16)
     g = np.full((n, f), 32767, np.int16)
     out = np.empty((n, f), np.int64)
-    K.linear_fwd_flat(x, w, w[:, 0], 0, False, 0, 16, False, False, np.uint64(0), np.uint64(0), False,
-                      out, np.zeros(1, bool))
+    K.linear_fwd_flat(
+        x,
+        w,
+        w[:, 0],
+        0,
+        False,
+        0,
+        16,
+        False,
+        False,
+        np.uint64(0),
+        np.uint64(0),
+        False,
+        out,
+        np.zeros(1, bool),
+    )
     xo, wo, go = (a.astype(object) for a in (x, w, g))
     assert (out.astype(object) == xo.dot(wo.T)).all()
-    dx_out, dw_out, db_out = np.empty((n, d), np.int64), np.empty((f, d), np.int64), np.empty(f, np.int64)
-    K.linear_bwd_flat(x, w, np.zeros(1), g, False, 16, False, np.uint64(0), 0, 0, 0, True, 0,
-                      np.zeros(1, bool), False, dx_out, dw_out, db_out)
+    dx_out, dw_out, db_out = (
+        np.empty((n, d), np.int64),
+        np.empty((f, d), np.int64),
+        np.empty(f, np.int64),
+    )
+    K.linear_bwd_flat(
+        x,
+        w,
+        np.zeros(1),
+        g,
+        False,
+        16,
+        False,
+        np.uint64(0),
+        0,
+        0,
+        0,
+        True,
+        0,
+        np.zeros(1, bool),
+        False,
+        dx_out,
+        dw_out,
+        db_out,
+    )
     assert (dx_out.astype(object) == go.dot(wo)).all()
     assert (dw_out.astype(object) == go.T.dot(xo)).all()
     assert abs(int(dw_out[0, 0])) < 2**31 and abs(int(dx_out[0, 0])) > 2**31  # past int32
@@ -267,12 +431,33 @@ def test_fused_linear_gemms_are_exact_past_int32():
 
 def _public_layer(x, w, b, g, bits, seed, rounding):
     h, mask = linear_relu(x, w, b, bits, rounding=rounding, seed=seed)
-    outs = [h, linear(x, w, b, rounding=rounding, seed=seed), linear(x, w, None, bits, rounding=rounding, seed=seed),
-            linear(x, w, b, bits, rounding=rounding, seed=seed)]
+    outs = [
+        h,
+        linear(x, w, b, rounding=rounding, seed=seed),
+        linear(x, w, None, bits, rounding=rounding, seed=seed),
+        linear(x, w, b, bits, rounding=rounding, seed=seed),
+    ]
     for need_dx in (True, False):
-        for dxb, m in ((None, None), (bits, None), (bits, np.arange(x.mantissa.size).reshape(x.shape) % 3 > 0)):
-            outs += [t for t in linear_backward(x, w, g, bits, rounding=rounding, seed=seed, need_dx=need_dx,
-                                                dx_bits=dxb, dx_mask=m) if t is not None]
+        for dxb, m in (
+            (None, None),
+            (bits, None),
+            (bits, np.arange(x.mantissa.size).reshape(x.shape) % 3 > 0),
+        ):
+            outs += [
+                t
+                for t in linear_backward(
+                    x,
+                    w,
+                    g,
+                    bits,
+                    rounding=rounding,
+                    seed=seed,
+                    need_dx=need_dx,
+                    dx_bits=dxb,
+                    dx_mask=m,
+                )
+                if t is not None
+            ]
     return outs, mask
 
 

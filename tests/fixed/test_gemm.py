@@ -84,8 +84,11 @@ def test_plan_table():
 
 @settings(max_examples=25, deadline=None)
 @given(
-    m=st.integers(0, 9), k=st.integers(0, 40), n=st.integers(0, 9),
-    bits=st.sampled_from([2, 5, 8, 11, 16]), seed=st.integers(0, 2**32),
+    m=st.integers(0, 9),
+    k=st.integers(0, 40),
+    n=st.integers(0, 9),
+    bits=st.sampled_from([2, 5, 8, 11, 16]),
+    seed=st.integers(0, 2**32),
 )
 def test_kernels_match_reference_any_shape(m, k, n, bits, seed):
     rng = np.random.default_rng(seed)

@@ -14,7 +14,9 @@ from sekron.fixed import _kernels as K
 from sekron.fixed import _reference as R
 
 finite = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False, width=64)
-arrays = hnp.arrays(np.float64, hnp.array_shapes(min_dims=1, max_dims=3, max_side=6), elements=finite)
+arrays = hnp.arrays(
+    np.float64, hnp.array_shapes(min_dims=1, max_dims=3, max_side=6), elements=finite
+)
 bits_st = st.integers(2, 16)
 
 
@@ -54,7 +56,7 @@ def test_all_zero_and_per_axis():
     t = to_fixed(x, 8, "nearest", axis=0)
     assert np.shape(t.exponent) == (3, 1)
     assert np.array_equal(np.asarray(t.exponent).ravel(), [-6, 0, 0])
-    assert np.abs(t.to_float() - x).max() <= 2.0 ** 0  # within the widest cell's half unit
+    assert np.abs(t.to_float() - x).max() <= 2.0**0  # within the widest cell's half unit
     np.testing.assert_array_equal(t.to_float()[0], x[0])
 
 
@@ -128,7 +130,9 @@ def test_shift_stochastic_unbiased_negative():
 
 @settings(max_examples=40, deadline=None)
 @given(
-    q=hnp.arrays(np.int64, hnp.array_shapes(max_dims=2, max_side=8), elements=st.integers(-(2**40), 2**40)),
+    q=hnp.arrays(
+        np.int64, hnp.array_shapes(max_dims=2, max_side=8), elements=st.integers(-(2**40), 2**40)
+    ),
     e=st.integers(-50, 50),
     bits=bits_st,
 )
@@ -213,7 +217,16 @@ def test_fixed_tensor_refuses_exponents_out_of_range(exponent):
         FixedTensor(np.array([1], np.int8), exponent, 8)
 
 
-@pytest.mark.parametrize(("stream", "error"), [(-1, ArgumentError), (2**70, ArgumentError), ("a", DTypeError), (1.5, DTypeError), (True, DTypeError)])
+@pytest.mark.parametrize(
+    ("stream", "error"),
+    [
+        (-1, ArgumentError),
+        (2**70, ArgumentError),
+        ("a", DTypeError),
+        (1.5, DTypeError),
+        (True, DTypeError),
+    ],
+)
 def test_to_fixed_checks_its_stream(stream, error):
     x = np.ones(4)
     before = x.copy()

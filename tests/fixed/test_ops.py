@@ -97,11 +97,16 @@ def test_layer_norm_forward_backward(bits):
     ud = 2.0 ** (np.floor(np.log2(np.abs(dy).max())) - (bits - 2))
     np.testing.assert_allclose(db.to_float(), bt.grad.numpy(), rtol=0, atol=6 * ud / 2)
     xh = np.abs(cache.xhat.to_float()).max()
-    assert np.abs(dg.to_float() - gt.grad.numpy()).max() <= 6 * (ud / 2 * xh + u1 / 2 * np.abs(dy).max())
+    assert np.abs(dg.to_float() - gt.grad.numpy()).max() <= 6 * (
+        ud / 2 * xh + u1 / 2 * np.abs(dy).max()
+    )
     # dx: every mapped operand carries a relative error ~2^-(bits-2); the bracket
     # subtracts terms of size ~|g| so compare against the scale of the gradient
     ref = xt.grad.numpy()
-    scale = np.abs(ref).max() + np.abs(dy).max() * np.abs(g.to_float()).max() / np.std(x.to_float(), axis=1).min()
+    scale = (
+        np.abs(ref).max()
+        + np.abs(dy).max() * np.abs(g.to_float()).max() / np.std(x.to_float(), axis=1).min()
+    )
     assert np.abs(dx.to_float() - ref).max() <= 8 * 2.0 ** (-(bits - 2)) * scale
 
 

@@ -25,8 +25,9 @@ def test_master_mode_follows_float_sgd(bits):
     grads = [rng.normal(size=(8, 5)) for _ in range(10)]
     w, state = w0.copy(), None
     for i, g in enumerate(grads):
-        w, state = sgd_step(w, g, state, lr=0.05, momentum=0.9, weight_decay=1e-3,
-                            bits=bits, seed=i)
+        w, state = sgd_step(
+            w, g, state, lr=0.05, momentum=0.9, weight_decay=1e-3, bits=bits, seed=i
+        )
     ref = _float_sgd(w0, grads, 0.05, 0.9, 1e-3)
     # each step maps g, w, v (relative error < 2^-(bits-2) of each tensor's max) and the
     # velocity carries them forward: sum over 10 steps of lr * |v|max * 4 * 2^-(bits-2)

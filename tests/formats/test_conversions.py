@@ -69,12 +69,16 @@ def test_from_tt_reconstructs_tt_to_tensor(tt):
     _assert_close(dense, ref, tl.tt_to_tensor(_abs64(cores)), _m_chain(cores), dtype)
 
 
-@pytest.mark.parametrize("shape,rank", [((3, 4, 5), (1, 2, 3, 1)), ((4, 4, 4, 4), (1, 3, 4, 2, 1)), ((5, 6), (1, 4, 1))])
+@pytest.mark.parametrize(
+    "shape,rank", [((3, 4, 5), (1, 2, 3, 1)), ((4, 4, 4, 4), (1, 3, 4, 2, 1)), ((5, 6), (1, 4, 1))]
+)
 def test_from_tt_mirrors_cores_entry_for_entry(shape, rank):
     tt = tl.random.random_tt(shape, rank=rank, random_state=1)
     t = from_tt(tt)
     assert t.structure.ranks == tuple(rank[1:-1])
-    assert t.structure.shapes == tuple(tuple(n if j == k else 1 for j in range(len(shape))) for k, n in enumerate(shape))
+    assert t.structure.shapes == tuple(
+        tuple(n if j == k else 1 for j in range(len(shape))) for k, n in enumerate(shape)
+    )
     N = len(shape)
     for k, (G, A) in enumerate(zip(tt.factors, t.factors, strict=True)):
         A = A.reshape(A.shape[: min(k + 1, N - 1)] + (shape[k],))
@@ -82,15 +86,28 @@ def test_from_tt_mirrors_cores_entry_for_entry(shape, rank):
             assert np.array_equal(A, G[0].T)
         elif k < N - 1:
             # A_k[r_1..r_k] = G_k[r_{k-1}, :, r_k] for every earlier prefix
-            assert np.array_equal(A.reshape(-1, rank[k], rank[k + 1], shape[k]), np.broadcast_to(G.transpose(0, 2, 1), (A.size // G.size,) + G.transpose(0, 2, 1).shape))
+            assert np.array_equal(
+                A.reshape(-1, rank[k], rank[k + 1], shape[k]),
+                np.broadcast_to(
+                    G.transpose(0, 2, 1), (A.size // G.size,) + G.transpose(0, 2, 1).shape
+                ),
+            )
         else:
-            assert np.array_equal(A.reshape(-1, rank[k], shape[k]), np.broadcast_to(G[:, :, 0], (A.size // G[:, :, 0].size,) + G[:, :, 0].shape))
+            assert np.array_equal(
+                A.reshape(-1, rank[k], shape[k]),
+                np.broadcast_to(G[:, :, 0], (A.size // G[:, :, 0].size,) + G[:, :, 0].shape),
+            )
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
     "shape,rank",
-    [((2, 2, 2, 2), (1, 2, 4, 2, 1)), ((2, 3), (1, 5, 1)), ((3, 2, 2), (1, 3, 4, 1)), ((4,), (1, 1))],
+    [
+        ((2, 2, 2, 2), (1, 2, 4, 2, 1)),
+        ((2, 3), (1, 5, 1)),
+        ((3, 2, 2), (1, 3, 4, 1)),
+        ((4,), (1, 1)),
+    ],
 )
 def test_from_tt_ranks_above_mode_size_are_exact(shape, rank, dtype):
     """TT ranks above n_k (or above the later modes' size) take the exact fall-back."""
@@ -110,7 +127,9 @@ def test_from_tr_reconstructs_tr_to_tensor(tr):
     t = from_tr(tr)
     assert t.dtype == cores[0].dtype
     ref = tl.tr_to_tensor([c.astype(np.float64) for c in cores])
-    _assert_close(t.to_dense(), ref, tl.tr_to_tensor(_abs64(cores)), _m_chain(cores) * 2, cores[0].dtype)
+    _assert_close(
+        t.to_dense(), ref, tl.tr_to_tensor(_abs64(cores)), _m_chain(cores) * 2, cores[0].dtype
+    )
 
 
 def test_from_tr_folds_the_loop_into_the_first_level():
@@ -168,8 +187,10 @@ def test_from_tucker_copies_factors_and_absorbs_core_in_last():
     assert np.array_equal(t.factors[0].reshape(2, 5), tk.factors[0].T)
     assert np.array_equal(t.factors[1].reshape(2, 3, 4)[1], tk.factors[1].T)
     np.testing.assert_allclose(
-        t.factors[2].reshape(2, 3, 3), np.einsum("abc,kc->abk", tk.core, tk.factors[2]),
-        rtol=0, atol=8 * _eps(np.float64) * float(np.abs(tk.core).sum() * np.abs(tk.factors[2]).max()),
+        t.factors[2].reshape(2, 3, 3),
+        np.einsum("abc,kc->abk", tk.core, tk.factors[2]),
+        rtol=0,
+        atol=8 * _eps(np.float64) * float(np.abs(tk.core).sum() * np.abs(tk.factors[2]).max()),
     )
 
 
@@ -180,7 +201,9 @@ def test_from_tt_matrix_reconstructs_tt_matrix_to_matrix(ttm):
     t = from_tt_matrix(ttm)
     assert t.dtype == cores[0].dtype and t.ndim == 2
     ref = tl.tt_matrix_to_matrix([c.astype(np.float64) for c in cores])
-    _assert_close(t.to_dense(), ref, tl.tt_matrix_to_matrix(_abs64(cores)), _m_chain(cores), cores[0].dtype)
+    _assert_close(
+        t.to_dense(), ref, tl.tt_matrix_to_matrix(_abs64(cores)), _m_chain(cores), cores[0].dtype
+    )
 
 
 def test_from_tt_matrix_is_a_kronecker_product_at_rank_one():
@@ -252,8 +275,12 @@ def test_to_tt_modes_is_structured_for_mode_ordered_factors():
     tt = to_tt(t, layout="modes")
     assert tt.shape == (6, 4, 2)
     assert tt.rank == (1, 6, 12, 1)
-    np.testing.assert_allclose(tl.tt_to_tensor(tt), t.to_dense(), rtol=0,
-                               atol=4 * _m_sekron(t) * _eps(np.float64) * float(np.linalg.norm(_sekron_abs(t))))
+    np.testing.assert_allclose(
+        tl.tt_to_tensor(tt),
+        t.to_dense(),
+        rtol=0,
+        atol=4 * _m_sekron(t) * _eps(np.float64) * float(np.linalg.norm(_sekron_abs(t))),
+    )
 
 
 @SETTINGS
@@ -273,7 +300,13 @@ def test_to_tr_is_the_tt_as_a_ring(t):
     dense = tl.tr_to_tensor(tr)
     if len(tr.factors) > t.structure.n_factors:  # the padded trailing mode of size 1
         dense = dense[..., 0]
-    _assert_close(sk.unrearrange(dense.reshape(t.structure.sizes), t.structure.shapes), ref, _sekron_abs(t), _m_sekron(t), t.dtype)
+    _assert_close(
+        sk.unrearrange(dense.reshape(t.structure.sizes), t.structure.shapes),
+        ref,
+        _sekron_abs(t),
+        _m_sekron(t),
+        t.dtype,
+    )
 
 
 # -- round trips ------------------------------------------------------------------------
@@ -296,9 +329,21 @@ def test_format_to_sekron_to_tt_round_trip(case):
     assert tt.shape == t.shape  # factor k lives on mode k: T is the dense tensor
     ref = to_tensor(x)
     absref = _sekron_abs(t)
-    _assert_close(tl.tt_to_tensor(tt), ref.astype(np.float64), absref, 4 * _m_sekron(t) + int(np.prod(t.shape)), t.dtype)
+    _assert_close(
+        tl.tt_to_tensor(tt),
+        ref.astype(np.float64),
+        absref,
+        4 * _m_sekron(t) + int(np.prod(t.shape)),
+        t.dtype,
+    )
     back = from_tt(tt)
-    _assert_close(back.to_dense(), ref.astype(np.float64), absref, 8 * _m_sekron(t) + int(np.prod(t.shape)), t.dtype)
+    _assert_close(
+        back.to_dense(),
+        ref.astype(np.float64),
+        absref,
+        8 * _m_sekron(t) + int(np.prod(t.shape)),
+        t.dtype,
+    )
 
 
 @SETTINGS
@@ -320,8 +365,14 @@ def test_dtype_is_kept_everywhere(dtype):
     cp = ((cp.weights.astype(dtype)), [f.astype(dtype) for f in cp.factors])
     tk = tl.random.random_tucker((3, 4, 2), rank=(2, 2, 2), random_state=0)
     tk = (tk.core.astype(dtype), [f.astype(dtype) for f in tk.factors])
-    tr = [c.astype(dtype) for c in tl.random.random_tr((3, 4, 2), rank=(2, 2, 2, 2), random_state=0).factors]
-    ttm = [c.astype(dtype) for c in tl.random.random_tt_matrix((2, 2, 3, 2), rank=2, random_state=0).factors]
+    tr = [
+        c.astype(dtype)
+        for c in tl.random.random_tr((3, 4, 2), rank=(2, 2, 2, 2), random_state=0).factors
+    ]
+    ttm = [
+        c.astype(dtype)
+        for c in tl.random.random_tt_matrix((2, 2, 3, 2), rank=2, random_state=0).factors
+    ]
     for t in (from_tt(tt), from_cp(cp), from_tucker(tk), from_tr(tr), from_tt_matrix(ttm)):
         assert t.dtype == dtype
         assert all(c.dtype == dtype for c in to_tt(t).factors)
@@ -356,7 +407,19 @@ def test_public_names():
     import sekron.formats as fm
 
     assert set(fm.__all__) == {
-        "from_tt", "to_tt", "from_tr", "to_tr", "from_cp", "to_cp", "from_tucker", "to_tucker",
-        "from_tt_matrix", "to_tt_matrix", "tt_structure", "tr_structure", "cp_structure", "tucker_structure",
+        "from_tt",
+        "to_tt",
+        "from_tr",
+        "to_tr",
+        "from_cp",
+        "to_cp",
+        "from_tucker",
+        "to_tucker",
+        "from_tt_matrix",
+        "to_tt_matrix",
+        "tt_structure",
+        "tr_structure",
+        "cp_structure",
+        "tucker_structure",
     }
     assert sk.formats.from_tt is fm.from_tt

@@ -11,7 +11,9 @@ from sekron.formats import from_cp, from_tucker, to_cp, to_tucker
 
 
 def _rel(W, approx) -> float:
-    return float(np.linalg.norm((W.astype(np.float64) - approx).ravel()) / np.linalg.norm(W.ravel()))
+    return float(
+        np.linalg.norm((W.astype(np.float64) - approx).ravel()) / np.linalg.norm(W.ravel())
+    )
 
 
 def _tol(dtype, size) -> float:
@@ -21,7 +23,11 @@ def _tol(dtype, size) -> float:
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_to_tucker_full_ranks_is_exact(dtype):
     rng = np.random.default_rng(0)
-    t = sk.sekron(rng.standard_normal((5, 4, 6)).astype(dtype), [(5, 1, 1), (1, 4, 1), (1, 1, 6)], ranks=(3, 2))
+    t = sk.sekron(
+        rng.standard_normal((5, 4, 6)).astype(dtype),
+        [(5, 1, 1), (1, 4, 1), (1, 1, 6)],
+        ranks=(3, 2),
+    )
     tk, err = to_tucker(t)
     assert tk.rank == (5, 4, 6)
     assert tk.core.dtype == dtype and all(U.dtype == dtype for U in tk.factors)
@@ -81,7 +87,12 @@ def test_to_cp_fit_is_deterministic_and_reports_its_error():
 
 def test_to_cp_float32_keeps_dtype():
     rng = np.random.default_rng(4)
-    t = sk.SeKronTensor([rng.standard_normal((2, 3, 2)).astype(np.float32), rng.standard_normal((2, 2, 3)).astype(np.float32)])
+    t = sk.SeKronTensor(
+        [
+            rng.standard_normal((2, 3, 2)).astype(np.float32),
+            rng.standard_normal((2, 2, 3)).astype(np.float32),
+        ]
+    )
     fit, err = to_cp(t, 3)
     assert fit.weights.dtype == np.float32 and all(f.dtype == np.float32 for f in fit.factors)
     assert 0 <= err < 1

@@ -60,7 +60,9 @@ def test_sekron_on_tt_structure_is_never_worse_than_tt_svd(dims, seed, dtype, da
     rng = np.random.default_rng(seed)
     W = rng.standard_normal(dims).astype(dtype)
     N = len(dims)
-    ranks = [data.draw(st.integers(1, min(dims[k], math.prod(dims[k + 1 :])))) for k in range(N - 1)]
+    ranks = [
+        data.draw(st.integers(1, min(dims[k], math.prod(dims[k + 1 :])))) for k in range(N - 1)
+    ]
     ours = sk.sekron(W, tt_structure(W.shape, ranks))
     err_sk = _rel(W.astype(np.float64), ours.to_dense().astype(np.float64))
     tt = tensor_train(W.astype(np.float64), [1, *ranks, 1])
@@ -75,9 +77,11 @@ def test_sekron_on_tt_structure_is_never_worse_than_tt_svd(dims, seed, dtype, da
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_sekron_recovers_a_tt_at_its_ranks(dtype):
-    W = tl.random.random_tt((4, 5, 3, 4), rank=(1, 3, 3, 2, 1), full=True, random_state=0).astype(dtype)
+    W = tl.random.random_tt((4, 5, 3, 4), rank=(1, 3, 3, 2, 1), full=True, random_state=0).astype(
+        dtype
+    )
     t = sk.sekron(W, tt_structure(W.shape, (3, 3, 2)))
-    assert _rel(W.astype(np.float64), t.to_dense()) <= 64 * W.size ** 0.5 * np.finfo(dtype).eps
+    assert _rel(W.astype(np.float64), t.to_dense()) <= 64 * W.size**0.5 * np.finfo(dtype).eps
     assert t.dtype == dtype
 
 

@@ -35,7 +35,12 @@ def direct_conv(x, W, stride, padding, dilation):
     out = np.zeros((x.shape[0], F, Ho, Wo))
     for u in range(Kh):
         for v in range(Kw):
-            patch = xp[:, :, u * dh : u * dh + sh * (Ho - 1) + 1 : sh, v * dw : v * dw + sw * (Wo - 1) + 1 : sw]
+            patch = xp[
+                :,
+                :,
+                u * dh : u * dh + sh * (Ho - 1) + 1 : sh,
+                v * dw : v * dw + sw * (Wo - 1) + 1 : sw,
+            ]
             out += np.einsum("fc,nchw->nfhw", W[:, :, u, v], patch)
     return out
 
@@ -70,16 +75,29 @@ def check_close(got, want, scale, dtype, reduction):
 
 
 @settings(max_examples=60, deadline=None)
-@given(struct=kernel_structures(), n=st.integers(1, 3), h=st.integers(5, 11), w=st.integers(5, 11),
-       stride=pairs(1, 3), padding=pairs(0, 2), dilation=pairs(1, 2),
-       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**32 - 1))
+@given(
+    struct=kernel_structures(),
+    n=st.integers(1, 3),
+    h=st.integers(5, 11),
+    w=st.integers(5, 11),
+    stride=pairs(1, 3),
+    padding=pairs(0, 2),
+    dilation=pairs(1, 2),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_sekron_conv_equals_dense(struct, n, h, w, stride, padding, dilation, dtype, seed):
     F, C, Kh, Kw = struct.shape
     s, p, d = as_pair(stride), as_pair(padding), as_pair(dilation)
     if h + 2 * p[0] < d[0] * (Kh - 1) + 1 or w + 2 * p[1] < d[1] * (Kw - 1) + 1:
         with pytest.raises(ShapeError, match="smaller than the dilated kernel"):
-            conv2d(np.zeros((n, C, h, w), dtype), random_sekron(struct, np.random.default_rng(0), dtype),
-                   stride=stride, padding=padding, dilation=dilation)
+            conv2d(
+                np.zeros((n, C, h, w), dtype),
+                random_sekron(struct, np.random.default_rng(0), dtype),
+                stride=stride,
+                padding=padding,
+                dilation=dilation,
+            )
         return
     rng = np.random.default_rng(seed)
     kernel = random_sekron(struct, rng, dtype)
@@ -93,10 +111,17 @@ def test_sekron_conv_equals_dense(struct, n, h, w, stride, padding, dilation, dt
     K = C * Kh * Kw * math.prod(struct.ranks)
     check_close(got, want, scale, dtype, K)
     # the dense path (im2col + GEMM) on the densified kernel agrees too
-    check_close(conv2d(x, kernel.to_dense(), stride=stride, padding=padding, dilation=dilation),
-                want, scale, dtype, K)
+    check_close(
+        conv2d(x, kernel.to_dense(), stride=stride, padding=padding, dilation=dilation),
+        want,
+        scale,
+        dtype,
+        K,
+    )
     if torch is not None:
-        ref = tF.conv2d(torch.from_numpy(x64), torch.from_numpy(W64), stride=s, padding=p, dilation=d)
+        ref = tF.conv2d(
+            torch.from_numpy(x64), torch.from_numpy(W64), stride=s, padding=p, dilation=d
+        )
         check_close(got, ref.numpy(), scale, dtype, K)
 
 
@@ -113,9 +138,16 @@ class CountingBackend(NumpyBackend):
 
 
 @settings(max_examples=40, deadline=None)
-@given(struct=kernel_structures(), n=st.integers(1, 3), h=st.integers(6, 10), w=st.integers(6, 10),
-       stride=pairs(1, 3), padding=pairs(1, 2), dilation=st.integers(1, 2),
-       seed=st.integers(0, 2**32 - 1))
+@given(
+    struct=kernel_structures(),
+    n=st.integers(1, 3),
+    h=st.integers(6, 10),
+    w=st.integers(6, 10),
+    stride=pairs(1, 3),
+    padding=pairs(1, 2),
+    dilation=st.integers(1, 2),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_cost_model_counts_the_plans_macs(struct, n, h, w, stride, padding, dilation, seed):
     F, C, Kh, Kw = struct.shape
     p = as_pair(padding)
@@ -153,8 +185,13 @@ def test_plan_is_frozen_batch_agnostic_and_matches_structure():
         assert y.shape == (n,) + plan.out_shape
         Wabs = sk.SeKronTensor([np.abs(f) for f in kernel.factors]).to_dense()
         scale = direct_conv(np.abs(x), Wabs, (2, 2), (1, 1), (1, 1))
-        check_close(y, direct_conv(x, kernel.to_dense(), (2, 2), (1, 1), (1, 1)), scale,
-                    np.float64, 8 * 9 * 6)
+        check_close(
+            y,
+            direct_conv(x, kernel.to_dense(), (2, 2), (1, 1), (1, 1)),
+            scale,
+            np.float64,
+            8 * 9 * 6,
+        )
     assert conv2d_plan(struct, (7, 8), stride=2, padding=1) is plan  # cached
 
 
@@ -179,8 +216,12 @@ def test_bias_and_dtypes():
     y0 = conv2d(x, kernel, padding=1)
     y = conv2d(x, kernel, padding=1, bias=b)
     assert y.dtype == np.float32
-    assert np.allclose(y - y0, np.broadcast_to(b[:, None, None], y.shape), rtol=0,
-                       atol=8 * np.finfo(np.float32).eps * (np.abs(y0).max() + np.abs(b).max()))
+    assert np.allclose(
+        y - y0,
+        np.broadcast_to(b[:, None, None], y.shape),
+        rtol=0,
+        atol=8 * np.finfo(np.float32).eps * (np.abs(y0).max() + np.abs(b).max()),
+    )
     assert conv2d(x.astype(np.float64), kernel, padding=1).dtype == np.float64
 
 

@@ -36,8 +36,12 @@ def direct_conv(x, w, stride, dilation, groups):
         ws = w[gi * Og : (gi + 1) * Og].astype(np.float64)
         for u in range(kh):
             for v in range(kw):
-                patch = xs[:, :, u * dh : u * dh + sh * (Ho - 1) + 1 : sh,
-                           v * dw : v * dw + sw * (Wo - 1) + 1 : sw]
+                patch = xs[
+                    :,
+                    :,
+                    u * dh : u * dh + sh * (Ho - 1) + 1 : sh,
+                    v * dw : v * dw + sw * (Wo - 1) + 1 : sw,
+                ]
                 out[:, gi * Og : (gi + 1) * Og] += np.einsum("oc,bchw->bohw", ws[:, :, u, v], patch)
     return out
 
@@ -64,8 +68,9 @@ def conv_problems(draw):
 
 
 @settings(max_examples=40, deadline=None)
-@given(p=conv_problems(), extra=st.integers(0, 3), seed=st.integers(0, 2**32 - 1),
-       flip=st.booleans())
+@given(
+    p=conv_problems(), extra=st.integers(0, 3), seed=st.integers(0, 2**32 - 1), flip=st.booleans()
+)
 def test_conv2d_valid_on_strided_views(p, extra, seed, flip):
     B, g, Cg, Og, (kh, kw), stride, dilation, (H, W), dtype = p
     rng = np.random.default_rng(seed)
@@ -160,18 +165,32 @@ def test_split_axes_exact():
 @st.composite
 def kernel_structures(draw):
     S = draw(st.integers(2, 3))
-    shapes = [[draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 3)),
-               draw(st.integers(1, 3))] for _ in range(S)]
+    shapes = [
+        [
+            draw(st.integers(1, 3)),
+            draw(st.integers(1, 3)),
+            draw(st.integers(1, 3)),
+            draw(st.integers(1, 3)),
+        ]
+        for _ in range(S)
+    ]
     base = sk.Structure(shapes)
     return base.with_ranks(tuple(draw(st.integers(1, min(r, 2))) for r in base.max_ranks))
 
 
 @settings(max_examples=30, deadline=None)
-@given(struct=kernel_structures(), n=st.integers(1, 5), stride=st.integers(1, 2),
-       padding=st.integers(0, 2), dilation=st.integers(1, 2), seed=st.integers(0, 2**32 - 1),
-       small=st.booleans())
-def test_run_plan_equals_generic_backend(struct, n, stride, padding, dilation, seed, small,
-                                         monkeypatch_module):
+@given(
+    struct=kernel_structures(),
+    n=st.integers(1, 5),
+    stride=st.integers(1, 2),
+    padding=st.integers(0, 2),
+    dilation=st.integers(1, 2),
+    seed=st.integers(0, 2**32 - 1),
+    small=st.booleans(),
+)
+def test_run_plan_equals_generic_backend(
+    struct, n, stride, padding, dilation, seed, small, monkeypatch_module
+):
     F, C, Kh, Kw = struct.shape
     h = w = 9
     if h + 2 * padding < dilation * (Kh - 1) + 1 or w + 2 * padding < dilation * (Kw - 1) + 1:
@@ -190,12 +209,14 @@ def test_run_plan_equals_generic_backend(struct, n, stride, padding, dilation, s
     assert got.flags.c_contiguous and got.shape == (n,) + plan.out_shape
     want = execute_plan(plan, x, kernel.factors, NumpyBackend())
     Wabs = sk.SeKronTensor([np.abs(f) for f in kernel.factors]).to_dense()
-    scale = direct_conv(pad2d(np.abs(x), (padding,) * 4), Wabs, (stride, stride),
-                        (dilation, dilation), 1)
+    scale = direct_conv(
+        pad2d(np.abs(x), (padding,) * 4), Wabs, (stride, stride), (dilation, dilation), 1
+    )
     K = C * Kh * Kw * math.prod(struct.ranks)
     assert_close(got, want, scale, np.float64, K)
-    ref = direct_conv(pad2d(x, (padding,) * 4), kernel.to_dense(), (stride, stride),
-                      (dilation, dilation), 1)
+    ref = direct_conv(
+        pad2d(x, (padding,) * 4), kernel.to_dense(), (stride, stride), (dilation, dilation), 1
+    )
     assert_close(got, ref, scale, np.float64, K)
 
 
@@ -208,8 +229,12 @@ def monkeypatch_module():
 
 def test_public_conv2d_is_contiguous_and_leaves_inputs_alone():
     rng = np.random.default_rng(3)
-    kernel = sk.SeKronTensor([rng.normal(size=(1, 4, 2, 3, 3)).astype(np.float32),
-                              rng.normal(size=(1, 2, 4, 1, 1)).astype(np.float32)])
+    kernel = sk.SeKronTensor(
+        [
+            rng.normal(size=(1, 4, 2, 3, 3)).astype(np.float32),
+            rng.normal(size=(1, 2, 4, 1, 1)).astype(np.float32),
+        ]
+    )
     x = rng.normal(size=(3, 8, 7, 7)).astype(np.float32)
     x0 = x.copy()
     for k in (kernel, kernel.to_dense()):

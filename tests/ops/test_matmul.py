@@ -47,8 +47,13 @@ def abs_dense(op):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st_=matrix_structures(), k=st.integers(1, 5), vec=st.booleans(),
-       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**32 - 1))
+@given(
+    st_=matrix_structures(),
+    k=st.integers(1, 5),
+    vec=st.booleans(),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_matmul_equals_dense(st_, k, vec, dtype, seed):
     rng = np.random.default_rng(seed)
     op = random_sekron(st_, rng, dtype)
@@ -65,8 +70,12 @@ def test_matmul_equals_dense(st_, k, vec, dtype, seed):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st_=matrix_structures(), batch=st.lists(st.integers(1, 3), min_size=0, max_size=2),
-       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**32 - 1))
+@given(
+    st_=matrix_structures(),
+    batch=st.lists(st.integers(1, 3), min_size=0, max_size=2),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_rmatmul_equals_dense(st_, batch, dtype, seed):
     rng = np.random.default_rng(seed)
     op = random_sekron(st_, rng, dtype)
@@ -82,7 +91,9 @@ def test_rmatmul_equals_dense(st_, batch, dtype, seed):
     Y = rng.normal(size=tuple(batch) + (n,)).astype(dtype)
     got_t = Y @ op.T  # ndarray @ op defers to SeKronTensor.__rmatmul__
     assert np.array_equal(got_t, rmatmul(Y, op.T))
-    assert_close(got_t, Y.astype(np.float64) @ W64.T, np.abs(Y.astype(np.float64)) @ Wabs.T, dtype, K)
+    assert_close(
+        got_t, Y.astype(np.float64) @ W64.T, np.abs(Y.astype(np.float64)) @ Wabs.T, dtype, K
+    )
 
 
 def test_both_contraction_orders_agree():

@@ -35,7 +35,9 @@ def _train(model: nn.Module, X: torch.Tensor, y: torch.Tensor, steps: int = 150)
 def digits_mlp():
     X, y = _digits()
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
+    net = nn.Sequential(
+        nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10)
+    )
     return _train(net, X, y, steps=300), X, y
 
 
@@ -67,7 +69,9 @@ def _accuracy(model, X, y) -> float:
 def test_compress_mlp_low_ratio_keeps_outputs(digits_mlp):
     net, X, y = digits_mlp
     small, report = compress(net, ratio=1.25, progress=False)
-    assert all(isinstance(m, nn.Linear) for m in net if isinstance(m, nn.Module) and m._parameters)  # untouched
+    assert all(
+        isinstance(m, nn.Linear) for m in net if isinstance(m, nn.Module) and m._parameters
+    )  # untouched
     with torch.no_grad():
         out, ref = small(X), net(X)
     # a briefly trained MLP has nearly flat spectra, so even at ratio 1.25 the weights keep
@@ -104,7 +108,10 @@ def test_compress_cnn_with_example_input_and_inplace(digits_cnn):
     assert isinstance(first, SeKronConv2d) and first.stride == (2, 2) and first.padding == (1, 1)
     # MACs are per image for the 8×8 input the hooks saw
     assert convs[1].macs_before == 32 * 16 * 9 * 4 * 4
-    assert convs[1].macs_after == first.macs((8, 8))["sekron" if first.uses_structured_path((8, 8)) else "dense"]
+    assert (
+        convs[1].macs_after
+        == first.macs((8, 8))["sekron" if first.uses_structured_path((8, 8)) else "dense"]
+    )
     with torch.no_grad():
         out = small(X[:64])
     assert float(torch.linalg.norm(out - ref) / torch.linalg.norm(ref)) < 0.6
@@ -113,7 +120,9 @@ def test_compress_cnn_with_example_input_and_inplace(digits_cnn):
 
 def test_compress_include_exclude_embeddings_and_tol():
     torch.manual_seed(0)
-    net = nn.ModuleDict({"emb": nn.Embedding(40, 16), "head": nn.Linear(16, 8), "out": nn.Linear(8, 4)})
+    net = nn.ModuleDict(
+        {"emb": nn.Embedding(40, 16), "head": nn.Linear(16, 8), "out": nn.Linear(8, 4)}
+    )
     _, report = compress(net, ratio=2, embeddings=True, include=["emb", "head"], progress=False)
     assert [r.name for r in report] == ["emb", "head"]
     small, report = compress(net, ratio=2, embeddings=True, exclude="head", progress=False)
@@ -145,7 +154,9 @@ def test_report_matches_compression_ratio_per_layer():
     lin = nn.Linear(48, 32)
     small, report = compress(nn.Sequential(lin), ratio=6, progress=False, max_candidates=3)
     r = report[0]
-    st = sk.Structure([tuple(int(d) for d in s.split("×")) for s in r.structure.split(" @")[0].split(" ⊗ ")], 1)
+    st = sk.Structure(
+        [tuple(int(d) for d in s.split("×")) for s in r.structure.split(" @")[0].split(" ⊗ ")], 1
+    )
     assert st.shape == (32, 48)
     assert np.isclose(r.ratio, (48 * 32 + 32) / r.params_after)
 
@@ -171,7 +182,9 @@ def test_three_factor_selection_uses_the_budget(digits_cnn, ratio):
 
 def test_compress_three_factors_params_within_budget(digits_cnn):
     net, X, _ = digits_cnn
-    small, report = compress(net, ratio=4, n_factors=3, example_input=X[:8], progress=False, include=["3"])
+    small, report = compress(
+        net, ratio=4, n_factors=3, example_input=X[:8], progress=False, include=["3"]
+    )
     (r,) = report
     assert r.skipped is None
     W = net[3].weight

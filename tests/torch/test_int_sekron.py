@@ -41,7 +41,9 @@ def test_int_bmm_equals_engine_matmul_and_backward(bits, rounding):
     a = torch.randn(5, 7, dtype=torch.float64, generator=g, requires_grad=True)
     b = torch.randn(7, 3, dtype=torch.float64, generator=g, requires_grad=True)
     y = int_bmm(a, b, bits, rounding, 99)
-    np.testing.assert_array_equal(y.detach().numpy(), _engine_mm(a.detach().numpy(), b.detach().numpy(), bits, rounding, 99))
+    np.testing.assert_array_equal(
+        y.detach().numpy(), _engine_mm(a.detach().numpy(), b.detach().numpy(), bits, rounding, 99)
+    )
     go = np.random.default_rng(bits).normal(size=(5, 3))
     y.backward(torch.from_numpy(go))
     fwd, bwd = _split_seed(99)
@@ -62,10 +64,17 @@ def test_int_sekron_linear_stages_equal_engine(rounding):
     y = layer(x)
     A, Bf = (f.detach().numpy() for f in layer.factors)
     # stage 0: X (B n1, n2) @ B_f^T (n2, R m2); stage 1: A' (m1, n1 R) @ Z (n1 R, B m2)
-    Z = _engine_mm(x.numpy().reshape(4 * 4, 5), Bf.reshape(2 * 2, 5).T, 8, rounding, stage_seed(seed, 0))
+    Z = _engine_mm(
+        x.numpy().reshape(4 * 4, 5), Bf.reshape(2 * 2, 5).T, 8, rounding, stage_seed(seed, 0)
+    )
     Zp = Z.reshape(4, 4, 2, 2).transpose(1, 2, 0, 3).reshape(8, 4 * 2)
     Ap = A.transpose(1, 2, 0).reshape(3, 8)
-    out = _engine_mm(Ap, Zp, 8, rounding, stage_seed(seed, 1)).reshape(3, 4, 2).transpose(1, 0, 2).reshape(4, 6)
+    out = (
+        _engine_mm(Ap, Zp, 8, rounding, stage_seed(seed, 1))
+        .reshape(3, 4, 2)
+        .transpose(1, 0, 2)
+        .reshape(4, 6)
+    )
     np.testing.assert_array_equal(y.detach().numpy(), out)
 
 
@@ -78,7 +87,10 @@ def _close_grads(int_layer: nn.Module, float_layer: nn.Module, x: torch.Tensor, 
     # each stage maps two operands and the gradient to `bits` bits: relative error per
     # mapping <= 2^-(bits-2); a few stages and mappings compound
     tol = 16 * 2.0 ** -(bits - 2) * math.sqrt(x.numel())
-    for a, b in [(y1, y2), (x1.grad, x2.grad)] + [(p.grad, q.grad) for p, q in zip(int_layer.parameters(), float_layer.parameters(), strict=True)]:
+    for a, b in [(y1, y2), (x1.grad, x2.grad)] + [
+        (p.grad, q.grad)
+        for p, q in zip(int_layer.parameters(), float_layer.parameters(), strict=True)
+    ]:
         rel = float(torch.linalg.norm(a.detach() - b.detach()) / torch.linalg.norm(b.detach()))
         assert rel < tol, (rel, tol)
 
@@ -86,12 +98,24 @@ def _close_grads(int_layer: nn.Module, float_layer: nn.Module, x: torch.Tensor, 
 def test_int_sekron_gradients_close_to_float():
     torch.manual_seed(1)
     lin = SeKronLinear(sk.Structure([(2, 3), (3, 2), (2, 2)], ranks=(2, 3)), dtype=torch.float64)
-    _close_grads(IntSeKronLinear.from_sekron(lin, bits=16), lin, torch.randn(6, 12, dtype=torch.float64), 16)
-    conv = SeKronConv2d(sk.Structure([(2, 2, 3, 1), (3, 2, 1, 3)], ranks=2), padding=1, stride=2, dtype=torch.float64)
+    _close_grads(
+        IntSeKronLinear.from_sekron(lin, bits=16), lin, torch.randn(6, 12, dtype=torch.float64), 16
+    )
+    conv = SeKronConv2d(
+        sk.Structure([(2, 2, 3, 1), (3, 2, 1, 3)], ranks=2),
+        padding=1,
+        stride=2,
+        dtype=torch.float64,
+    )
     for path in ("structured", "dense"):
         conv.path = path
         conv.zero_grad()
-        _close_grads(IntSeKronConv2d.from_sekron(conv, bits=16), conv, torch.randn(2, 4, 7, 7, dtype=torch.float64), 16)
+        _close_grads(
+            IntSeKronConv2d.from_sekron(conv, bits=16),
+            conv,
+            torch.randn(2, 4, 7, 7, dtype=torch.float64),
+            16,
+        )
 
 
 @pytest.mark.parametrize("groups", [1, 2])
@@ -124,7 +148,9 @@ def test_int_backend_conv_equals_engine_per_group(groups):
         np.testing.assert_array_equal(x.grad.numpy()[:, i * C : (i + 1) * C], dx.to_float())
         np.testing.assert_array_equal(w.grad.numpy()[i * Fo : (i + 1) * Fo], dw.to_float())
     if groups == 1:  # and with groups=1 it is exactly the engine's own backward
-        dx, dw = fixed.conv2d_backward(xq, wq, go, (1, 2), 0, (2, 1), 8, rounding="stochastic", seed=bwd)
+        dx, dw = fixed.conv2d_backward(
+            xq, wq, go, (1, 2), 0, (2, 1), 8, rounding="stochastic", seed=bwd
+        )
         np.testing.assert_array_equal(x.grad.numpy(), dx.to_float())
         np.testing.assert_array_equal(w.grad.numpy(), dw.to_float())
 
@@ -138,7 +164,12 @@ def test_integerize_converts_sekron_layers_and_trains():
         SeKronLinear(sk.Structure([(2, 8), (2, 8)], ranks=2)),
     )
     inet = integerize(net, bits=8, seed=1)
-    assert [type(m).__name__ for m in inet] == ["IntSeKronConv2d", "ReLU", "Flatten", "IntSeKronLinear"]
+    assert [type(m).__name__ for m in inet] == [
+        "IntSeKronConv2d",
+        "ReLU",
+        "Flatten",
+        "IntSeKronLinear",
+    ]
     x, t = torch.randn(8, 2, 4, 4), torch.randint(0, 4, (8,))
     opt = torch.optim.SGD(inet.parameters(), lr=0.05)
     losses = []
@@ -162,16 +193,26 @@ def test_int_backend_conv_exact_at_training_sizes():
     go = torch.randn(y.shape, generator=g)
     y.backward(go)
     fwd, bwd = _split_seed(stage_seed(1, 0))
-    xq, wq = fixed.to_fixed(x.detach().numpy(), 8, "nearest"), fixed.to_fixed(w.detach().numpy(), 8, "nearest")
+    xq, wq = (
+        fixed.to_fixed(x.detach().numpy(), 8, "nearest"),
+        fixed.to_fixed(w.detach().numpy(), 8, "nearest"),
+    )
     g1 = fixed.to_fixed(go.numpy(), 8, "nearest")
     for i in range(4):
         xs = fixed.FixedTensor(xq.mantissa[:, 4 * i : 4 * i + 4], xq.exponent, 8)
         ws = fixed.FixedTensor(wq.mantissa[8 * i : 8 * i + 8], wq.exponent, 8)
         gs = fixed.FixedTensor(g1.mantissa[:, 8 * i : 8 * i + 8], g1.exponent, 8)
-        np.testing.assert_array_equal(y.detach().numpy()[:, 8 * i : 8 * i + 8], fixed.conv2d(xs, ws).to_float().astype(np.float32))
+        np.testing.assert_array_equal(
+            y.detach().numpy()[:, 8 * i : 8 * i + 8],
+            fixed.conv2d(xs, ws).to_float().astype(np.float32),
+        )
         dx, dw = fixed.conv2d_backward(xs, ws, gs, 1, 0, 1, 8, rounding="nearest")
-        np.testing.assert_array_equal(x.grad.numpy()[:, 4 * i : 4 * i + 4], dx.to_float().astype(np.float32))
-        np.testing.assert_array_equal(w.grad.numpy()[8 * i : 8 * i + 8], dw.to_float().astype(np.float32))
+        np.testing.assert_array_equal(
+            x.grad.numpy()[:, 4 * i : 4 * i + 4], dx.to_float().astype(np.float32)
+        )
+        np.testing.assert_array_equal(
+            w.grad.numpy()[8 * i : 8 * i + 8], dw.to_float().astype(np.float32)
+        )
 
 
 def _run(fn, inputs, gy):

@@ -53,12 +53,17 @@ def test_int_linear_close_to_float_and_unbiased_at_16_bits():
 
 def test_int_conv2d_equals_engine():
     torch.manual_seed(2)
-    conv = IntConv2d(3, 4, 3, stride=2, padding=1, dilation=1, bits=8, rounding="nearest", dtype=torch.float64)
+    conv = IntConv2d(
+        3, 4, 3, stride=2, padding=1, dilation=1, bits=8, rounding="nearest", dtype=torch.float64
+    )
     x = torch.randn(2, 3, 7, 7, dtype=torch.float64, requires_grad=True)
     y = conv(x)
     xq = fixed.to_fixed(x.detach().numpy(), 8, "nearest")
     wq = fixed.to_fixed(conv.weight.detach().numpy(), 8, "nearest")
-    ref = fixed.conv2d(xq, wq, (2, 2), (1, 1), (1, 1)).to_float() + conv.bias.detach().numpy()[:, None, None]
+    ref = (
+        fixed.conv2d(xq, wq, (2, 2), (1, 1), (1, 1)).to_float()
+        + conv.bias.detach().numpy()[:, None, None]
+    )
     np.testing.assert_array_equal(y.detach().numpy(), ref)
     g = np.random.default_rng(1).normal(size=y.shape)
     y.backward(torch.from_numpy(g))
@@ -76,7 +81,14 @@ def test_int_layer_norm_and_embedding_equal_engine():
         ln.bias.uniform_(-0.5, 0.5)
     x = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
     y = ln(x)
-    ref, cache = fixed.layer_norm(x.detach().numpy(), ln.weight.detach().numpy(), ln.bias.detach().numpy(), 12, 1e-5, rounding="nearest")
+    ref, cache = fixed.layer_norm(
+        x.detach().numpy(),
+        ln.weight.detach().numpy(),
+        ln.bias.detach().numpy(),
+        12,
+        1e-5,
+        rounding="nearest",
+    )
     np.testing.assert_array_equal(y.detach().numpy(), ref.to_float())
     g = np.random.default_rng(2).normal(size=(3, 8))
     y.backward(torch.from_numpy(g))
@@ -90,14 +102,25 @@ def test_int_layer_norm_and_embedding_equal_engine():
     np.testing.assert_array_equal(out.detach().numpy(), fixed.embedding(tq, ids.numpy()).to_float())
     ge = np.ones((1, 3, 4))
     out.backward(torch.from_numpy(ge))
-    np.testing.assert_array_equal(emb.weight.grad.numpy(), fixed.embedding_backward(ge, ids.numpy(), 10, 8, rounding="nearest").to_float())
+    np.testing.assert_array_equal(
+        emb.weight.grad.numpy(),
+        fixed.embedding_backward(ge, ids.numpy(), 10, 8, rounding="nearest").to_float(),
+    )
 
 
 def test_integerize_and_train_step():
     torch.manual_seed(4)
-    net = nn.Sequential(nn.Embedding(20, 8), nn.LayerNorm(8), nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 3))
+    net = nn.Sequential(
+        nn.Embedding(20, 8), nn.LayerNorm(8), nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 3)
+    )
     inet = integerize(net, bits=8)
-    assert [type(m).__name__ for m in inet] == ["IntEmbedding", "IntLayerNorm", "IntLinear", "GELU", "IntLinear"]
+    assert [type(m).__name__ for m in inet] == [
+        "IntEmbedding",
+        "IntLayerNorm",
+        "IntLinear",
+        "GELU",
+        "IntLinear",
+    ]
     assert inet[1].bits == 16 and inet[2].bits == 8
     assert type(net[2]) is nn.Linear  # the original is untouched
     ids = torch.randint(0, 20, (16, 5))
@@ -131,7 +154,9 @@ def test_large_weight_mapping_equals_engine(rounding, dtype):
         w = torch.randn(PARALLEL_MIN_ELEMENTS // 64 + 1, 64, dtype=dtype, generator=g) * scale
         for bits in (4, 8, 16):
             got = quantize(w, bits, rounding, 77, _W)
-            q_ref, e_ref = R.map_fixed_ref(w.numpy(), bits, rounding == "stochastic", R.stream_key(77, _W))
+            q_ref, e_ref = R.map_fixed_ref(
+                w.numpy(), bits, rounding == "stochastic", R.stream_key(77, _W)
+            )
             assert got.exponent == e_ref and got.bits == bits
             np.testing.assert_array_equal(got.mantissa.ravel(), q_ref)
             assert got.mantissa.dtype == fixed.mantissa_dtype(bits)
@@ -177,6 +202,8 @@ def test_int_linear_integer_route_equals_float_route(monkeypatch, rounding):
         x.grad = None
         y = layer(x)
         y.backward(gy)
-        out.append([y.detach().clone(), x.grad.clone(), layer.weight.grad.clone(), layer.bias.grad.clone()])
+        out.append(
+            [y.detach().clone(), x.grad.clone(), layer.weight.grad.clone(), layer.bias.grad.clone()]
+        )
     for f, s in zip(*out, strict=True):
         assert torch.equal(f, s)

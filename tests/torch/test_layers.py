@@ -69,7 +69,9 @@ def test_linear_forward_backward_match_dense(structure, path, bias, seed):
     layer = SeKronLinear(structure, bias=bias, path=path, dtype=torch.float64)
     _randomize(layer, seed)
     dense = layer.to_dense()
-    x = torch.randn(5, 2, structure.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    x = torch.randn(
+        5, 2, structure.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(seed)
+    )
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     y, y_ref = layer(x1), dense(x2)
     n_terms = structure.shape[1] * math.prod(structure.ranks) * structure.n_factors
@@ -84,7 +86,9 @@ def test_linear_forward_backward_match_dense(structure, path, bias, seed):
     w = layer.dense_weight()
     grads = torch.autograd.grad(w, list(layer.factors), grad_outputs=dense.weight.grad)
     for p, gp in zip(layer.factors, grads, strict=True):
-        torch.testing.assert_close(p.grad, gp, atol=tol * float(g.abs().max()) * x.numel(), rtol=1e-9)
+        torch.testing.assert_close(
+            p.grad, gp, atol=tol * float(g.abs().max()) * x.numel(), rtol=1e-9
+        )
 
 
 @pytest.mark.parametrize("order", ["right", "left"])
@@ -96,7 +100,9 @@ def test_linear_orders_agree(order):
     fs = [torch.randn(sh, dtype=torch.float64, generator=g) for sh in s.factor_shapes]
     x = torch.randn(4, s.shape[1], dtype=torch.float64, generator=g)
     W = torch.from_numpy(sk.SeKronTensor([f.numpy() for f in fs]).to_dense())
-    torch.testing.assert_close(sekron_linear(x, fs, s, order), x @ W.T, atol=_tol(x, *fs, n_terms=100), rtol=0)
+    torch.testing.assert_close(
+        sekron_linear(x, fs, s, order), x @ W.T, atol=_tol(x, *fs, n_terms=100), rtol=0
+    )
 
 
 @settings(max_examples=25, deadline=None)
@@ -112,12 +118,21 @@ def test_linear_plan_on_torch_equals_dense_and_numpy(structure, layout, transpos
     from sekron.torch import TorchBackend
     from sekron.torch._contract import dense_from_factors
 
-    plan = linear_plan(structure.shapes, structure.ranks, layout=layout, transpose=transpose, order=order)
+    plan = linear_plan(
+        structure.shapes, structure.ranks, layout=layout, transpose=transpose, order=order
+    )
     g = torch.Generator().manual_seed(seed)
-    fs = [torch.randn(sh, dtype=torch.float64, generator=g, requires_grad=True) for sh in structure.factor_shapes]
+    fs = [
+        torch.randn(sh, dtype=torch.float64, generator=g, requires_grad=True)
+        for sh in structure.factor_shapes
+    ]
     W = sk.SeKronTensor([f.detach().numpy() for f in fs]).to_dense()
     W = torch.from_numpy(W.T if transpose else W)
-    x = torch.randn(*((plan.in_size, 3) if layout == "columns" else (3, plan.in_size)), dtype=torch.float64, generator=g)
+    x = torch.randn(
+        *((plan.in_size, 3) if layout == "columns" else (3, plan.in_size)),
+        dtype=torch.float64,
+        generator=g,
+    )
     y = execute_linear(plan, x, fs, TorchBackend())
     want = W @ x if layout == "columns" else x @ W.T
     tol = _tol(x, *fs, n_terms=plan.in_size * math.prod(structure.ranks) * structure.n_factors)
@@ -136,7 +151,9 @@ def test_linear_plan_on_torch_equals_dense_and_numpy(structure, layout, transpos
 
 
 def test_linear_gradcheck_float64():
-    layer = SeKronLinear(sk.Structure([(2, 3), (2, 2)], ranks=2), path="structured", dtype=torch.float64)
+    layer = SeKronLinear(
+        sk.Structure([(2, 3), (2, 2)], ranks=2), path="structured", dtype=torch.float64
+    )
     x = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, *p: layer(x), (x, *layer.factors))
 
@@ -162,7 +179,9 @@ def test_from_linear_equals_core_fit():
     assert layer.fit_relative_error == pytest.approx(ref.relative_error_bound, rel=1e-12)
     torch.testing.assert_close(layer.bias, dense.bias, rtol=0, atol=0)
     # the certified error is the error of the layer's dense weight
-    err = float(torch.linalg.norm(layer.dense_weight().detach().double() - dense.weight.detach().double()))
+    err = float(
+        torch.linalg.norm(layer.dense_weight().detach().double() - dense.weight.detach().double())
+    )
     rel = err / float(torch.linalg.norm(dense.weight.detach().double()))
     assert rel == pytest.approx(layer.fit_relative_error, rel=1e-4, abs=1e-6)
 
@@ -191,7 +210,9 @@ def test_from_linear_tol_meets_error():
     dense = nn.Linear(16, 16, dtype=torch.float64)
     with torch.no_grad():  # a Kronecker-rank-2 weight plus a little noise
         a, b = torch.randn(2, 4, 4, dtype=torch.float64), torch.randn(2, 4, 4, dtype=torch.float64)
-        dense.weight.copy_(torch.kron(a[0], b[0]) + torch.kron(a[1], b[1]) + 0.05 * torch.randn(16, 16))
+        dense.weight.copy_(
+            torch.kron(a[0], b[0]) + torch.kron(a[1], b[1]) + 0.05 * torch.randn(16, 16)
+        )
     layer = SeKronLinear.from_linear(dense, tol=0.3)
     assert layer.structure.n_params < 256
     assert layer.fit_relative_error <= 0.3 + 1e-12
@@ -241,7 +262,9 @@ def test_linear_state_dict_round_trip():
 
 @settings(max_examples=20, deadline=None)
 @given(
-    st.sampled_from([(4, 6, 3, 3), (6, 4, 2, 3), (4, 4, 4, 1), (2, 6, 1, 1)]).flatmap(structures_of),
+    st.sampled_from([(4, 6, 3, 3), (6, 4, 2, 3), (4, 4, 4, 1), (2, 6, 1, 1)]).flatmap(
+        structures_of
+    ),
     st.sampled_from([1, 2, (2, 1)]),
     st.sampled_from([0, 1, (2, 0)]),
     st.sampled_from([1, 2, (1, 2)]),
@@ -249,10 +272,19 @@ def test_linear_state_dict_round_trip():
     st.integers(0, 2**16),
 )
 def test_conv_forward_backward_match_dense(structure, stride, padding, dilation, bias, seed):
-    conv = SeKronConv2d(structure, stride, padding, dilation, bias, path="structured", dtype=torch.float64)
+    conv = SeKronConv2d(
+        structure, stride, padding, dilation, bias, path="structured", dtype=torch.float64
+    )
     _randomize(conv, seed)
     dense = conv.to_dense()
-    x = torch.randn(2, structure.shape[1], 10, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    x = torch.randn(
+        2,
+        structure.shape[1],
+        10,
+        9,
+        dtype=torch.float64,
+        generator=torch.Generator().manual_seed(seed),
+    )
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     y, y_ref = conv(x1), dense(x2)
     assert y.shape == y_ref.shape
@@ -263,9 +295,13 @@ def test_conv_forward_backward_match_dense(structure, stride, padding, dilation,
     (y * g).sum().backward()
     (y_ref * g).sum().backward()
     torch.testing.assert_close(x1.grad, x2.grad, atol=tol * float(g.abs().max()) * 4, rtol=0)
-    grads = torch.autograd.grad(conv.dense_weight(), list(conv.factors), grad_outputs=dense.weight.grad)
+    grads = torch.autograd.grad(
+        conv.dense_weight(), list(conv.factors), grad_outputs=dense.weight.grad
+    )
     for p, gp in zip(conv.factors, grads, strict=True):
-        torch.testing.assert_close(p.grad, gp, atol=tol * float(g.abs().max()) * y.numel(), rtol=1e-9)
+        torch.testing.assert_close(
+            p.grad, gp, atol=tol * float(g.abs().max()) * y.numel(), rtol=1e-9
+        )
     if bias:
         torch.testing.assert_close(conv.bias.grad, dense.bias.grad, atol=tol * y.numel(), rtol=0)
 
@@ -276,7 +312,12 @@ def test_conv_same_padding_and_gradcheck():
     x = torch.randn(1, 2, 5, 6, dtype=torch.float64, requires_grad=True)
     torch.testing.assert_close(conv(x), conv.to_dense()(x), atol=1e-12, rtol=0)
     assert torch.autograd.gradcheck(lambda x, *p: conv(x), (x, *conv.factors))
-    even = SeKronConv2d(sk.Structure([(2, 1, 2, 1), (1, 2, 2, 2)], ranks=1), padding="same", path="structured", dtype=torch.float64)
+    even = SeKronConv2d(
+        sk.Structure([(2, 1, 2, 1), (1, 2, 2, 2)], ranks=1),
+        padding="same",
+        path="structured",
+        dtype=torch.float64,
+    )
     torch.testing.assert_close(even(x), even.to_dense()(x), atol=1e-12, rtol=0)
 
 
@@ -289,7 +330,9 @@ def test_conv_macs_counted_and_auto_path():
     # stage 2: 8 channel groups × (8·8·3) per pixel on a 34×32 map; stage 1: 8 × (8·8·3) on 32×32
     assert c["sekron"] == 8 * 8 * 8 * 3 * 34 * 32 + 8 * 8 * 8 * 3 * 32 * 32
     assert conv.uses_structured_path((32, 32))
-    assert not SeKronConv2d(sk.Structure([(2, 2, 1, 1), (2, 2, 1, 1)], ranks=4)).uses_structured_path((8, 8))
+    assert not SeKronConv2d(
+        sk.Structure([(2, 2, 1, 1), (2, 2, 1, 1)], ranks=4)
+    ).uses_structured_path((8, 8))
     # tiny images stay dense even at a 4x MAC reduction (the staged path is slower there)
     assert 4 * conv.macs((8, 8))["sekron"] < conv.macs((8, 8))["dense"]
     assert not conv.uses_structured_path((8, 8))
@@ -301,12 +344,16 @@ def test_conv_macs_counted_and_auto_path():
 
 def test_dense_weight_of_a_converted_tt_layer_matches_core():
     # a 4-way TT as SeKron: the last factors are stored P_k = r_1..r_k times
-    s = sk.Structure([(8, 1, 1, 1), (1, 8, 1, 1), (1, 1, 3, 1), (1, 1, 1, 3)], ranks=(8, 8, 3), clip=True)
+    s = sk.Structure(
+        [(8, 1, 1, 1), (1, 8, 1, 1), (1, 1, 3, 1), (1, 1, 1, 3)], ranks=(8, 8, 3), clip=True
+    )
     conv = SeKronConv2d(s, padding=1, dtype=torch.float64)
     _randomize(conv, 5)
     ref = sk.SeKronTensor([f.detach().numpy() for f in conv.factors]).to_dense()
     W = conv.dense_weight().detach().numpy()
-    assert np.allclose(W, ref, rtol=0, atol=64 * EPS64 * float(np.abs(ref).max()) * math.prod(s.ranks))
+    assert np.allclose(
+        W, ref, rtol=0, atol=64 * EPS64 * float(np.abs(ref).max()) * math.prod(s.ranks)
+    )
 
 
 def test_from_conv_equals_core_fit_and_keeps_settings():
@@ -317,9 +364,17 @@ def test_from_conv_equals_core_fit_and_keeps_settings():
     ref = sk.nkp(dense.weight.detach().double().numpy(), (2, 2, 3, 1), rank=2)
     for p, a in zip(conv.factors, ref.factors, strict=True):
         np.testing.assert_array_equal(p.detach().numpy(), a.astype(np.float32))
-    assert (conv.stride, conv.padding, conv.dilation) == (dense.stride, dense.padding, dense.dilation)
+    assert (conv.stride, conv.padding, conv.dilation) == (
+        dense.stride,
+        dense.padding,
+        dense.dilation,
+    )
     back = conv.to_dense()
-    assert (back.stride, back.padding, back.dilation) == (dense.stride, dense.padding, dense.dilation)
+    assert (back.stride, back.padding, back.dilation) == (
+        dense.stride,
+        dense.padding,
+        dense.dilation,
+    )
     with pytest.raises(ValueError, match="groups"):
         SeKronConv2d.from_conv(nn.Conv2d(4, 4, 3, groups=2), ratio=2)
     conv3 = SeKronConv2d.from_conv(dense, ratio=3, n_factors=3)
@@ -349,7 +404,9 @@ def test_embedding_matches_dense(n, rank, seed):
     g = torch.randn(3, 4, 8, dtype=torch.float64)
     (emb(ids) * g).sum().backward()
     (dense(ids) * g).sum().backward()
-    grads = torch.autograd.grad(emb.dense_weight(), list(emb.factors), grad_outputs=dense.weight.grad)
+    grads = torch.autograd.grad(
+        emb.dense_weight(), list(emb.factors), grad_outputs=dense.weight.grad
+    )
     for p, gp in zip(emb.factors, grads, strict=True):
         torch.testing.assert_close(p.grad, gp, atol=1e-10, rtol=1e-10)
 
@@ -372,7 +429,12 @@ def test_from_embedding_equals_nkp():
 
 
 def test_dense_path_weight_cache_follows_factor_updates():
-    conv = SeKronConv2d(sk.Structure([(2, 2, 3, 1), (2, 2, 1, 3)], ranks=2), padding=1, path="dense", dtype=torch.float64)
+    conv = SeKronConv2d(
+        sk.Structure([(2, 2, 3, 1), (2, 2, 1, 3)], ranks=2),
+        padding=1,
+        path="dense",
+        dtype=torch.float64,
+    )
     x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
     with torch.no_grad():
         y1 = conv(x)

@@ -47,11 +47,31 @@ def test_split_is_disjoint_and_seeded():
 def test_quick_run_all_methods(tmp_path):
     ex = _load_example()
     ratio = 8.0
-    summary = ex.main([
-        "--quick", "--layers", "0", "--linears", "attention.self.query", "output.dense", "--ratios", str(ratio), "--epochs", "1",
-        "--max-candidates", "1", "--n-eval", "128", "--out", str(tmp_path), "--no-plot",
-        "--methods", *QUICK_METHODS, "--corpus", "builtin",
-    ])
+    summary = ex.main(
+        [
+            "--quick",
+            "--layers",
+            "0",
+            "--linears",
+            "attention.self.query",
+            "output.dense",
+            "--ratios",
+            str(ratio),
+            "--epochs",
+            "1",
+            "--max-candidates",
+            "1",
+            "--n-eval",
+            "128",
+            "--out",
+            str(tmp_path),
+            "--no-plot",
+            "--methods",
+            *QUICK_METHODS,
+            "--corpus",
+            "builtin",
+        ]
+    )
     results = summary["results"]
     assert [r["method"] for r in results] == list(QUICK_METHODS)
     # the query (384x384) and FFN down-projection (384x1536) of block 0, with biases
