@@ -19,21 +19,21 @@ from .tensor import SeKronTensor, load
 __version__ = "0.1.0"
 
 __all__ = [
-    "SeKronTensor",
-    "Structure",
     "__version__",
-    "conv2d",
     "errors",
-    "fixed",
-    "formats",
     "kron",
+    "rearrange",
+    "unrearrange",
+    "Structure",
+    "structures",
+    "nkp",
+    "sekron",
+    "SeKronTensor",
     "load",
     "matmul",
-    "nkp",
-    "rearrange",
-    "sekron",
-    "structures",
-    "unrearrange",
+    "conv2d",
+    "formats",
+    "fixed",
 ]
 
 # name -> (module, attribute or None for the module itself); imported on first access
