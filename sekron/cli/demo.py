@@ -313,8 +313,16 @@ def _sekron_students(setup: _Setup, ratio: float) -> list[tuple[DemoRow, Any]]:
     """SeKron (3 factors) and GKPD (2 factors) through :func:`sekron.torch.compress`."""
     from ..torch import compress
 
+    # calibrated: fitted to each conv's im2col Gram on training images, with the ratio
+    # shared across the compressed convs (plain rows: per layer, by the weight error)
+    calib = [setup.X_tr[i : i + 256] for i in range(0, min(len(setup.X_tr), 1024), 256)]
     out = []
-    for label, S in (("SeKron (3 factors)", 3), ("GKPD (2 factors)", 2)):
+    for label, S, data in (
+        ("SeKron (3 factors)", 3, None),
+        ("GKPD (2 factors)", 2, None),
+        ("SeKron (3 factors), calibrated", 3, calib),
+        ("GKPD (2 factors), calibrated", 2, calib),
+    ):
         setup.say(f"compressing with {label} at {ratio:g}×")
         student, report = compress(
             setup.teacher,
@@ -322,6 +330,7 @@ def _sekron_students(setup: _Setup, ratio: float) -> list[tuple[DemoRow, Any]]:
             include=list(COMPRESSED),
             n_factors=S,
             example_input=setup.X_te[:1],
+            calibration=data,
             progress=False,
             random_state=setup.seed,
         )
