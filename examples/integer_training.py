@@ -123,7 +123,7 @@ class Net:
             gr.update(W1=gh.T @ x, b1=gh.sum(0))
             return logits, gr
         xi = x.reshape(-1, 1, 8, 8)
-        c1, h1o, w1o = im2col(xi, 3, 1, 1)
+        c1, _h1o, _w1o = im2col(xi, 3, 1, 1)
         a1 = np.maximum(c1 @ p["K1"].reshape(8, -1).T, 0)  # (N*64, 8)
         h1 = a1.reshape(-1, 8, 8, 8).transpose(0, 3, 1, 2)
         c2, h2o, w2o = im2col(h1, 3, 2, 1)

@@ -218,7 +218,7 @@ def macs_conv2d(
     >>> s.macs_conv2d(32, 32, padding=1)
     {'sekron': 3244032, 'dense': 37748736}
     """
-    pad, stages = conv_stages(shapes, ranks, h, w, stride, padding, dilation)
+    _pad, stages = conv_stages(shapes, ranks, h, w, stride, padding, dilation)
     F, C, Kh, Kw = _shape(shapes)
     Ho, Wo = stages[-1].out_hw
     return {"sekron": sum(s.macs for s in stages), "dense": F * C * Kh * Kw * Ho * Wo}

@@ -174,7 +174,7 @@ class _Problem:
 
             def flip(M: np.ndarray, rows: tuple[int, int]) -> np.ndarray:
                 return np.ascontiguousarray(
-                    M.reshape(rows + (n1, n2)).transpose(1, 0, 3, 2).reshape(M.shape)
+                    M.reshape((*rows, n1, n2)).transpose(1, 0, 3, 2).reshape(M.shape)
                 )
 
             sw.W2 = flip(self.W2, (m1, m2))
@@ -214,7 +214,7 @@ def _apply_gram(P: _Problem, B: np.ndarray, X: np.ndarray) -> np.ndarray:
 def _normal_matrix(P: _Problem, B: np.ndarray) -> np.ndarray:
     """``G[(r,j1),(s,k1)] = Σ_{i2} B_r[i2,:] C_{j1 k1} B_s[i2,:]ᵀ``, shared by all rows i1."""
     R = B.shape[0]
-    m1, m2, n1, n2 = P.shape4()
+    _m1, _m2, n1, n2 = P.shape4()
     BB = np.einsum("rbj,sbk->rsjk", B, B, optimize=True).reshape(R * R, n2 * n2)
     C4 = P.Cr.reshape(n1, n2, n1, n2).transpose(0, 2, 1, 3).reshape(n1 * n1, n2 * n2)
     G = (BB @ C4.T).reshape(R, R, n1, n1).transpose(0, 2, 1, 3)
@@ -514,7 +514,7 @@ def _prefix_terms(factors: Sequence[np.ndarray], S: int) -> np.ndarray:
     terms = [factors[0][r] for r in range(factors[0].shape[0])]
     for k in range(1, S - 1):
         f = factors[k]  # (R_1..R_{k+1}, *a^(k+1))
-        flat = f.reshape((-1, f.shape[k]) + f.shape[k + 1 :])
+        flat = f.reshape((-1, f.shape[k], *f.shape[k + 1 :]))
         terms = [
             _modewise_kron(t, flat[p, r]) for p, t in enumerate(terms) for r in range(f.shape[k])
         ]

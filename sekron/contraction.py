@@ -202,7 +202,7 @@ class _Builder:
         w = final if post is None else tuple(final[a] for a in post)
         a, b = (w, self.shape) if first else (self.shape, w)
         batch = np.broadcast_shapes(a[:-2], b[:-2])
-        self.shape = tuple(batch) + (a[-2], b[-1])
+        self.shape = (*tuple(batch), a[-2], b[-1])
         if perm is not None and tuple(perm) == tuple(range(len(perm))):
             perm = None
         self.steps.append(
@@ -501,7 +501,7 @@ def execute_linear(plan: LinearPlan, x: Any, factors: Sequence[Any], backend: An
     be = _NUMPY if backend is None else backend
     if plan.transpose:
         factors = [
-            be.transpose(f, tuple(range(f.ndim - 2)) + (f.ndim - 1, f.ndim - 2)) for f in factors
+            be.transpose(f, (*tuple(range(f.ndim - 2)), f.ndim - 1, f.ndim - 2)) for f in factors
         ]
     for step in plan.steps:
         if isinstance(step, ReshapeStep):
@@ -651,4 +651,4 @@ def rmatmul_factors(X: Any, factors: Sequence[np.ndarray]) -> np.ndarray:
     batch = Xa.shape[:-1]
     X2 = Xa.reshape(-1, m).T  # (m, B): a view, the rows become columns
     Y = _run_numpy(factors, X2, linear_plan(shapes, ranks, transpose=True))  # (n, B)
-    return np.ascontiguousarray(Y.T).reshape(batch + (n,))
+    return np.ascontiguousarray(Y.T).reshape((*batch, n))

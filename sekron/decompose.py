@@ -579,11 +579,11 @@ def _tails(
 ) -> np.ndarray:
     """``Tail[r_1..r_k, i_{k+1}..i_S] = Σ_{r_{k+1}..} Π_{j>k} A_j``, shape ``(P_k, prod_{j>k}|a_j|)``."""
     S = len(factors)
-    Y = factors[-1].reshape(ranks + (sizes[-1],))
+    Y = factors[-1].reshape((*ranks, sizes[-1]))
     for j in range(S - 2, k, -1):
         P = math.prod(ranks[:j])
         A = factors[j].reshape(P, ranks[j], sizes[j])
-        Y = np.matmul(A.transpose(0, 2, 1), Y.reshape(P, ranks[j], -1)).reshape(ranks[:j] + (-1,))
+        Y = np.matmul(A.transpose(0, 2, 1), Y.reshape(P, ranks[j], -1)).reshape((*ranks[:j], -1))
     return Y.reshape(math.prod(ranks[: min(k + 1, S - 1)]), -1)
 
 
@@ -681,7 +681,7 @@ def _solve_factor(
 
 def _grow_gram(gram: np.ndarray, A: np.ndarray) -> np.ndarray:
     """Gram of prefix products after one more level: ``G[(p,r),(p',r')] = G[p,p'] <A[p,r],A[p',r']>``."""
-    Pp, R, n = A.shape
+    Pp, R, _n = A.shape
     inner = np.einsum("pri,qsi->prqs", A, A)
     return (gram[:, None, :, None] * inner).reshape(Pp * R, Pp * R)
 

@@ -226,16 +226,16 @@ class SeKronTensor:
         st = self._structure
         S, sizes, ranks = st.n_factors, st.sizes, st.ranks
         # Y holds sum over r_k.. of the tail, indexed by (r_1..r_{k-1}, prefix-free tail)
-        Y = self._factors[-1].reshape(ranks + (sizes[-1],))
+        Y = self._factors[-1].reshape((*ranks, sizes[-1]))
         for k in range(S - 2, -1, -1):
-            A = self._factors[k].reshape(ranks[:k] + (ranks[k], sizes[k]))
+            A = self._factors[k].reshape((*ranks[:k], ranks[k], sizes[k]))
             # Y: (*ranks[:k], R_k, tail) ; A: (*ranks[:k], R_k, |a^k|)
             P = int(np.prod(ranks[:k], dtype=np.int64))
             tail = Y.shape[-1]
             Y = np.matmul(
                 A.reshape(P, ranks[k], sizes[k]).transpose(0, 2, 1),
                 Y.reshape(P, ranks[k], tail),
-            ).reshape(ranks[:k] + (sizes[k] * tail,))
+            ).reshape((*ranks[:k], sizes[k] * tail))
         return Y.reshape(sizes)
 
     def to_dense(self) -> np.ndarray:

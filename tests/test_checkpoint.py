@@ -247,7 +247,7 @@ def test_cli_compress_writes_exactly_the_named_file(tmp_path):
     src = tmp_path / "w.npz"
     np.savez(src, **_weights(np.random.default_rng(5)))
     out = tmp_path / "out.bin"
-    code, text = _cli([src, "--ratio", "4", "-o", out, "--min-size", "1000"], tmp_path)
+    code, _text = _cli([src, "--ratio", "4", "-o", out, "--min-size", "1000"], tmp_path)
     assert code == 0 and out.is_file() and not (tmp_path / "out.bin.npz").exists()
     assert isinstance(load_compressed(out)["fc.weight"], sk.SeKronTensor)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin", "w.npz"]  # no temp left

@@ -128,7 +128,7 @@ def test_refuses_to_write_onto_an_input_and_reports_bad_files(
 
 
 def test_convert_uses_the_base_for_names_and_flattened_conv_kernels(checkpoints, tmp_path) -> None:
-    base, tuned, deltas = checkpoints
+    base, tuned, _deltas = checkpoints
     lokr_file = tmp_path / "lokr_r1.safetensors"
     # rank 1 < 4 / 2: LyCORIS's layout stores the conv's w2 low rank, its kernel flattened
     assert (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -76,7 +77,7 @@ def test_nkp_error_never_grows_with_rank_and_is_exact_at_full_rank(case):
     max_rank = min(math.prod(a), math.prod(b))
     errors = [sk.nkp(W, a, rank=r).error_bound for r in range(1, max_rank + 1)]
     slack = 4 * _eps(W.dtype) * float(np.linalg.norm(W.astype(np.float64)))
-    assert all(e2 <= e1 + slack for e1, e2 in zip(errors, errors[1:], strict=False))
+    assert all(e2 <= e1 + slack for e1, e2 in itertools.pairwise(errors))
     full = sk.nkp(W, a, rank=max_rank)
     assert _true_error(W, full) <= 4 * sum(full.structure.sizes) * _eps(W.dtype) * np.linalg.norm(
         W.astype(np.float64)

@@ -70,7 +70,7 @@ def test_ratio_orders_by_cost_or_by_parameters():
     for sel in (by_params, by_cost):
         assert sel.structure.n_params <= W.size / 4
         assert 1 <= sel.n_candidates <= 6
-    with pytest.raises(ValueError, match="^order: expected 'cost' or 'params'"):
+    with pytest.raises(ValueError, match=r"^order: expected 'cost' or 'params'"):
         select_by_ratio(W, 4, cost=params, dense_cost=W.size, order="speed")
 
 
@@ -80,7 +80,7 @@ def test_ratio_deep_uses_three_factors_within_budget():
         sel = select_by_ratio_deep(W, ratio, cost=params, dense_cost=W.size)
         assert sel.structure.n_factors == 3 and sel.structure.n_params <= W.size / ratio
         assert_certified(W, sel)
-    with pytest.raises(ValueError, match="^n_factors: expected an integer >= 3"):
+    with pytest.raises(ValueError, match=r"^n_factors: expected an integer >= 3"):
         select_by_ratio_deep(W, 2.0, n_factors=2, cost=params, dense_cost=W.size)
 
 
@@ -112,7 +112,7 @@ def test_fixed_structure_is_fitted_as_given_or_refused():
     sel = select_fixed(W, sk.Structure([(2, 3), (2, 2)], 2))
     assert sel.structure == sk.Structure([(2, 3), (2, 2)], 2) and sel.n_candidates == 1
     assert_certified(W, sel)
-    with pytest.raises(ShapeError, match="^structure: expected a structure of shape"):
+    with pytest.raises(ShapeError, match=r"^structure: expected a structure of shape"):
         select_fixed(W, [(2, 2), (2, 2)], ranks=1)
     with pytest.raises(ShapeError, match="does not have the form"):
         select_fixed(W, [(2, 3), (2, 2)], ranks=1, accept=lambda s: False)
@@ -123,9 +123,9 @@ def test_select_dispatches_and_rejects_what_it_would_drop():
     common = dict(cost=params, dense_cost=W.size)
     assert select(W, ratio=4, n_factors=3, **common).structure.n_factors == 3
     assert select(W, structure=[(4, 4), (4, 4)], ranks=2, **common).structure.ranks == (2,)
-    with pytest.raises(ValueError, match="^ranks: expected None unless structure="):
+    with pytest.raises(ValueError, match=r"^ranks: expected None unless structure="):
         select(W, ratio=4, ranks=7, **common)
-    with pytest.raises(ValueError, match="^ranks: expected None unless structure="):
+    with pytest.raises(ValueError, match=r"^ranks: expected None unless structure="):
         select(W, tol=0.5, ranks=7, **common)
     with pytest.raises(ValueError, match="exactly one of structure=, ratio= and tol="):
         select(W, ratio=4, tol=0.5, **common)
@@ -171,7 +171,7 @@ def test_compress_weight_skips_what_no_structure_fits():
 def test_budget_checks_its_arguments_once_up_front():
     with pytest.raises(ValueError, match="exactly one of ratio= and tol="):
         budget()
-    with pytest.raises(ValueError, match="^ratio: expected a compression ratio >= 1"):
+    with pytest.raises(ValueError, match=r"^ratio: expected a compression ratio >= 1"):
         budget(ratio=0.5)
-    with pytest.raises(ValueError, match="^tol: expected a relative error in"):
+    with pytest.raises(ValueError, match=r"^tol: expected a relative error in"):
         budget(tol=1.5)

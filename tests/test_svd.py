@@ -101,8 +101,8 @@ def test_same_seed_same_bits(method):
 
 def test_randomized_solver_accepts_an_operator():
     M, _ = _known_spectrum(40, 30, 4)
-    U, s, Vt = truncated_svd(_Operator(M), 3, random_state=0, n_iter=7)
-    U0, s0, Vt0 = truncated_svd(M, 3, method="full")
+    U, s, _Vt = truncated_svd(_Operator(M), 3, random_state=0, n_iter=7)
+    U0, s0, _Vt0 = truncated_svd(M, 3, method="full")
     # same seed, same bits whether the matrix is explicit or only an operator
     Ua, sa, Vta = truncated_svd(_Operator(M), 3, random_state=1)
     Ub, sb, Vtb = truncated_svd(M, 3, method="randomized", random_state=1)
@@ -115,7 +115,7 @@ def test_randomized_solver_accepts_an_operator():
 
 
 def test_full_rank_and_auto():
-    M, s_true = _known_spectrum(6, 9, 5)
+    M, _s_true = _known_spectrum(6, 9, 5)
     for method in ["auto", *METHODS]:
         U, s, Vt = truncated_svd(M, 6, method=method, random_state=0)
         np.testing.assert_allclose((U * s) @ Vt, M, rtol=0, atol=100 * np.finfo(float).eps * 9)

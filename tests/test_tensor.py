@@ -73,7 +73,7 @@ def test_transpose_permutes_the_modes_of_the_dense_tensor(s, seed, data):
     assert np.array_equal(t.T.to_dense(), t.to_dense().T)
     assert tt.error_bound == 0.5 and tt.reference_norm == 2.0
     with pytest.raises(ShapeError, match="axes"):
-        t.transpose(tuple(range(s.ndim)) + (0,))
+        t.transpose((*tuple(range(s.ndim)), 0))
 
 
 def test_facts_of_a_small_tensor():

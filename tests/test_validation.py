@@ -172,7 +172,7 @@ def test_other_bad_arguments_name_the_argument(call, exc, name):
 
 def _frozen(x: np.ndarray) -> np.ndarray:
     """A read-only, non-contiguous view: writing into it (or assuming C order) would show."""
-    big = np.zeros((2,) + x.shape, dtype=x.dtype)
+    big = np.zeros((2, *x.shape), dtype=x.dtype)
     big[1] = x
     view = big[1]
     view = np.asfortranarray(view)
@@ -295,7 +295,7 @@ def test_as_rank_accepts_exactly_1_to_maximum(r, maximum):
 
 @pytest.mark.parametrize("bad", [0, -3, 1.0, True, "2", None, np.float64(2.0)])
 def test_as_rank_rejects_non_ranks_with_a_rank_error(bad):
-    with pytest.raises(RankError, match="^ranks\\[1\\]: expected an integer >= 1"):
+    with pytest.raises(RankError, match=r"^ranks\[1\]: expected an integer >= 1"):
         v.as_rank(bad, "ranks[1]")
 
 
@@ -306,23 +306,23 @@ def test_as_pair_of_an_int_and_of_a_pair(a, b, minimum):
         assert v.as_pair((a, b), "stride", minimum=minimum) == (a, b)
         assert v.as_pair(np.array([a, b]), "stride", minimum=minimum) == (a, b)
     else:
-        with pytest.raises(ValueError, match="^stride: expected ints >= "):
+        with pytest.raises(ValueError, match=r"^stride: expected ints >= "):
             v.as_pair((a, b), "stride", minimum=minimum)
 
 
 @pytest.mark.parametrize("bad", [1.5, (1, 2, 3), (1,), (1.0, 2), (True, 1), "ab", None])
 def test_as_pair_rejects_non_pairs_naming_the_argument(bad):
-    with pytest.raises(TypeError, match="^padding: expected an int or a pair of ints, got"):
+    with pytest.raises(TypeError, match=r"^padding: expected an int or a pair of ints, got"):
         v.as_pair(bad, "padding", minimum=0)
 
 
 def test_check_ratio():
     assert v.check_ratio(1) == 1.0 and v.check_ratio(np.float32(2.5)) == 2.5
     for bad in (0.5, 0, -1, float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="^ratio: expected a compression ratio >= 1"):
+        with pytest.raises(ValueError, match=r"^ratio: expected a compression ratio >= 1"):
             v.check_ratio(bad)
     for bad in ("4", None, True, [4]):
-        with pytest.raises(TypeError, match="^--ratio: expected a number >= 1"):
+        with pytest.raises(TypeError, match=r"^--ratio: expected a number >= 1"):
             v.check_ratio(bad, "--ratio")
 
 
@@ -330,7 +330,7 @@ def test_check_rounding():
     assert v.check_rounding("stochastic") == "stochastic"
     assert v.check_rounding("nearest") == "nearest"
     for bad in ("floor", None, 1, ["nearest"]):
-        with pytest.raises(ValueError, match="^rounding: expected 'stochastic' or 'nearest'"):
+        with pytest.raises(ValueError, match=r"^rounding: expected 'stochastic' or 'nearest'"):
             v.check_rounding(bad)
 
 
@@ -338,7 +338,7 @@ def test_check_exactly_one():
     assert v.check_exactly_one(structure=None, ratio=0, tol=None) == "ratio"  # 0 is given
     with pytest.raises(ValueError, match="exactly one of structure=, ratio= and tol=, got none"):
         v.check_exactly_one(structure=None, ratio=None, tol=None)
-    with pytest.raises(ValueError, match="got ratio= and tol=$"):
+    with pytest.raises(ValueError, match=r"got ratio= and tol=$"):
         v.check_exactly_one(structure=None, ratio=2, tol=0.1)
 
 
@@ -354,7 +354,7 @@ def test_svd_auto_rule(m, n, rank):
 def test_svd_method_rejects_unknown_solvers_and_the_svd_module_agrees():
     from sekron.svd import choose_method
 
-    with pytest.raises(ValueError, match="^method: expected 'auto'"):
+    with pytest.raises(ValueError, match=r"^method: expected 'auto'"):
         v.svd_method("lapack", (4, 4), 1)
     for shape, rank in [((513, 600), 51), ((513, 600), 52), ((512, 4096), 1), ((600, 600), 60)]:
         assert choose_method(shape, rank) == v.svd_method("auto", shape, rank)

@@ -85,8 +85,7 @@ def _prose(lines: list[str]) -> str | None:
     if (
         _UNDERLINE.match(head)
         or _CODE_START.match(head)
-        or (len(lines) > 1
-        and _UNDERLINE.match(lines[1].strip()))
+        or (len(lines) > 1 and _UNDERLINE.match(lines[1].strip()))
     ):
         return None
     step = 2 if _BULLET.match(head) else 0

@@ -340,7 +340,7 @@ def matmul_backward(
             f"b: expected {a.shape[1]} rows to match a of shape {a.shape}, got shape {b.shape}"
         )
     ea, eb = _scalar_exp(a, "a"), _scalar_exp(b, "b")
-    m, k = a.shape
+    m, _k = a.shape
     n = b.shape[1]
     nb = max(a.bits, b.bits) if bits is None else check_bits(bits)
     key = resolve_seed(seed)

@@ -349,7 +349,7 @@ def _backward_mapped(
 ) -> tuple[FixedTensor, FixedTensor]:
     """DX from ``g1`` and dW from ``g2``, both mapped gradients of one group (checked)."""
     ex, ew, eg1, eg2 = int(x.exponent), int(weight.exponent), int(g1.exponent), int(g2.exponent)  # type: ignore[call-overload]
-    n, c, _, _, f, kh, kw, ho, wo = _geometry(x.shape, weight.shape, st, pd, dl)
+    n, _c, _, _, f, kh, kw, ho, wo = _geometry(x.shape, weight.shape, st, pd, dl)
     g1_mat = g1.mantissa.transpose(0, 2, 3, 1).reshape(-1, f)  # (N*Ho*Wo, F)
     g2_mat = g2.mantissa.transpose(0, 2, 3, 1).reshape(-1, f)
     w_mat = weight.mantissa.reshape(f, -1)  # (F, C*kh*kw)

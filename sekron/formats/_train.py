@@ -77,7 +77,7 @@ def sekron_from_train(cores: list[np.ndarray], shapes: Sequence[Sequence[int]]) 
     state: np.ndarray = np.zeros(1, dtype=np.intp)
     for k in range(S - 1):
         G = cores[k]
-        b, d, b_next = G.shape
+        _b, d, b_next = G.shape
         P = math.prod(ranks)
         left = G[state] if onehot else np.einsum("pa,aib->pib", state, G)  # (P, d, b')
         if b_next <= d:  # mirror: one child per bond index

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -89,7 +90,7 @@ def _mode_of_factors(shapes: Sequence[Sequence[int]]) -> list[int] | None:
         modes.append(nontrivial[0] if nontrivial else (modes[-1] if modes else -1))
     first = next((m for m in modes if m >= 0), 0)
     modes = [first if m < 0 else m for m in modes]
-    if any(b < a for a, b in zip(modes, modes[1:], strict=False)):
+    if any(b < a for a, b in itertools.pairwise(modes)):
         return None
     return modes
 

@@ -93,7 +93,7 @@ def from_tucker(tucker: Any) -> SeKronTensor:
     out = []
     for k in range(N - 1):
         lead = tuple(ranks[:k])
-        A = np.broadcast_to(factors[k].T, lead + (ranks[k], dims[k]))
+        A = np.broadcast_to(factors[k].T, (*lead, ranks[k], dims[k]))
         out.append(np.ascontiguousarray(A).reshape(lead + (ranks[k],) + shapes[k]))
     P = math.prod(ranks[:-1])
     last = core.reshape(P, ranks[-1]) @ factors[-1].T

@@ -159,7 +159,7 @@ def _build_plan(
             Pk, R = _prod(ranks[:k]), ranks[k]
             shape = (-1, _prod(C[:k]), C[k], _prod(F[k + 2 :]), Pk, R, F[k + 1], H, W)
             perm = (0, 1, 6, 3, 4, 5, 2, 7, 8)
-            full = (1,) + shape[1:]
+            full = (1, *shape[1:])
             steps += _layout_steps(full, perm, (-1, Pk * R * C[k], H, W))
             pre = (Pk, R, F[k], C[k], kh, kw)
             wperm = (0, 2, 1, 3, 4, 5)
@@ -200,7 +200,7 @@ def _fix_batch_axis(steps: list[Step]) -> list[Step]:
     out: list[Step] = []
     for s in steps:
         if isinstance(s, ReshapeStep):
-            s = ReshapeStep((-1,) + s.shape[1:])
+            s = ReshapeStep((-1, *s.shape[1:]))
             if out and isinstance(out[-1], ReshapeStep):  # two reshapes in a row: keep the last
                 out.pop()
         out.append(s)

@@ -323,7 +323,7 @@ def _peft_split(dim: int, factor: int) -> tuple[int, int]:
 
 def _peft_factor(adapters: dict[str, LoKr]) -> int:
     """A ``decompose_factor`` under which PEFT rebuilds every layer's factor shapes."""
-    cands = [-1] + sorted({d for u in adapters.values() for d in (*u.w1.shape, *u.shape_w2[:2])})
+    cands = [-1, *sorted({d for u in adapters.values() for d in (*u.w1.shape, *u.shape_w2[:2])})]
     for f in cands:
         if all(
             _peft_split(u.shape[0], f) == (u.w1.shape[0], u.shape_w2[0])

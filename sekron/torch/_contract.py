@@ -49,7 +49,7 @@ def dense_from_factors(factors: Sequence[torch.Tensor], structure: Structure) ->
         a = tuple(shapes[k])
         A = factors[k].reshape(P, R, math.prod(a)).transpose(1, 2)
         Z = torch.bmm(A, Y.reshape(P, R, math.prod(tail)))  # (P, prod a, prod tail)
-        Z = Z.reshape((P,) + a + tail)
+        Z = Z.reshape((P, *a, *tail))
         perm = [0] + [v for n in range(N) for v in (1 + n, 1 + N + n)]
         tail = tuple(x * t for x, t in zip(a, tail, strict=True))
         Y = Z.permute(perm).reshape(P, math.prod(tail))

@@ -190,7 +190,7 @@ def test_batched_matmul_rejects_bad_shapes():
     with pytest.raises(ShapeError, match="b"):
         fixed.batched_matmul(a, fixed.FixedTensor(np.ones((4, 2), np.int8), 0, 8))
     per_slice = fixed.FixedTensor(
-        np.ones((2, 4, 1), np.int8), np.zeros((2, 1, 1), np.int64) + [[[0]], [[1]]], 8
+        np.ones((2, 4, 1), np.int8), np.array([[[0]], [[1]]], np.int64), 8
     )
     with pytest.raises(ShapeError, match="b"):
         fixed.batched_matmul(a, per_slice)

@@ -15,7 +15,7 @@ def conv_ref(x, w, stride, padding, dilation):
     """Direct int64 cross-correlation, one output pixel at a time."""
     x = x.astype(np.int64)
     w = w.astype(np.int64)
-    n, c, h, wd = x.shape
+    n, _c, h, wd = x.shape
     f, _, kh, kw = w.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))

@@ -81,7 +81,7 @@ def test_from_tt_mirrors_cores_entry_for_entry(shape, rank):
     )
     N = len(shape)
     for k, (G, A) in enumerate(zip(tt.factors, t.factors, strict=True)):
-        A = A.reshape(A.shape[: min(k + 1, N - 1)] + (shape[k],))
+        A = A.reshape((*A.shape[: min(k + 1, N - 1)], shape[k]))
         if k == 0:
             assert np.array_equal(A, G[0].T)
         elif k < N - 1:
@@ -89,13 +89,13 @@ def test_from_tt_mirrors_cores_entry_for_entry(shape, rank):
             assert np.array_equal(
                 A.reshape(-1, rank[k], rank[k + 1], shape[k]),
                 np.broadcast_to(
-                    G.transpose(0, 2, 1), (A.size // G.size,) + G.transpose(0, 2, 1).shape
+                    G.transpose(0, 2, 1), (A.size // G.size, *G.transpose(0, 2, 1).shape)
                 ),
             )
         else:
             assert np.array_equal(
                 A.reshape(-1, rank[k], shape[k]),
-                np.broadcast_to(G[:, :, 0], (A.size // G[:, :, 0].size,) + G[:, :, 0].shape),
+                np.broadcast_to(G[:, :, 0], (A.size // G[:, :, 0].size, *G[:, :, 0].shape)),
             )
 
 
@@ -224,7 +224,7 @@ def sekron_tensors(draw, ndim=None):
     S = draw(st.integers(2, 4))
     shapes = [tuple(draw(st.integers(1, 3)) for _ in range(N)) for _ in range(S)]
     if all(np.prod(s) == 1 for s in shapes):
-        shapes[0] = (2,) + shapes[0][1:]
+        shapes[0] = (2, *shapes[0][1:])
     base = sk.Structure(shapes)
     ranks = tuple(draw(st.integers(1, m)) for m in base.max_ranks)
     st_ = base.with_ranks(ranks)

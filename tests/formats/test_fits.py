@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import tensorly as tl
@@ -47,13 +49,13 @@ def test_to_tucker_error_is_reported_and_monotone_in_ranks():
         for U in tk.factors:  # orthonormal factors
             np.testing.assert_allclose(U.T @ U, np.eye(U.shape[1]), atol=_tol(np.float64, U.size))
         errors.append(err)
-    assert all(b <= a + 1e-12 for a, b in zip(errors, errors[1:], strict=False))
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(errors))
 
 
 def test_to_tucker_recovers_a_tucker_tensor():
     tk = tl.random.random_tucker((6, 5, 4), rank=(2, 3, 2), random_state=0)
     t = from_tucker(tk)
-    fit, err = to_tucker(t, (2, 3, 2))
+    _fit, err = to_tucker(t, (2, 3, 2))
     assert err <= _tol(np.float64, 120)
 
 

@@ -29,7 +29,7 @@ def direct_conv(x, W, stride, padding, dilation):
     """Independent reference: one channel contraction per kernel offset (no im2col)."""
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    F, C, Kh, Kw = W.shape
+    F, _C, Kh, Kw = W.shape
     Ho = (xp.shape[2] - dh * (Kh - 1) - 1) // sh + 1
     Wo = (xp.shape[3] - dw * (Kw - 1) - 1) // sw + 1
     out = np.zeros((x.shape[0], F, Ho, Wo))
@@ -87,7 +87,7 @@ def check_close(got, want, scale, dtype, reduction):
     seed=st.integers(0, 2**32 - 1),
 )
 def test_sekron_conv_equals_dense(struct, n, h, w, stride, padding, dilation, dtype, seed):
-    F, C, Kh, Kw = struct.shape
+    _F, C, Kh, Kw = struct.shape
     s, p, d = as_pair(stride), as_pair(padding), as_pair(dilation)
     if h + 2 * p[0] < d[0] * (Kh - 1) + 1 or w + 2 * p[1] < d[1] * (Kw - 1) + 1:
         with pytest.raises(ShapeError, match="smaller than the dilated kernel"):
@@ -182,7 +182,7 @@ def test_plan_is_frozen_batch_agnostic_and_matches_structure():
     for n in (1, 4):  # one plan, any batch size
         x = rng.normal(size=(n, 8, 7, 8))
         y = execute_plan(plan, x, kernel.factors)
-        assert y.shape == (n,) + plan.out_shape
+        assert y.shape == (n, *plan.out_shape)
         Wabs = sk.SeKronTensor([np.abs(f) for f in kernel.factors]).to_dense()
         scale = direct_conv(np.abs(x), Wabs, (2, 2), (1, 1), (1, 1))
         check_close(

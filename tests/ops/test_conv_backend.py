@@ -25,7 +25,7 @@ from sekron.ops._im2col import _split_axes, conv2d_regrouped, pad2d
 
 def direct_conv(x, w, stride, dilation, groups):
     """Independent reference: valid grouped cross-correlation, one offset at a time."""
-    B, C, H, W = x.shape
+    B, _C, H, W = x.shape
     F, Cg, kh, kw = w.shape
     (sh, sw), (dh, dw) = stride, dilation
     Ho, Wo = (H - dh * (kh - 1) - 1) // sh + 1, (W - dw * (kw - 1) - 1) // sw + 1
@@ -99,7 +99,7 @@ def test_conv2d_regrouped_reads_and_writes_transposed_views(p, seed, data):
     # through a transposed view (what a plan's Reshape-Transpose-Reshape produces)
     lead = _factorizations(B * C, data)
     perm = data.draw(st.permutations(range(len(lead))))
-    stored = rng.normal(size=tuple(lead[a] for a in perm) + (H, W)).astype(dtype)
+    stored = rng.normal(size=(*tuple(lead[a] for a in perm), H, W)).astype(dtype)
     xv = stored.transpose(*np.argsort(perm), len(lead), len(lead) + 1)
     assert xv.shape[:-2] == tuple(lead)
     logical = np.reshape(xv, (B, C, H, W))
@@ -113,7 +113,7 @@ def test_conv2d_regrouped_reads_and_writes_transposed_views(p, seed, data):
     Ho, Wo = want.shape[2:]
     olead = _factorizations(B * F, data)
     operm = data.draw(st.permutations(range(len(olead))))
-    dest = np.full(tuple(olead[a] for a in operm) + (Ho, Wo), np.nan, dtype=dtype)
+    dest = np.full((*tuple(olead[a] for a in operm), Ho, Wo), np.nan, dtype=dtype)
     out = dest.transpose(*np.argsort(operm), len(olead), len(olead) + 1)
     res = conv2d_regrouped(xv, (-1, C, H, W), w, stride, dilation, g, out=out)
     if res is out:
@@ -132,7 +132,7 @@ def _factorizations(n, data):
         d = data.draw(st.sampled_from(divisors))
         factors.append(d)
         rest //= d
-    return factors + [rest]
+    return [*factors, rest]
 
 
 def test_regrouped_writes_into_contiguous_rows_and_copies_otherwise():
@@ -191,7 +191,7 @@ def kernel_structures(draw):
 def test_run_plan_equals_generic_backend(
     struct, n, stride, padding, dilation, seed, small, monkeypatch_module
 ):
-    F, C, Kh, Kw = struct.shape
+    _F, C, Kh, Kw = struct.shape
     h = w = 9
     if h + 2 * padding < dilation * (Kh - 1) + 1 or w + 2 * padding < dilation * (Kw - 1) + 1:
         return
@@ -206,7 +206,7 @@ def test_run_plan_equals_generic_backend(
         got = run_plan(plan, x, kernel.factors)
     finally:
         monkeypatch_module.undo()
-    assert got.flags.c_contiguous and got.shape == (n,) + plan.out_shape
+    assert got.flags.c_contiguous and got.shape == (n, *plan.out_shape)
     want = execute_plan(plan, x, kernel.factors, NumpyBackend())
     Wabs = sk.SeKronTensor([np.abs(f) for f in kernel.factors]).to_dense()
     scale = direct_conv(

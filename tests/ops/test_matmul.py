@@ -57,7 +57,7 @@ def abs_dense(op):
 def test_matmul_equals_dense(st_, k, vec, dtype, seed):
     rng = np.random.default_rng(seed)
     op = random_sekron(st_, rng, dtype)
-    m, n = op.shape
+    _m, n = op.shape
     X = rng.normal(size=(n,) if vec else (n, k)).astype(dtype)
     got = matmul(op, X)
     assert got.dtype == dtype
@@ -82,13 +82,13 @@ def test_rmatmul_equals_dense(st_, batch, dtype, seed):
     m, n = op.shape
     W64, Wabs = op.astype(np.float64).to_dense(), abs_dense(op)
     K = max(m, n) * math.prod(st_.ranks)
-    X = rng.normal(size=tuple(batch) + (m,)).astype(dtype)
+    X = rng.normal(size=(*tuple(batch), m)).astype(dtype)
     got = rmatmul(X, op)
-    assert got.dtype == dtype and got.shape == tuple(batch) + (n,)
+    assert got.dtype == dtype and got.shape == (*tuple(batch), n)
     assert_close(got, X.astype(np.float64) @ W64, np.abs(X.astype(np.float64)) @ Wabs, dtype, K)
     assert np.array_equal(op.__rmatmul__(X), got)
     # the linear-layer form x @ W.T
-    Y = rng.normal(size=tuple(batch) + (n,)).astype(dtype)
+    Y = rng.normal(size=(*tuple(batch), n)).astype(dtype)
     got_t = Y @ op.T  # ndarray @ op defers to SeKronTensor.__rmatmul__
     assert np.array_equal(got_t, rmatmul(Y, op.T))
     assert_close(

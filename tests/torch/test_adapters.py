@@ -117,7 +117,7 @@ def test_tol_picks_the_smallest_sufficient_rank() -> None:
         rng.normal(size=(8, 3)) @ np.diag([10, 1, 0.1]) @ rng.normal(size=(3, 8)),
     )
     D += 1e-4 * rng.normal(size=D.shape)
-    lokr, fit = ad.fit_update(D, tol=0.02)
+    _lokr, fit = ad.fit_update(D, tol=0.02)
     assert fit.relative_error <= 0.02
     q = fit.rank
     assert q is not None and q >= 2

@@ -152,7 +152,7 @@ def test_compress_bad_inputs(capsys):
 def test_report_matches_compression_ratio_per_layer():
     torch.manual_seed(0)
     lin = nn.Linear(48, 32)
-    small, report = compress(nn.Sequential(lin), ratio=6, progress=False, max_candidates=3)
+    _small, report = compress(nn.Sequential(lin), ratio=6, progress=False, max_candidates=3)
     r = report[0]
     st = sk.Structure(
         [tuple(int(d) for d in s.split("×")) for s in r.structure.split(" @")[0].split(" ⊗ ")], 1

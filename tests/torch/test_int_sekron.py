@@ -192,7 +192,7 @@ def test_int_backend_conv_exact_at_training_sizes():
     y = be.conv2d(x, w, (1, 1), (1, 1), 4)
     go = torch.randn(y.shape, generator=g)
     y.backward(go)
-    fwd, bwd = _split_seed(stage_seed(1, 0))
+    _fwd, _bwd = _split_seed(stage_seed(1, 0))
     xq, wq = (
         fixed.to_fixed(x.detach().numpy(), 8, "nearest"),
         fixed.to_fixed(w.detach().numpy(), 8, "nearest"),

@@ -92,7 +92,7 @@ def test_int_layer_norm_and_embedding_equal_engine():
     np.testing.assert_array_equal(y.detach().numpy(), ref.to_float())
     g = np.random.default_rng(2).normal(size=(3, 8))
     y.backward(torch.from_numpy(g))
-    dx, dgam, dbet = fixed.layer_norm_backward(g, cache, rounding="nearest")
+    dx, dgam, _dbet = fixed.layer_norm_backward(g, cache, rounding="nearest")
     np.testing.assert_array_equal(x.grad.numpy(), dx.to_float())
     np.testing.assert_array_equal(ln.weight.grad.numpy(), dgam.to_float())
     emb = IntEmbedding(10, 4, bits=8, rounding="nearest", dtype=torch.float64)

@@ -226,7 +226,7 @@ def test_linear_bad_inputs():
         SeKronLinear.from_linear(nn.Linear(8, 8), ratio=0.5)
     with pytest.raises(ValueError, match="exactly one"):
         SeKronLinear.from_linear(nn.Linear(8, 8), ratio=2, tol=0.1)
-    with pytest.raises(TypeError, match="nn.Linear"):
+    with pytest.raises(TypeError, match=r"nn.Linear"):
         SeKronLinear.from_linear(nn.Conv2d(2, 2, 1), ratio=2)
     with pytest.raises(ShapeError, match="compression"):
         SeKronLinear.from_linear(nn.Linear(4, 2), ratio=100)
