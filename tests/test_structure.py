@@ -227,3 +227,13 @@ def test_structures_bad_arguments():
         sk.structures((4, 4), 2, ranks="max")
     with pytest.raises(ValueError, match="max_params"):
         sk.structures((4, 4), 2, max_params=0)
+
+
+def test_structures_of_a_huge_prime_mode_finish_quickly_and_find_no_split():
+    # a prime mode has only the trivial factorizations; the enumeration must not try
+    # every number up to 2**31 - 1 to find that out
+    from sekron.structure import _divisors
+
+    assert _divisors(2**31 - 1) == (1, 2**31 - 1)
+    assert _divisors(36) == (1, 2, 3, 4, 6, 9, 12, 18, 36)
+    assert list(sk.structures((2**31 - 1,))) == []
