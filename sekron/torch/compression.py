@@ -497,14 +497,13 @@ def _model_budget(
         if n in grams and _tied(model, n, model.get_submodule(n)) is None
     }
     sizes = {}
+    dense: dict[str, np.ndarray] = {}
     for n, mod in layers.items():
         w = mod.weight
         assert isinstance(w, torch.Tensor)
         sizes[n] = (int(w.shape[0]), int(w[0].numel()))
-    spectra = {
-        n: WhitenedSpectrum(layers[n].weight.detach().double().cpu().numpy(), grams[n], ridge)
-        for n in layers
-    }
+        dense[n] = w.detach().double().cpu().numpy()
+    spectra = {n: WhitenedSpectrum(dense[n], grams[n], ridge) for n in layers}
     ranks = uniform_ranks(sizes, ratio)
     bar = _bar(len(layers), "sensitivity", progress)
     sens = sensitivities(
