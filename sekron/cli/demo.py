@@ -164,8 +164,9 @@ def _time_interleaved(timed: list[tuple[DemoRow, Any]], X: Any, rounds: int = 5)
 
 
 def _conv_macs(model: Any, x: Any, staged: bool = False) -> int:
-    """Multiply-adds per image of the paths the layers run (``staged``: as if every SeKron
-    layer ran its staged convolution).
+    """Multiply-adds per image of the paths the layers run.
+
+    ``staged``: as if every SeKron layer ran its staged convolution.
     """
     torch = _require_torch()
     from ..torch import SeKronConv2d

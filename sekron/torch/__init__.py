@@ -1,9 +1,9 @@
-"""Torch adapters: SeKron layers, model compression, integer layers, distillation.
+r"""Torch adapters: SeKron layers, model compression, integer layers, distillation.
 
 This sub-package is the only part of sekron that imports torch (an optional extra:
 ``pip install sekron[torch]``). The decompositions, the cost model and the integer
-kernels stay in the framework-agnostic core; here they are wrapped as ``nn.Module``\\ s
-and ``torch.autograd.Function``\\ s.
+kernels stay in the framework-agnostic core; here they are wrapped as ``nn.Module``\ s
+and ``torch.autograd.Function``\ s.
 """
 
 from __future__ import annotations

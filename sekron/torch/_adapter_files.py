@@ -186,8 +186,9 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 
 def _kernels(model: Any) -> dict[str, tuple[int, ...]]:
-    """Weight shapes of a model's layers (or a state dict's ``*.weight`` entries), by module
-    name and by LyCORIS name.
+    """Weight shapes of a model's layers, by module name and by LyCORIS name.
+
+    ``model`` may also be a state dict: then its ``*.weight`` entries are read.
     """
     if model is None:
         return {}
@@ -458,7 +459,8 @@ def _match(patterns: Mapping[str, Any], name: str, default: Any) -> Any:
     return default
 
 
-def load_peft(
+# complexity is a flat run of config/tensor checks, each raising its own FormatError
+def load_peft(  # noqa: C901
     directory: str | os.PathLike[str], model: nn.Module | Mapping[str, Any] | None = None
 ) -> dict[str, LoKr | LoRA]:
     """Read a PEFT LoKr or LoRA adapter directory (safetensors only).

@@ -1,5 +1,6 @@
-"""What every integer layer shares: bit-width, rounding, the per-call key, and the moves
-between torch tensors and :mod:`sekron.fixed`'s mantissas.
+"""What every integer layer shares: bit-width, rounding, the per-call key, tensor moves.
+
+The moves are those between torch tensors and :mod:`sekron.fixed`'s mantissas.
 
 The arithmetic itself (mapping, exact products, the float-exactness rules, the key
 scheme) is the engine's public API; this module only adapts tensors to it.
@@ -38,8 +39,9 @@ def quantize(t: torch.Tensor, bits: int, rounding: Any, key: int, stream: int) -
 
 
 def scaled(acc: np.ndarray, e: int, like: torch.Tensor) -> torch.Tensor:
-    """``acc * 2**e`` (exact integers) as a tensor of ``like``'s dtype and device, bit for
-    bit the engine's ``FixedTensor(acc, e).to_float()`` cast to that dtype.
+    """``acc * 2**e`` (exact integers) as a tensor of ``like``'s dtype and device.
+
+    It is bit for bit the engine's ``FixedTensor(acc, e).to_float()`` cast to that dtype.
     """
     target = _NP_FLOAT.get(like.dtype, np.dtype(np.float64))
     out = torch.from_numpy(fixed.scaled_to_float(acc, e, target))

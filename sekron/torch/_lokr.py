@@ -306,8 +306,10 @@ def _apply_t(R: Any, y: np.ndarray) -> np.ndarray:
 
 
 def _residual_sq(R: Any, norm_sq: float, u: np.ndarray, x: np.ndarray) -> float:
-    """``||R - u xᵀ||²``: from the formed residual when ``R`` is an array; for an operator
-    through one product with it (the expansion loses digits below ``√eps · ||R||``).
+    """``||R - u xᵀ||²``: from the formed residual when ``R`` is an array.
+
+    For an operator it goes through one product with it (the expansion loses digits
+    below ``√eps · ||R||``).
     """
     if isinstance(R, np.ndarray):
         return float(np.sum((R - np.outer(u, x)) ** 2))

@@ -44,14 +44,17 @@ class CompressionReport(list):
 
     @property
     def params_before(self) -> int:
+        """Total parameters of the reported layers before compression."""
         return sum(r.params_before for r in self)
 
     @property
     def params_after(self) -> int:
+        """Total parameters of the reported layers after compression."""
         return sum(r.params_after for r in self)
 
     @property
     def compressed(self) -> list[LayerReport]:
+        """The reports of the layers that were compressed (not skipped)."""
         return [r for r in self if r.skipped is None]
 
     def __str__(self) -> str:

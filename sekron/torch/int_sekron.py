@@ -191,6 +191,7 @@ class IntSeKronLinear(IntModule, SeKronLinear):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the layer to ``x`` (last axis ``in_features``) through integer SeKron stages."""
         lead = x.shape[:-1]
         y = int_sekron_linear(
             x.reshape(-1, self.in_features),
@@ -205,6 +206,7 @@ class IntSeKronLinear(IntModule, SeKronLinear):
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
+        """The module's settings for its printed form."""
         return f"{SeKronLinear.extra_repr(self)}, {self._int_repr()}"
 
 
@@ -349,6 +351,7 @@ class IntTorchBackend(TorchBackend):
         dilation: Sequence[int] = (1, 1),
         groups: int = 1,
     ) -> torch.Tensor:
+        """One integer (grouped) convolution stage of ``x`` with ``weight``."""
         s = stage_seed(self.seed, self.stage)
         self.stage += 1
         geo = (tuple(int(v) for v in stride), tuple(int(v) for v in dilation), int(groups))
@@ -417,6 +420,7 @@ class IntSeKronConv2d(IntModule, SeKronConv2d):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the layer to ``x`` of shape ``(n, C, H, W)`` as an integer SeKron convolution."""
         top, bottom, left, right = self._pads
         xp = F.pad(x, (left, right, top, bottom)) if any(self._pads) else x
         backend = IntTorchBackend(self.bits, self.rounding, self.next_seed())
@@ -431,4 +435,5 @@ class IntSeKronConv2d(IntModule, SeKronConv2d):
         return y if self.bias is None else y + self.bias[:, None, None]
 
     def extra_repr(self) -> str:
+        """The module's settings for its printed form."""
         return f"{SeKronConv2d.extra_repr(self)}, {self._int_repr()}"

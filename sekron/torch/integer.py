@@ -165,6 +165,7 @@ class IntLinear(IntModule):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the layer to ``x`` (last axis ``in_features``) in integer arithmetic."""
         lead = x.shape[:-1]
         y = _LinearFn.apply(
             x.reshape(-1, self.in_features),
@@ -177,6 +178,7 @@ class IntLinear(IntModule):
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
+        """The module's settings for its printed form."""
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, {self._int_repr()}"
 
 
@@ -303,6 +305,7 @@ class IntConv2d(IntModule):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the layer to ``x`` of shape ``(n, C, H, W)`` as an integer convolution."""
         y = _Conv2dFn.apply(
             x,
             self.weight,
@@ -314,6 +317,7 @@ class IntConv2d(IntModule):
         return y if self.bias is None else y + self.bias[:, None, None]
 
     def extra_repr(self) -> str:
+        """The module's settings for its printed form."""
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
             f"padding={self.padding}, dilation={self.dilation}, bias={self.bias is not None}, {self._int_repr()}"
@@ -416,11 +420,13 @@ class IntLayerNorm(IntModule):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the layer to ``x``: integer layer normalization over the trailing axes."""
         return _LayerNormFn.apply(
             x, self.weight, self.bias, self.bits, self.eps, self.rounding, self.next_seed()
         )
 
     def extra_repr(self) -> str:
+        """The module's settings for its printed form."""
         return f"{self.normalized_shape}, eps={self.eps}, {self._int_repr()}"
 
 
@@ -492,7 +498,9 @@ class IntEmbedding(IntModule):
         return out
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Look up the embedding rows of ``ids`` (the table mapped to ``bits`` bits)."""
         return _EmbeddingFn.apply(ids, self.weight, self.bits, self.rounding, self.next_seed())
 
     def extra_repr(self) -> str:
+        """The module's settings for its printed form."""
         return f"{self.num_embeddings}, {self.embedding_dim}, {self._int_repr()}"

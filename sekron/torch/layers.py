@@ -210,6 +210,7 @@ class SeKronLinear(_SeKronModule):
         return c["sekron"] < c["dense"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the layer to ``x`` (last axis ``in_features``)."""
         if x.shape[-1] != self.in_features:
             raise ShapeError(
                 f"x: expected a last axis of size {self.in_features}, got shape {tuple(x.shape)}"
@@ -333,6 +334,7 @@ class SeKronLinear(_SeKronModule):
         return out
 
     def extra_repr(self) -> str:
+        """The module's settings for its printed form."""
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"structure={self.structure}, bias={self.bias is not None}, "
@@ -453,6 +455,7 @@ class SeKronConv2d(_SeKronModule):
         return c["sekron"] * AUTO_MIN_MAC_RATIO <= c["dense"] and ho * wo >= AUTO_MIN_PIXELS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the layer to ``x`` of shape ``(n, in_channels, H, W)``."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ShapeError(
                 f"x: expected shape (n, {self.in_channels}, H, W), got {tuple(x.shape)}"
@@ -574,6 +577,7 @@ class SeKronConv2d(_SeKronModule):
         return out
 
     def extra_repr(self) -> str:
+        """The module's settings for its printed form."""
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
@@ -650,6 +654,7 @@ class KroneckerEmbedding(_SeKronModule):
                 f.normal_(0.0, std)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Look up the embeddings of ``ids`` from the Kronecker factors."""
         R = self.structure.ranks[0]
         (v, a2), (_, n) = self.structure.shapes
         table = self.factors[0].permute(1, 0, 2).reshape(v, R * a2)
@@ -719,6 +724,7 @@ class KroneckerEmbedding(_SeKronModule):
         return out
 
     def extra_repr(self) -> str:
+        """The module's settings for its printed form."""
         return (
             f"{self.num_embeddings}, {self.embedding_dim}, structure={self.structure}, "
             f"compression={self.structure.compression_ratio:.2f}"
