@@ -434,23 +434,32 @@ def _validated_plan(shapes: Any, ranks: Any, layout: Any, transpose: Any, order:
 class LinearBackend(Protocol):
     """What :func:`execute_linear` needs from an array library (see the module docstring)."""
 
-    def reshape(self, x: Any, shape: tuple[int, ...]) -> Any: ...
+    def reshape(self, x: Any, shape: tuple[int, ...]) -> Any:
+        """Return ``x`` regrouped (C order) to ``shape``."""
+        ...
 
-    def transpose(self, x: Any, axes: tuple[int, ...]) -> Any: ...
+    def transpose(self, x: Any, axes: tuple[int, ...]) -> Any:
+        """Return ``x`` with its axes permuted by ``axes``."""
+        ...
 
-    def matmul(self, a: Any, b: Any) -> Any: ...
+    def matmul(self, a: Any, b: Any) -> Any:
+        """Return the (batched) matrix product ``a @ b``."""
+        ...
 
 
 class NumpyLinearBackend:
     """numpy arrays: ``reshape``, ``transpose`` (views where possible) and ``np.matmul``."""
 
     def reshape(self, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """``x.reshape(shape)`` (a view where possible)."""
         return x.reshape(shape)
 
     def transpose(self, x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+        """``x.transpose(axes)`` (a view)."""
         return x.transpose(axes)
 
     def matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``np.matmul(a, b)``."""
         return np.matmul(a, b)
 
 

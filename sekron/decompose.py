@@ -43,9 +43,11 @@ __all__ = ["nkp", "sekron"]
 
 
 def _finite_squared_norm(W: np.ndarray) -> float:
-    """``||W||²`` in float64, checking finiteness on the way: NaN and infinity propagate
-    into the sum, so only a non-finite sum needs the entry-wise check (which also tells
-    an overflow of genuinely huge float64 entries, above about 1e154, from bad input).
+    """``||W||²`` in float64, checking finiteness on the way.
+
+    NaN and infinity propagate into the sum, so only a non-finite sum needs the
+    entry-wise check (which also tells an overflow of genuinely huge float64 entries,
+    above about 1e154, from bad input).
     """
     norm_sq = _squared_norm(W)
     if not math.isfinite(norm_sq):

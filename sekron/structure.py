@@ -125,22 +125,27 @@ class Structure:
     # -- basic facts ---------------------------------------------------------------
     @property
     def shapes(self) -> tuple[tuple[int, ...], ...]:
+        """The factor shapes ``a^(1..S)``."""
         return self._shapes
 
     @property
     def ranks(self) -> tuple[int, ...]:
+        """The ranks ``r_1..r_(S-1)``."""
         return self._ranks
 
     @property
     def n_factors(self) -> int:
+        """The number of factors ``S``."""
         return len(self._shapes)
 
     @property
     def ndim(self) -> int:
+        """The number of modes of the tensor (and of each factor shape)."""
         return len(self._shapes[0])
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """The dense tensor shape: per mode, the product of the factor extents in that mode."""
         return tuple(_prod([s[n] for s in self._shapes]) for n in range(self.ndim))
 
     @property
@@ -150,20 +155,24 @@ class Structure:
 
     @property
     def dense_size(self) -> int:
+        """The number of entries of the dense tensor."""
         return _prod(self.shape)
 
     @property
     def max_ranks(self) -> tuple[int, ...]:
+        """The largest useful rank at each level: ``min(|a^(k)|, size of the later factors)``."""
         sizes = self.sizes
         return tuple(min(sizes[k], _prod(sizes[k + 1 :])) for k in range(len(sizes) - 1))
 
     @property
     def instances(self) -> tuple[int, ...]:
+        """How many copies of each factor are stored (product of the ranks above it)."""
         S = self.n_factors
         return tuple(_prod(self._ranks[: min(k + 1, S - 1)]) for k in range(S))
 
     @property
     def factor_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """The stored array shape of each factor: its rank axes, then ``a^(k)``."""
         S = self.n_factors
         return tuple(
             tuple(self._ranks[: min(k + 1, S - 1)]) + tuple(self._shapes[k]) for k in range(S)
@@ -171,10 +180,12 @@ class Structure:
 
     @property
     def n_params(self) -> int:
+        """The total number of stored parameters over all factors."""
         return sum(p * s for p, s in zip(self.instances, self.sizes, strict=True))
 
     @property
     def compression_ratio(self) -> float:
+        """``dense_size / n_params``."""
         return self.dense_size / self.n_params
 
     @property

@@ -28,11 +28,17 @@ class MatrixOperator(Protocol):
     shape: tuple[int, int]
     dtype: np.dtype
 
-    def matmat(self, X: np.ndarray) -> np.ndarray: ...
+    def matmat(self, X: np.ndarray) -> np.ndarray:
+        """Return ``A @ X`` for a block of columns ``X``."""
+        ...
 
-    def rmatmat(self, X: np.ndarray) -> np.ndarray: ...
+    def rmatmat(self, X: np.ndarray) -> np.ndarray:
+        """Return ``A^H @ X`` for a block of columns ``X``."""
+        ...
 
-    def squared_norm(self) -> float: ...
+    def squared_norm(self) -> float:
+        """Return ``||A||_F^2``."""
+        ...
 
 
 def _fix_signs(U: np.ndarray, Vt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

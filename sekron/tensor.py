@@ -157,26 +157,32 @@ class SeKronTensor:
 
     @property
     def structure(self) -> Structure:
+        """The :class:`Structure` (shapes and ranks) of the factors."""
         return self._structure
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """The shape of the dense tensor."""
         return self._structure.shape
 
     @property
     def ndim(self) -> int:
+        """The number of modes of the dense tensor."""
         return self._structure.ndim
 
     @property
     def dtype(self) -> np.dtype:
+        """The dtype of the factors."""
         return self._factors[0].dtype
 
     @property
     def n_params(self) -> int:
+        """The total number of stored parameters over all factors."""
         return self._structure.n_params
 
     @property
     def compression_ratio(self) -> float:
+        """Dense size divided by the number of stored parameters."""
         return self._structure.compression_ratio
 
     @property
@@ -186,6 +192,7 @@ class SeKronTensor:
 
     @property
     def reference_norm(self) -> float | None:
+        """Frobenius norm of the fitted tensor (None if unknown)."""
         return self._reference_norm
 
     @property
@@ -288,6 +295,7 @@ class SeKronTensor:
 
     @property
     def T(self) -> SeKronTensor:
+        """The transpose (axes reversed), as :meth:`transpose` with no arguments."""
         return self.transpose()
 
     def astype(self, dtype: Any) -> SeKronTensor:

@@ -193,7 +193,8 @@ def _peak_elements(plan: ConvPlan) -> int:
     )
 
 
-def _run_steps(
+# The step dispatch loop of the conv plan reads best as one function.
+def _run_steps(  # noqa: C901
     plan: ConvPlan, x: np.ndarray, weights: dict[int, np.ndarray], dest: np.ndarray
 ) -> None:
     """Run the plan's steps on one chunk and write the result into ``dest``.
@@ -267,9 +268,11 @@ def _padded_hw(x: np.ndarray, pad: tuple[int, int, int, int]) -> tuple[int, int]
 
 
 def _dest_view(layout: Any, dest: np.ndarray) -> np.ndarray | None:
-    """A view ``v`` of ``dest`` such that the ``layout`` steps (reshapes and transposes)
-    take ``v``'s C-order regrouping to ``dest``; the first step, if a reshape, is left
-    to the regrouping. None when some step has no such inverse view.
+    """A view ``v`` of ``dest`` that the ``layout`` steps take to ``dest``.
+
+    The ``layout`` steps (reshapes and transposes) take ``v``'s C-order regrouping to
+    ``dest``; the first step, if a reshape, is left to the regrouping. None when some
+    step has no such inverse view.
     """
     if not all(isinstance(s, (ReshapeStep, TransposeStep)) for s in layout):
         return None
@@ -303,8 +306,10 @@ def _dest_view(layout: Any, dest: np.ndarray) -> np.ndarray | None:
 def _reshape_padded(
     x: np.ndarray, shape: tuple[int, ...], pad: tuple[int, int, int, int]
 ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """``reshape(pad2d(x, pad), shape)``: a view while one exists (the pad stays
-    pending), else one copy of ``x`` into the interior of the padded result.
+    """``reshape(pad2d(x, pad), shape)``: a view while one exists, else one copy.
+
+    While a view exists the pad stays pending; else ``x`` is copied once into the
+    interior of the padded result.
     """
     top, bottom, left, right = pad
     H, W = x.shape[-2:]
@@ -335,8 +340,10 @@ def _byte_bounds(a: np.ndarray) -> tuple[int, int]:
 
 
 def _reshape(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """``np.reshape``; an array whose rows lie in a wider buffer is reshaped with the
-    whole rows (long contiguous copies) and cut back to its width afterwards.
+    """``np.reshape``, with whole-row copies for rows that lie in a wider buffer.
+
+    An array whose rows lie in a wider buffer is reshaped with the whole rows (long
+    contiguous copies) and cut back to its width afterwards.
     """
     if x.ndim >= 2 and tuple(shape[-2:]) == x.shape[-2:] and x.size:
         it = x.itemsize

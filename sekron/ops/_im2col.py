@@ -69,8 +69,9 @@ def conv2d_regrouped(
     groups: int,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """:func:`conv2d_valid` of ``np.reshape(x, in_shape)``, without the reshape's copy
-    where possible.
+    """:func:`conv2d_valid` of ``np.reshape(x, in_shape)``, without the reshape's copy.
+
+    The copy is avoided where possible.
 
     ``x`` is ``(*lead, H, W)`` with any strides (a transposed view, say) and ``in_shape``
     a C-order regrouping ``(B, C, H, W)`` of it (-1 allowed). The column copy reads the
@@ -173,8 +174,9 @@ Axes = list[tuple[int, int]]  # (length, byte stride) per axis, outermost first
 
 
 def _split_axes(axes: Axes, sizes: tuple[int, ...]) -> tuple[Axes, ...] | None:
-    """Regroup ``axes`` (C order) into consecutive groups of the given total ``sizes``,
-    splitting an axis where a boundary falls inside it; None when that is impossible.
+    """Regroup ``axes`` (C order) into consecutive groups of the given total ``sizes``.
+
+    An axis is split where a boundary falls inside it; None when that is impossible.
     Each group is returned with unit axes dropped and mergeable neighbours merged, and is
     never empty (``[(1, 0)]`` for a size-1 group).
     """
@@ -252,8 +254,10 @@ def _chunked(
 
 
 def _offset(x: np.ndarray, nbytes: int) -> np.ndarray:
-    """A view of ``x``'s buffer starting ``nbytes`` (a multiple of the item size) past
-    ``x``'s first element, for ``as_strided`` to lay its axes on.
+    """A view of ``x``'s buffer starting ``nbytes`` past ``x``'s first element.
+
+    ``nbytes`` is a multiple of the item size; the view is for ``as_strided`` to lay its
+    axes on.
     """
     e, it = nbytes // x.itemsize, x.itemsize
     if e >= 0:
