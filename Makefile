@@ -26,6 +26,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
+	$(BIN)/ruff format --check sekron tests benchmarks examples
 	$(BIN)/ruff check sekron tests benchmarks examples
 	$(BIN)/mypy sekron
 
