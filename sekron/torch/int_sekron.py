@@ -11,7 +11,6 @@ Stage ``s`` of call ``t`` draws its stochastic rounding from ``stage_seed(seed_t
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from torch.nn.grad import conv2d_input, conv2d_weight
 
 from .. import fixed
+from ..contraction import execute_linear, linear_plan
 from ..fixed import STREAM_INPUT, STREAM_WEIGHT
 from ..ops import conv2d_plan, execute_plan
 from ..structure import Structure
@@ -28,7 +28,14 @@ from ._conv import TorchBackend
 from ._int_base import IntModule, numpy_view, quantize, scaled
 from .layers import SeKronConv2d, SeKronLinear
 
-__all__ = ["IntSeKronConv2d", "IntSeKronLinear", "IntTorchBackend", "int_bmm", "stage_seed"]
+__all__ = [
+    "IntSeKronConv2d",
+    "IntSeKronLinear",
+    "IntTorchBackend",
+    "IntLinearBackend",
+    "int_bmm",
+    "stage_seed",
+]
 
 #: The key of stage ``stage`` of a call keyed ``seed``: the engine's :func:`sekron.fixed.stage_key`.
 stage_seed = fixed.stage_key
@@ -104,7 +111,33 @@ def int_bmm(a: torch.Tensor, b: torch.Tensor, bits: int, rounding: Any, seed: in
     return _BmmFn.apply(a, b, bits, rounding, seed)
 
 
-# --- the linear SeKron contraction (to be replaced by the shared matmul plan of sekron.ops) ---
+class IntLinearBackend(TorchBackend):
+    """The linear plan's backend for integer layers: every matmul step is one integer GEMM.
+
+    Runs :func:`sekron.contraction.execute_linear` (the one linear contraction of sekron)
+    with reshapes and permutations in torch and each :class:`~sekron.contraction.MatmulStep`
+    as :func:`int_bmm`: both operands mapped to ``bits`` bits with per-tensor exponents,
+    step ``s`` of a call keyed ``seed`` drawing from ``stage_seed(seed, s)``.
+    """
+
+    def __init__(self, bits: int, rounding: Any, seed: int) -> None:
+        self.bits, self.rounding, self.seed, self.stage = bits, rounding, seed, 0
+
+    def matmul(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Integer ``a @ b`` for a 2-D or batched operand pair (a shared 2-D side is one GEMM)."""
+        key = stage_seed(self.seed, self.stage)
+        self.stage += 1
+        if a.ndim == b.ndim:
+            return int_bmm(a, b, self.bits, self.rounding, key)
+        if a.ndim == 2:  # shared weight (M, K) against a batch (G, K, N): one (M, K) @ (K, G N)
+            G, K, N = b.shape
+            z = int_bmm(a, b.permute(1, 0, 2).reshape(K, G * N), self.bits, self.rounding, key)
+            return z.reshape(a.shape[0], G, N).permute(1, 0, 2)
+        G, M, K = a.shape  # a batch (G, M, K) against a shared (K, N): one (G M, K) @ (K, N)
+        z = int_bmm(a.reshape(G * M, K), b, self.bits, self.rounding, key)
+        return z.reshape(G, M, b.shape[-1])
+
+
 def int_sekron_linear(
     x: torch.Tensor,
     factors: Sequence[torch.Tensor],
@@ -113,33 +146,9 @@ def int_sekron_linear(
     rounding: Any,
     seed: int,
 ) -> torch.Tensor:
-    """``x @ W.T`` right to left, every stage one integer GEMM (:func:`int_bmm`).
-
-    The whole linear contraction of the integer SeKron layer is this one function.
-    """
-    S, ranks = structure.n_factors, structure.ranks
-    m = [s[0] for s in structure.shapes]
-    n = [s[1] for s in structure.shapes]
-    B = x.shape[0]
-    P_last = math.prod(ranks)
-    F_last = factors[-1].reshape(P_last * m[-1], n[-1])
-    Z = int_bmm(
-        x.reshape(B * math.prod(n[:-1]), n[-1]), F_last.t(), bits, rounding, stage_seed(seed, 0)
-    )
-    for stage, k in enumerate(range(S - 2, -1, -1), start=1):
-        P, R, mk, nk = math.prod(ranks[:k]), ranks[k], m[k], n[k]
-        G, T = B * math.prod(n[:k]), math.prod(m[k + 1 :])
-        A = factors[k].reshape(P, R, mk, nk).permute(0, 2, 3, 1).reshape(P, mk, nk * R)
-        Zp = Z.reshape(G, nk, P, R, T).permute(2, 1, 3, 0, 4).reshape(P, nk * R, G * T)
-        Z = (
-            int_bmm(A, Zp, bits, rounding, stage_seed(seed, stage))
-            .reshape(P, mk, G, T)
-            .permute(2, 0, 1, 3)
-        )
-    return Z.reshape(B, math.prod(m))
-
-
-# --- end of the linear SeKron contraction ---
+    """``x @ W.T`` by the shared linear plan (rows layout, cheaper order), in integers."""
+    plan = linear_plan(structure.shapes, structure.ranks, layout="rows", order="auto")
+    return execute_linear(plan, x, list(factors), IntLinearBackend(bits, rounding, seed))
 
 
 class IntSeKronLinear(IntModule, SeKronLinear):
@@ -150,9 +159,10 @@ class IntSeKronLinear(IntModule, SeKronLinear):
 
     Notes
     -----
-    Right to left, stage 0 is ``X (B N_<S, n_S) @ A_S^T`` and stage ``s`` contracts factor
-    ``S - s`` as one (batched over the prefix ranks) GEMM, as :class:`SeKronLinear`
-    does in float; each stage maps its two operands with per-tensor exponents.
+    The contraction is sekron's one linear plan (:func:`sekron.contraction.linear_plan`,
+    rows layout, the cheaper order), run by :class:`IntLinearBackend`: every matmul step
+    of the plan is one integer GEMM whose two operands are mapped with per-tensor
+    exponents, as :class:`SeKronLinear` runs the same plan in float.
 
     Examples
     --------

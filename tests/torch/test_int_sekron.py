@@ -253,3 +253,56 @@ def test_grouped_int_conv_integer_route_equals_float_route(monkeypatch, rounding
     slow = _run(conv, [x, w], gy)
     for f, s in zip(fast, slow, strict=True):
         assert torch.equal(f, s)
+
+
+class _EngineStages:
+    """numpy reshapes/transposes, and each matmul step as the engine's product of mapped operands."""
+
+    def __init__(self, seed, rounding):
+        self.seed, self.rounding, self.stage = seed, rounding, 0
+
+    def reshape(self, x, shape):
+        return np.asarray(x).reshape(shape)
+
+    def transpose(self, x, axes):
+        return np.asarray(x).transpose(axes)
+
+    def matmul(self, a, b):
+        fwd, _ = _split_seed(stage_seed(self.seed, self.stage))
+        self.stage += 1
+        if a.ndim == 2 and b.ndim == 3:  # the layer runs a shared weight as one 2-D GEMM
+            G, K, N = b.shape
+            z = self.matmul_2d(a, b.transpose(1, 0, 2).reshape(K, G * N), fwd)
+            return z.reshape(a.shape[0], G, N).transpose(1, 0, 2)
+        if a.ndim == 3 and b.ndim == 2:
+            G, M, K = a.shape
+            return self.matmul_2d(a.reshape(G * M, K), b, fwd).reshape(G, M, b.shape[-1])
+        if a.ndim == 2:
+            return self.matmul_2d(a, b, fwd)
+        aq = fixed.to_fixed(a, 8, self.rounding, fwd, stream=_X)
+        bq = fixed.to_fixed(b, 8, self.rounding, fwd, stream=_W)
+        return fixed.batched_matmul(aq, bq).to_float()
+
+    def matmul_2d(self, a, b, fwd):
+        aq = fixed.to_fixed(np.ascontiguousarray(a), 8, self.rounding, fwd, stream=_X)
+        bq = fixed.to_fixed(np.ascontiguousarray(b), 8, self.rounding, fwd, stream=_W)
+        return fixed.matmul(aq, bq).to_float()
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_three_factor_int_sekron_linear_stages_equal_engine(rounding):
+    """S = 3 through the shared plan: every stage gives the engine's bits for its operands."""
+    from sekron.contraction import execute_linear, linear_plan
+
+    s = sk.Structure([(2, 3), (2, 2), (3, 2)], ranks=(2, 2))
+    torch.manual_seed(1)
+    layer = IntSeKronLinear(s, bias=False, bits=8, rounding=rounding, seed=4, dtype=torch.float64)
+    x = torch.randn(3, 12, dtype=torch.float64)
+    y = layer(x).detach().numpy()
+    plan = linear_plan(s.shapes, s.ranks, layout="rows", order="auto")
+    factors = [f.detach().numpy() for f in layer.factors]
+    ref = execute_linear(plan, x.numpy(), factors, _EngineStages((4 << 30) | 0, rounding))
+    np.testing.assert_array_equal(y, ref)
+    # and it is the layer's product: close to the float layer at 8 bits
+    dense = layer.to_dense()(x).detach().numpy()
+    assert np.abs(y - dense).max() <= 0.1 * np.abs(dense).max()
