@@ -36,8 +36,10 @@ _NO_MASK = np.zeros(1, dtype=bool)
 
 
 def _small(n: int, d: int, f: int) -> bool:
-    """Sizes for the fused serial kernels (the same thresholds as the other fast paths:
-    setting ``PARALLEL_MIN_ELEMENTS`` to 0 turns every fused path off).
+    """Sizes for the fused serial kernels.
+
+    The same thresholds as the other fast paths: setting ``PARALLEL_MIN_ELEMENTS`` to 0
+    turns every fused path off.
     """
     return (
         n * d * f < _kernels.PARALLEL_MIN_MACS
@@ -46,9 +48,7 @@ def _small(n: int, d: int, f: int) -> bool:
 
 
 def _fusable(x: FixedTensor, weight: FixedTensor, out_bits: Any, rounding: Any) -> bool:
-    """True when the fused forward applies; anything unusual (bad ``out_bits`` or
-    ``rounding`` included) takes the unfused path, which raises the usual errors.
-    """
+    """True when the fused forward applies; anything unusual (bad ``out_bits`` or ``rounding`` included) takes the unfused path, which raises the usual errors."""
     n, d = x.shape
     f = weight.shape[0]
     return (
@@ -71,9 +71,7 @@ def _linear_fused(
     seed: Seed,
     relu: bool,
 ) -> tuple[FixedTensor, np.ndarray] | None:
-    """``linear`` (+ ReLU) in one serial kernel, or None when a fallback is needed (an
-    alignment shift past 62 bits or an accumulator bound past 2**62).
-    """
+    """``linear`` (+ ReLU) in one serial kernel, or None when a fallback is needed (an alignment shift past 62 bits or an accumulator bound past 2**62)."""
     ex, ew = x.exponent, weight.exponent
     if type(ex) is not int or type(ew) is not int:
         return None
@@ -497,10 +495,7 @@ def _linear_backward_fused(
     rounding: Rounding,
     key: int,
 ) -> tuple[FixedTensor | None, FixedTensor, FixedTensor] | None:
-    """``linear_backward`` in one serial kernel; None (unfused path) for inputs it does not
-    take: a gradient that is not a float32/float64 array or a per-tensor FixedTensor of at
-    most ``nb`` bits, or a non-finite gradient (the unfused path raises).
-    """
+    """``linear_backward`` in one serial kernel; None (unfused path) for inputs it does not take: a gradient that is not a float32/float64 array or a per-tensor FixedTensor of at most ``nb`` bits, or a non-finite gradient (the unfused path raises)."""
     n, d = x.shape
     f = weight.shape[0]
     ex, ew = x.exponent, weight.exponent

@@ -111,9 +111,7 @@ def im2col(
 
 
 def col2im(dcols: np.ndarray, x_shape, kh, kw, ho, wo, stride, padding, dilation) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """Scatter-add columns back onto the input grid in int64 (exact; each input pixel
-    receives at most kh*kw terms).
-    """
+    """Scatter-add columns back onto the input grid in int64 (exact; each input pixel receives at most kh*kw terms)."""
     n, c, h, w = x_shape
     d = dcols.reshape(n, ho, wo, c, kh, kw).astype(np.int64)
     xp = np.zeros((n, c, h + 2 * padding[0], w + 2 * padding[1]), dtype=np.int64)

@@ -143,8 +143,7 @@ def exact_float_matmul(a_q: np.ndarray, b_q: np.ndarray, bound: int) -> np.ndarr
 
 
 def scaled_to_float(acc: np.ndarray, exponent: int, dtype: Any = np.float64) -> np.ndarray:
-    """``acc * 2**exponent`` in ``dtype``, bit for bit ``FixedTensor(acc, exponent).to_float()``
-    cast to ``dtype``, without its float64 round trip where that is exact.
+    """``acc * 2**exponent`` in ``dtype``, bit for bit ``FixedTensor(acc, exponent).to_float()`` cast to ``dtype``, without its float64 round trip where that is exact.
 
     Parameters
     ----------

@@ -188,9 +188,7 @@ def _plan_cached(k: int, bits_a: int, bits_b: int, method: str) -> GemmPlan:
 def plan_for(
     k: int, bits_a: int, bits_b: int, method: Any = "auto", acc_dtype: Any = None
 ) -> GemmPlan:
-    """:func:`plan_gemm` for internal callers, memoized for the common hashable arguments
-    (a plan depends only on them; errors are raised, never cached).
-    """
+    """:func:`plan_gemm` for internal callers, memoized for the common hashable arguments (a plan depends only on them; errors are raised, never cached)."""
     if (
         acc_dtype is None
         and type(method) is str
@@ -226,9 +224,7 @@ def _operand_dtypes(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def transposed(q: np.ndarray) -> np.ndarray:
-    """A C-contiguous copy of ``q.T`` (2-d): a tiled parallel numba copy for large int8/int16
-    operands, numpy's otherwise. Same values either way.
-    """
+    """A C-contiguous copy of ``q.T`` (2-d): a tiled parallel numba copy for large int8/int16 operands, numpy's otherwise. Same values either way."""
     if q.size >= _kernels.PARALLEL_MIN_ELEMENTS and q.dtype in _NARROW and q.flags.c_contiguous:
         out = np.empty((q.shape[1], q.shape[0]), q.dtype)
         _kernels.transpose_blocked(q, out)
@@ -240,9 +236,7 @@ _NARROW = (np.dtype(np.int8), np.dtype(np.int16))
 
 
 def _gemm_blas(a_q: np.ndarray, b_q: np.ndarray, plan: GemmPlan) -> np.ndarray:
-    """Exact ``a_q @ b_q`` on float BLAS: every partial sum is an integer below the
-    float's 2**24 / 2**53 (``plan.bound``), so any summation order gives the exact result.
-    """
+    """Exact ``a_q @ b_q`` on float BLAS: every partial sum is an integer below the float's 2**24 / 2**53 (``plan.bound``), so any summation order gives the exact result."""
     prod = exact_float_matmul(a_q, b_q, plan.bound)
     assert prod is not None  # a blas plan exists only for bounds <= 2**53
     return prod.astype(plan.acc_dtype)

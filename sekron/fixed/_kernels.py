@@ -156,9 +156,7 @@ def _gemm_acc32(a, bt, out):  # pragma: no cover - compiled
 
 
 def _gemm_acc64(a, bt, out):  # pragma: no cover - compiled
-    """``out = a @ bt.T`` with int64 accumulation (bound K * max|a| * max|b| <= 2^62);
-    ``a``, ``bt`` int8/int16 (``gemm_nt`` converts), so each product fits int32.
-    """
+    """``out = a @ bt.T`` with int64 accumulation (bound K * max|a| * max|b| <= 2^62); ``a``, ``bt`` int8/int16 (``gemm_nt`` converts), so each product fits int32."""
     m, k = a.shape
     n = bt.shape[0]
     for ib in prange((m + 1) // 2):
@@ -264,10 +262,7 @@ def _clamp(q, qmax):  # pragma: no cover - compiled
 
 @njit(cache=True, inline="always")
 def _scaled(v, k, scale, exact):  # pragma: no cover - compiled
-    """``v * 2**k`` correctly rounded: a multiply by the exact power of two ``scale`` when
-    ``exact`` (``-1022 <= k <= 1023``), else ``ldexp``. Both round the exact product once,
-    so they agree bit for bit; the multiply is ~50x cheaper than a libm ``ldexp`` call.
-    """
+    """``v * 2**k`` correctly rounded: a multiply by the exact power of two ``scale`` when ``exact`` (``-1022 <= k <= 1023``), else ``ldexp``. Both round the exact product once, so they agree bit for bit; the multiply is ~50x cheaper than a libm ``ldexp`` call."""
     if exact:
         return v * scale
     return math.ldexp(v, k)
@@ -312,11 +307,7 @@ def map_fixed_flat(x, bits, stochastic, seed, stream, out):  # pragma: no cover 
 
 @njit(cache=True)
 def requant_flat(q, e_in, bits, stochastic, seed, stream, mask, use_mask, out):  # pragma: no cover
-    """Per-tensor ``requantize`` of the flat integer array ``q`` (exponent ``e_in``) into
-    ``out``; returns the new exponent. ``shift = bitlength(max|q|) - (bits - 1)``; with
-    ``use_mask``, elements where ``mask`` is False are then set to 0 (a ReLU mask applied
-    after rounding). Requires ``|q| < 2**62``.
-    """
+    """Per-tensor ``requantize`` of the flat integer array ``q`` (exponent ``e_in``) into ``out``; returns the new exponent. ``shift = bitlength(max|q|) - (bits - 1)``; with ``use_mask``, elements where ``mask`` is False are then set to 0 (a ReLU mask applied after rounding). Requires ``|q| < 2**62``."""
     n = q.size
     m = np.int64(0)
     for i in range(n):
@@ -349,9 +340,7 @@ def shift_flat(q, shift, stochastic, seed, stream, out):  # pragma: no cover - c
 
 @njit(cache=True, inline="always")
 def _add_aligned(qa, ea, qb, eb, seed, out):  # pragma: no cover - compiled
-    """The exact sum of ``add`` before requantization (stochastic alignment, streams 5/6);
-    returns the target exponent. An all-zero operand does not set the target.
-    """
+    """The exact sum of ``add`` before requantization (stochastic alignment, streams 5/6); returns the target exponent. An all-zero operand does not set the target."""
     n = qa.size
     a_any = False
     b_any = False
@@ -427,10 +416,7 @@ def sgd_master_flat(
 
 @njit(cache=True, inline="always")
 def _dot_nt(a, b, i, j, k):  # pragma: no cover - compiled
-    """``sum_p a[i, p] * b[j, p]`` exactly in int64 for mantissas of at most 16 bits: each
-    product fits int32 (|.| <= (2**15 - 1)**2), which lets LLVM vectorize it; the caller
-    checked that ``k * m_a * m_b <= 2**62``.
-    """
+    """``sum_p a[i, p] * b[j, p]`` exactly in int64 for mantissas of at most 16 bits: each product fits int32 (|.| <= (2**15 - 1)**2), which lets LLVM vectorize it; the caller checked that ``k * m_a * m_b <= 2**62``."""
     c = np.int64(0)
     for p in range(k):
         c += np.int64(np.int32(a[i, p]) * np.int32(b[j, p]))
@@ -487,8 +473,9 @@ def linear_fwd_flat(
     return e
 
 
+# one compiled loop nest on purpose: splitting it would add calls inside the kernel
 @njit(cache=True)
-def linear_bwd_flat(
+def linear_bwd_flat(  # noqa: C901
     x,
     w,
     gf,
@@ -508,8 +495,7 @@ def linear_bwd_flat(
     dw_out,
     db_out,
 ):  # pragma: no cover
-    """Fused ``linear_backward`` for small per-tensor operands; returns exponents
-    ``(e_dx, e_dw, e_db)``, or ``(NONFINITE, 0, 0)`` when ``gf`` holds NaN or infinity.
+    """Fused ``linear_backward`` for small per-tensor operands; returns exponents ``(e_dx, e_dw, e_db)``, or ``(NONFINITE, 0, 0)`` when ``gf`` holds NaN or infinity.
 
     With ``from_float`` the float gradient ``gf`` (N*F, flat) is mapped to ``bits`` twice:
     stream 1 (for dx) and stream 2 (for dW, db) of ``seed``, as ``map_fixed_flat``;
@@ -582,10 +568,7 @@ def linear_bwd_flat(
 
 
 def _transpose_blocked(src, dst):  # pragma: no cover - compiled
-    """``dst = src.T`` for a 2-d ``src`` (R, C) and ``dst`` (C, R), in 64 x 64 tiles so
-    both the reads and the writes stay in cache (numpy's strided copy of a transposed
-    view is several times slower at 1024 x 1024).
-    """
+    """``dst = src.T`` for a 2-d ``src`` (R, C) and ``dst`` (C, R), in 64 x 64 tiles so both the reads and the writes stay in cache (numpy's strided copy of a transposed view is several times slower at 1024 x 1024)."""
     r, c = src.shape
     nb = (c + 63) // 64
     for jb in prange(nb):
@@ -599,9 +582,7 @@ def _transpose_blocked(src, dst):  # pragma: no cover - compiled
 
 
 def _renamed(fn: Callable[..., Any], suffix: str) -> Callable[..., Any]:
-    """A copy of ``fn`` under another qualified name, so each compiled twin gets its own
-    on-disk cache entry (numba names cache files after the function's qualname).
-    """
+    """A copy of ``fn`` under another qualified name, so each compiled twin gets its own on-disk cache entry (numba names cache files after the function's qualname)."""
     twin = types.FunctionType(
         fn.__code__, fn.__globals__, fn.__name__ + suffix, fn.__defaults__, fn.__closure__
     )

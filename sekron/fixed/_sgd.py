@@ -71,10 +71,7 @@ def _sgd_master_fused(
     b: int,
     key: int,
 ) -> tuple[np.ndarray, SGDState] | None:
-    """Mode "master" with stochastic rounding in one serial kernel: the same bits as the
-    unfused chain below (the tests compare both). None when the kernel declines (non-finite
-    weights, exponent gaps past 62 bits); the caller then runs the unfused chain.
-    """
+    """Mode "master" with stochastic rounding in one serial kernel: the same bits as the unfused chain below (the tests compare both). None when the kernel declines (non-finite weights, exponent gaps past 62 bits); the caller then runs the unfused chain."""
     vel = state.velocity
     has_v = bool(mu) and vel is not None
     if has_v and (vel.shape != w.shape or not vel.per_tensor or vel.bits > 16):  # type: ignore[union-attr]
@@ -110,7 +107,8 @@ def _sgd_master_fused(
     return w_out, SGDState(v if mu else None, state.step + 1)
 
 
-def sgd_step(
+# one validated public entry: its master/integer modes and options read side by side
+def sgd_step(  # noqa: C901
     weight: Any,
     grad: Any,
     state: SGDState | None = None,
