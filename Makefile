@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# a bare torch requirement would pull a multi-GB CUDA build: pin the CPU wheel first
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[test,torch,distributed,docs,bench,dev,examples]"
+	$(BIN)/python -m pip install --quiet -e ".[test,torch,distributed,deploy,docs,bench,dev,examples]"
 	# FastKron, the benchmarks' baseline: its metadata asks for torchvision (a CUDA torch), its numpy path needs neither
 	$(BIN)/python -m pip install --quiet --no-deps "pyfastkron>=1.1"
 	touch $(STAMP)
