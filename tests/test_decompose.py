@@ -339,3 +339,20 @@ def test_sekron_randomized_first_level_matches_full_on_a_large_separated_matrix(
     _assert_certificate(W, rand)
     again = sk.sekron(W, [a, b], 2, method="randomized", random_state=0)
     assert all(np.array_equal(f, g) for f, g in zip(rand.factors, again.factors, strict=True))
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_randomized_nkp_is_within_one_percent_of_optimal(seed, dtype):
+    # issue 14's kind of matrix, smaller: 12 Kronecker terms weighted 1/(r+1)² plus noise;
+    # R is 576×576, so "auto" runs the randomized solver
+    rng = np.random.default_rng(seed)
+    a = b = (24, 24)
+    W = 1e-3 * rng.standard_normal((576, 576))
+    for r in range(12):
+        W += np.kron(rng.standard_normal(a), rng.standard_normal(b)) / (r + 1) ** 2
+    W = W.astype(dtype)
+    t = sk.nkp(W, a, rank=8, random_state=seed)
+    optimal = math.sqrt(float(np.sum(_spectrum(W, a, b)[8:] ** 2)))
+    assert _true_error(W, t) <= 1.01 * optimal
+    _assert_certificate(W, t)
