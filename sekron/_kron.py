@@ -182,33 +182,12 @@ def _owned(out: np.ndarray, source: np.ndarray) -> np.ndarray:
     return out.copy() if np.may_share_memory(out, source) else out
 
 
-_SLAB_BYTES = 1 << 16  # below this a slab-by-slab copy costs more in calls than it saves
-
-
 def _rearrange(W: np.ndarray, shapes_t: tuple[tuple[int, ...], ...]) -> np.ndarray:
-    """:func:`rearrange` without validation, for callers that validated ``W`` and shapes.
-
-    Always a new C-ordered array. The permutation is copied one slab at a time over the
-    first factor's first mode ``i^(1)_1``, which leads both the source and the result:
-    each slab of ``W`` (``w_1 / a^(1)_1`` contiguous rows of a matrix) is permuted into
-    one contiguous block of the result, so both sides stay in cache and stream through
-    memory once. numpy's single strided copy of the whole permutation is 1.5-2x slower
-    (runs of ``a^(S)_N`` elements jump across all of ``W``); see benchmarks/bench_nkp.py.
-    """
+    """:func:`rearrange` without validation, for callers that validated ``W`` and shapes."""
     n_levels, n_modes = len(shapes_t), W.ndim
     split = [shapes_t[k][n] for n in range(n_modes) for k in range(n_levels)]
-    axes = _level_major_axes(n_levels, n_modes)
-    sizes = [int(np.prod(s)) for s in shapes_t]
-    view = W.reshape(split)
-    out = np.empty(view.size, dtype=W.dtype).reshape([split[a] for a in axes])
-    lead = split[0]  # axes[0] == 0: i^(1)_1 leads both layouts
-    if lead > 1 and W.nbytes // lead >= _SLAB_BYTES:
-        rest = [a - 1 for a in axes[1:]]
-        for i in range(lead):
-            np.copyto(out[i], view[i].transpose(rest))
-    else:
-        np.copyto(out, view.transpose(axes))
-    return out.reshape(sizes)
+    T = W.reshape(split).transpose(_level_major_axes(n_levels, n_modes))
+    return T.reshape([int(np.prod(s)) for s in shapes_t])
 
 
 def unrearrange(T: Any, shapes: Sequence[Sequence[int]]) -> np.ndarray:
