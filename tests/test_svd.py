@@ -133,3 +133,63 @@ def test_bad_rank(rank):
 def test_bad_method():
     with pytest.raises(ValueError, match="method"):
         truncated_svd(np.ones((4, 4)), 1, method="lanczos")
+
+
+def _with_condition(m, k, cond, seed):
+    """A tall m×k matrix with singular values spaced geometrically from 1 to 1/cond."""
+    rng = np.random.default_rng(seed)
+    U, _ = np.linalg.qr(rng.standard_normal((m, k)))
+    V, _ = np.linalg.qr(rng.standard_normal((k, k)))
+    return (U * np.geomspace(1.0, 1.0 / cond, k)) @ V.T
+
+
+@pytest.mark.parametrize("cond", [1.0, 1e3, 1e6, 1e9, 1e14])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_orthonormalization_is_orthonormal_and_spans_the_columns(cond, dtype):
+    from sekron.svd import _qr
+
+    m, k = 700, 24
+    Y = _with_condition(m, k, cond, 0).astype(dtype)
+    Y0 = Y.copy()
+    Q, R = _qr(Y)
+    assert np.array_equal(Y, Y0)  # the input is not modified
+    assert Q.dtype == dtype and Q.shape == (m, k) and R.shape == (k, k)
+    eps = float(np.finfo(dtype).eps)
+    Q64 = Q.astype(np.float64)
+    np.testing.assert_allclose(Q64.T @ Q64, np.eye(k), rtol=0, atol=4 * eps * m)
+    # Y = Q R to working precision of Y's dtype
+    Y64 = Y.astype(np.float64)
+    assert np.linalg.norm(Q64 @ R - Y64) <= 4 * eps * m * np.linalg.norm(Y64)
+    # the same column space as Householder QR in float64, up to the subspace's conditioning
+    Qh, _ = np.linalg.qr(Y64)
+    eps_cond = min(float(np.finfo(np.float64).eps) * cond, 1.0)
+    gap = np.linalg.norm(Qh @ (Qh.T @ Q64) - Q64, 2)
+    assert gap <= 4 * m * max(eps, eps_cond)
+
+
+def test_orthonormalization_of_a_rank_deficient_block_falls_back_to_householder():
+    from sekron.svd import _cholesky_qr2, _qr
+
+    rng = np.random.default_rng(1)
+    Y = rng.standard_normal((300, 3)) @ rng.standard_normal((3, 10))  # rank 3 of 10
+    assert _cholesky_qr2(Y) is None
+    Q, R = _qr(Y)
+    np.testing.assert_allclose(Q.T @ Q, np.eye(10), rtol=0, atol=1e3 * np.finfo(float).eps)
+    np.testing.assert_allclose(Q @ R, Y, rtol=0, atol=1e3 * np.finfo(float).eps * np.abs(Y).max())
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_certified_stop_is_within_half_a_percent_of_eckart_young(seed):
+    # slow decay (σ_r ∝ 1/(r+1)²) plus a noise floor: the sketch certifies the error early
+    rng = np.random.default_rng(seed)
+    m, n, rank = 600, 520, 8
+    U, _ = np.linalg.qr(rng.standard_normal((m, 12)))
+    V, _ = np.linalg.qr(rng.standard_normal((n, 12)))
+    M = (U / np.arange(1, 13) ** 2) @ V.T + 1e-3 * rng.standard_normal((m, n)) / np.sqrt(m)
+    s_ref = np.linalg.svd(M, compute_uv=False)
+    optimal = float(np.sum(s_ref[rank:] ** 2))
+    for dtype in (np.float32, np.float64):
+        Md = M.astype(dtype)
+        U_, s, Vt = truncated_svd(Md, rank, method="randomized", random_state=seed)
+        err = float(np.sum((Md.astype(np.float64) - (U_ * s).astype(np.float64) @ Vt) ** 2))
+        assert err <= 1.005**2 * optimal + 64 * float(np.finfo(dtype).eps) * float(np.sum(M**2))

@@ -207,3 +207,21 @@ def test_macs_matmul_rejects_non_matrix_structures():
         sk.Structure([(2, 2, 2), (2, 2, 2)], ranks=1).macs_matmul(3)
     with pytest.raises(ValueError):
         sk.Structure([(2, 2), (2, 2)], ranks=1).macs_matmul(0)
+
+
+@pytest.mark.parametrize("ranks", [(1, 1), (2, 3)])
+def test_rmatmul_layouts_of_x_agree(ranks):
+    # C-ordered rows take the rows plan, rows that are a transposed view the columns plan
+    rng = np.random.default_rng(7)
+    st_ = sk.Structure([(3, 2), (2, 4), (4, 3)], ranks=ranks)
+    op = random_sekron(st_, rng)
+    m, n = op.shape
+    W64 = op.to_dense()
+    Xc = rng.normal(size=(5, m))
+    Xf = np.asfortranarray(Xc)
+    Xs = rng.normal(size=(10, m))[::2]  # neither C- nor F-contiguous
+    K = max(m, n) * math.prod(ranks)
+    for X in (Xc, Xf, Xs, Xc[:1]):
+        got = rmatmul(X, op)
+        assert got.flags.c_contiguous
+        assert_close(got, X @ W64, np.abs(X) @ abs_dense(op), np.float64, K)
