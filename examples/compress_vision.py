@@ -18,6 +18,10 @@ per-layer budget of ``kernel size / R`` parameters, for each ratio R, by
 * ``svd``: the truncated SVD of the kernel as a (32, 288) matrix, ``compress(...,
   methods="lowrank")``;
 * ``gkpd``: two Kronecker factors of any other shapes (GKPD), ``methods="kronecker"``;
+* ``gkpd-fixed``: GKPD with fixed balanced shapes, (F/8, C/8, 3, 3) ⊗ (8, 8, 1, 1), at the
+  largest rank within the budget (``SeKronConv2d.from_conv(structure=...)``), since
+  ``methods="kronecker"`` ranks candidate shapes by multiply-adds and may leave part of
+  the budget unused;
 * ``sekron``: three Kronecker factors, ``methods="sekron", n_factors=3``;
 * ``auto``: ``compress``'s default two-factor families, the least error per layer;
 * ``tt``: a tensor train of the kernel in mode order (C_out, Kh, Kw, C_in), TT-SVD
@@ -81,7 +85,7 @@ TRAIN_IMAGES = (
     "hubble_deep_field",
 )
 HELD_OUT_IMAGES = ("camera", "rocket", "coins", "gravel")
-LIBRARY = ("svd", "gkpd", "sekron", "auto")
+LIBRARY = ("svd", "gkpd", "gkpd-fixed", "sekron", "auto")
 FORMATS = ("tt", "tucker", "cp")
 METHODS = tuple(m + s for m in LIBRARY + FORMATS for s in ("", "-data"))
 # "auto" (plain) chose the truncated SVD on every layer at 2x (the same PSNR as "svd")
@@ -393,12 +397,34 @@ def compress_model(
     seed: int,
 ) -> tuple[nn.Module, list[dict[str, Any]]]:
     """``model`` with its inner convs replaced by ``method`` at ``kernel size / ratio`` each."""
+    from sekron import Structure
     from sekron.torch import SeKronConv2d, compress
 
     names = inner_convs(model)
     base, aware = method.removesuffix("-data"), method.endswith("-data")
     rows: list[dict[str, Any]] = []
-    if base in LIBRARY:
+    if base == "gkpd-fixed":
+        small = copy.deepcopy(model)
+        for name in names:
+            conv = small.get_submodule(name)
+            assert isinstance(conv, nn.Conv2d)
+            f, c, kh, kw = conv.weight.shape
+            shapes = [(f // 8, c // 8, kh, kw), (8, 8, 1, 1)]
+            rank = int(conv.weight.numel() / ratio // sum(math.prod(s) for s in shapes))
+            gram = {"gram": grams[name].numpy(), "ridge": ridge} if aware else {}
+            new = SeKronConv2d.from_conv(
+                conv, Structure(shapes, ranks=rank), random_state=seed, **gram
+            )
+            new.path = "dense"
+            _swap(small, name, new)
+            rows.append(
+                {
+                    "name": name,
+                    "structure": str(new.structure),
+                    "kernel_params": new.structure.n_params,
+                }
+            )
+    elif base in LIBRARY:
         opts: dict[str, Any] = {"max_candidates": max_candidates, "random_state": seed}
         if base != "auto":
             opts["methods"] = {"svd": "lowrank", "gkpd": "kronecker", "sekron": "sekron"}[base]
