@@ -50,8 +50,8 @@ teacher; Adam, the same fixed batches of noisy training patches for all).
 
 Writes docs/img/vision_results.md, docs/img/vision_results.json and docs/img/vision_psnr.png.
 
-    python examples/compress_vision.py            # full run (about 10 minutes on one core)
-    python examples/compress_vision.py --quick    # smoke run (< 1 minute)
+    python examples/compress_vision.py            # full run (22 minutes, one thread, load ~10)
+    python examples/compress_vision.py --quick    # smoke run (< 1 minute), vision_quick_* files
 """
 
 from __future__ import annotations
@@ -656,7 +656,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         }
         results.append(res)
         args.out.mkdir(parents=True, exist_ok=True)  # partial results survive an interrupted run
-        (args.out / "vision_results.partial.json").write_text(json.dumps(results, indent=1))
+        stem = "vision_quick" if args.quick else "vision"
+        (args.out / f"{stem}_results.partial.json").write_text(json.dumps(results, indent=1))
         tqdm.write(
             f"{method:>12} {ratio:>3g}x: params {res['achieved_ratio']:.2f}x, data err "
             f"{res['mean_data_error']:.3f}, PSNR {before:.2f} -> {after:.2f} dB "
@@ -682,12 +683,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         else None,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "vision_results.json").write_text(json.dumps(summary, indent=1))
+    stem = "vision_quick" if args.quick else "vision"  # a smoke run keeps the measured files
+    (args.out / f"{stem}_results.json").write_text(json.dumps(summary, indent=1))
     table = results_table(summary)
-    (args.out / "vision_results.md").write_text(table + "\n")
+    (args.out / f"{stem}_results.md").write_text(table + "\n")
     print(table)
     if not args.no_plot:
-        plot(summary, args.out / "vision_psnr.png")
+        plot(summary, args.out / f"{stem}_psnr.png")
     print(f"total {summary['total_seconds']:.0f} s, load average {summary['loadavg']}")
     return summary
 
