@@ -18,11 +18,14 @@ time, each a strategy of its own (:func:`select` dispatches):
   error (the tail of the first split's spectrum beyond ``R_1``) and then by parameters,
   largest first. Candidates no cheaper than the dense layer go last, up to
   ``max_candidates`` are fitted (always including the plain low-rank structure
-  ``(w_1, 1, ..) ⊗ (1, w_2, ..)``, the truncated SVD of the output-mode unfolding, when
-  it fits the budget), and the least certified error wins (ties: fewer MACs);
+  ``(w_1, 1, ..) ⊗ (1, w_2, ..)``, the truncated SVD of the output-mode unfolding, and
+  for two factors the balanced one, factor sizes as equal as the divisors allow, as
+  GKPD uses, when they fit the budget), and the least certified error wins (ties:
+  fewer MACs);
 * ``tol=`` (:func:`select_by_tol`): a relative Frobenius error. Up to
-  ``max_candidates`` factor shapes, spread over the enumeration, are fitted with ``tol``
-  (the core picks their ranks); the one with the fewest parameters wins.
+  ``max_candidates`` factor shapes, spread over the enumeration, and the balanced ones
+  are fitted with ``tol`` (the core picks their ranks); the one with the fewest
+  parameters wins.
 
 Fits run in float64: :func:`sekron.nkp` for two factors (each term scaled by
 ``sqrt(σ)``, so both factors have the same norm) and :func:`sekron.sekron` otherwise,
@@ -278,6 +281,31 @@ def _is_low_rank(st: Structure) -> bool:
     return st.n_factors == 2 and b[0] == 1 and all(d == 1 for d in a[1:])
 
 
+def _low_rank(cands: list[Structure]) -> Structure | None:
+    return next((c for c in cands if _is_low_rank(c)), None)
+
+
+def _balanced(cands: list[Structure]) -> list[Structure]:
+    """The two-factor candidates of most equal factors (GKPD's shapes), at most two.
+
+    Equal mode by mode first (``a_k`` close to ``b_k``: 8×8 ⊗ 8×8 before 4×16 ⊗ 16×4),
+    then in size; of the shapes that tie (``a ⊗ b`` and ``b ⊗ a``) the two using most
+    parameters.
+    """
+    two = [c for c in cands if c.n_factors == 2 and not _is_low_rank(c)]
+
+    def imbalance(c: Structure) -> tuple[float, float]:
+        a, b = c.shapes
+        per_mode = sum(abs(math.log(x / y)) for x, y in zip(a, b, strict=True))
+        return (round(per_mode, 9), round(abs(math.log(c.sizes[0] / c.sizes[1])), 9))
+
+    if not two:
+        return []
+    best = min(imbalance(c) for c in two)
+    ties = [c for c in two if imbalance(c) == best]
+    return sorted(ties, key=lambda c: (-c.n_params, c.shapes))[:2]
+
+
 def _spread(items: list[Any], k: int) -> list[Any]:
     if len(items) <= k:
         return items
@@ -331,11 +359,17 @@ def _least_error(
     random_state: Any,
     data: dict[str, Any],
 ) -> Selection:
-    """Fit the first ``max_candidates`` (plus the low-rank split); the least error wins."""
-    tried = cands[:max_candidates]
-    low_rank = [c for c in cands if _is_low_rank(c)]
-    if low_rank and not any(_is_low_rank(c) for c in tried):
-        tried = tried[: max_candidates - 1] + low_rank[:1]
+    """Fit the first ``max_candidates`` (plus the low-rank and balanced splits); least error wins.
+
+    The cost order alone puts the cheapest, most lopsided Kronecker shapes first, which
+    are rarely the accurate ones; the two reference structures of the field, the
+    truncated SVD and the balanced Kronecker product of GKPD, are always fitted.
+    """
+    low = _low_rank(cands)
+    refs = ([low] if low is not None else []) + _balanced(cands)
+    refs = refs[:max_candidates]  # one seat: the low-rank split
+    others = [c for c in cands[:max_candidates] if c not in refs]
+    tried = others[: max_candidates - len(refs)] + refs
     best: tuple[Any, ...] | None = None
     for st, fit in fit_candidates(W, tried, random_state=random_state, **data):
         key = (fit_error(fit), cost(st))
@@ -502,7 +536,8 @@ def select_by_tol(
 ) -> Selection:
     """The fewest parameters with relative error ``<= tol`` (the core picks the ranks).
 
-    Up to ``max_candidates`` factor shape sets, spread over the enumeration, are fitted.
+    Up to ``max_candidates`` factor shape sets, spread over the enumeration, are fitted,
+    and for two factors the (at most two) most balanced ones.
 
     Raises
     ------
@@ -524,6 +559,8 @@ def select_by_tol(
     sets = _shape_sets(W.shape, S, accept)
     t = check_tol(tol)
     tried = _spread(sorted(sets, key=lambda s: (Structure(s, 1).n_params, s)), max_candidates)
+    # the balanced shapes (GKPD's) too, which a spread over sizes can step over
+    tried += [c.shapes for c in _balanced([Structure(s, 1) for s in sets]) if c.shapes not in tried]
     best: tuple[Any, ...] | None = None
     for shapes in tried:
         fit = fit_structure(

@@ -175,3 +175,18 @@ def test_budget_checks_its_arguments_once_up_front():
         budget(ratio=0.5)
     with pytest.raises(ValueError, match=r"^tol: expected a relative error in"):
         budget(tol=1.5)
+
+
+def test_balanced_kronecker_is_always_a_candidate():
+    # the cost order puts lopsided shapes first; with two seats the balanced GKPD shape
+    # (exact here) and the low-rank split (not exact) must both be fitted
+    rng = np.random.default_rng(3)
+    W = np.kron(rng.normal(size=(8, 8)), rng.normal(size=(8, 8)))
+    macs = lambda st: st.macs_matmul(1)["sekron"]  # noqa: E731
+    sel = select_by_ratio(W, 4, cost=macs, dense_cost=W.size, max_candidates=2)
+    assert sel.structure.shapes == ((8, 8), (8, 8))
+    assert sel.relative_error < 1e-10
+    assert sel.n_candidates == 2
+    # one seat goes to the low-rank split, the field's first reference
+    one = select_by_ratio(W, 4, cost=macs, dense_cost=W.size, max_candidates=1)
+    assert one.structure.shapes == ((64, 1), (1, 64))
