@@ -30,6 +30,7 @@ from ._validation import (
     as_shape,
     as_shapes,
     check_finite,
+    check_option,
     check_tol,
     svd_method,
 )
@@ -115,10 +116,7 @@ def _complement_shape(
 
 def _check_solver(method: Any, random_state: Any) -> None:
     """Reject a bad solver name or seed up front, also where no solver ends up using them."""
-    if method not in ("auto", "full", "arpack", "randomized"):
-        raise ValueError(
-            f"method: expected 'auto', 'full', 'arpack' or 'randomized', got {method!r}"
-        )
+    check_option(method, "method", ("auto", "full", "arpack", "randomized"))
     if not isinstance(random_state, (np.random.Generator, np.random.RandomState)):
         as_generator(random_state)  # None or an int >= 0; raises TypeError/ValueError otherwise
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .._validation import check_bits
-from ..errors import ShapeError
+from ..errors import ArgumentError, ShapeError
 from . import _kernels
 from ._gemm import Method, check_operand, gemm_nt, plan_for, transposed
 from ._tensor import (
@@ -440,7 +440,7 @@ def linear_backward(
     mask = None
     if dx_mask is not None:
         if dxb is None:
-            raise ValueError(
+            raise ArgumentError(
                 "dx_mask: expected dx_bits to be given with a mask (the mask applies after requantization)"
             )
         mask = np.asarray(dx_mask)

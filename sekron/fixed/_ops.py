@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._validation import check_bits
-from ..errors import DTypeError, OverflowRiskError, ShapeError
+from ..errors import ArgumentError, ArgumentTypeError, DTypeError, OverflowRiskError, ShapeError
 from . import _kernels
 from ._tensor import (
     FixedTensor,
@@ -48,7 +48,7 @@ _SAFE = 1 << 62
 
 def _check_fixed(t: Any, name: str) -> FixedTensor:
     if not isinstance(t, FixedTensor):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{name}: expected a FixedTensor (see sekron.fixed.to_fixed), got {_describe(t)}"
         )
     return t
@@ -104,9 +104,9 @@ def align_to(
     array([2, 0])
     """
     if not isinstance(t, FixedTensor):
-        raise TypeError(f"t: expected a FixedTensor, got {_describe(t)}")
+        raise ArgumentTypeError(f"t: expected a FixedTensor, got {_describe(t)}")
     if isinstance(exponent, (bool, np.bool_)) or not isinstance(exponent, numbers.Integral):
-        raise TypeError(f"exponent: expected an int, got {_describe(exponent)}")
+        raise ArgumentTypeError(f"exponent: expected an int, got {_describe(exponent)}")
     exponent = int(exponent)
     diff = np.asarray(t.exponent, np.int64) - exponent
     if np.any(diff > 0) and t.bits - 1 + int(diff.max()) > 62:
@@ -402,7 +402,9 @@ def layer_norm_backward(
     (True, array([1., 1., 1., 1.]))
     """
     if not isinstance(cache, LayerNormCache):
-        raise TypeError(f"cache: expected a LayerNormCache from layer_norm, got {_describe(cache)}")
+        raise ArgumentTypeError(
+            f"cache: expected a LayerNormCache from layer_norm, got {_describe(cache)}"
+        )
     b = cache.bits
     key = resolve_seed(seed)
     xh = cache.xhat
@@ -448,7 +450,7 @@ def _check_ids(ids: Any, n: int) -> np.ndarray:
     if arr.dtype.kind not in "iu":
         raise DTypeError(f"ids: expected an integer array, got {_describe(arr)}")
     if arr.size and (arr.min() < 0 or arr.max() >= n):
-        raise ValueError(
+        raise ArgumentError(
             f"ids: expected values in 0..{n - 1}, got min {arr.min()} and max {arr.max()}"
         )
     return arr.astype(np.int64)

@@ -9,7 +9,7 @@ import numpy as np
 from tensorly.cp_tensor import CPTensor, cp_to_tensor
 
 from .._validation import as_positive_int, as_rank, as_shape
-from ..errors import ShapeError
+from ..errors import ArgumentTypeError, ShapeError
 from ..structure import Structure
 from ..tensor import SeKronTensor
 from ._parse import cp_parts
@@ -156,7 +156,7 @@ def to_cp(
     True
     """
     if not isinstance(t, SeKronTensor):
-        raise TypeError(f"t: expected a SeKronTensor, got {type(t).__name__}")
+        raise ArgumentTypeError(f"t: expected a SeKronTensor, got {type(t).__name__}")
     R = as_positive_int(rank, "rank")
     n_iter_max = as_positive_int(n_iter_max, "n_iter_max")
     st = t.structure

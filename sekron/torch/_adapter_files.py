@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import FormatError, ShapeError
+from ..errors import ArgumentTypeError, FormatError, ShapeError
 from ._lokr import LoKr, LoRA, factorization
 
 __all__ = ["load_lycoris", "load_peft", "lycoris_name", "save_lycoris", "save_peft"]
@@ -197,7 +197,9 @@ def _kernels(model: Any) -> dict[str, tuple[int, ...]]:
     elif isinstance(model, Mapping):
         weights = {k[: -len(".weight")]: v for k, v in model.items() if str(k).endswith(".weight")}
     else:
-        raise TypeError(f"model: expected an nn.Module or a state dict, got {type(model).__name__}")
+        raise ArgumentTypeError(
+            f"model: expected an nn.Module or a state dict, got {type(model).__name__}"
+        )
     out: dict[str, tuple[int, ...]] = {}
     for n, w in weights.items():
         if isinstance(w, (torch.Tensor, np.ndarray)):

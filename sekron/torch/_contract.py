@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import torch
 
 from ..contraction import LinearPlan, execute_linear, linear_plan
+from ..errors import ArgumentError
 from ..structure import Structure
 from ._conv import TorchBackend
 
@@ -81,7 +82,7 @@ _ORDERS = {"auto": "auto", "right": "inner", "left": "outer"}
 
 def _plan(structure: Structure, order: str) -> LinearPlan:
     if order not in _ORDERS:
-        raise ValueError(f"order: expected one of {tuple(_ORDERS)}, got {order!r}")
+        raise ArgumentError(f"order: expected one of {tuple(_ORDERS)}, got {order!r}")
     return linear_plan(structure.shapes, structure.ranks, layout="rows", order=_ORDERS[order])
 
 

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ArgumentError, ArgumentTypeError
+
 __all__ = ["Capture", "attention_loss", "distill", "hidden_loss", "logit_loss"]
 
 
@@ -32,7 +34,7 @@ def hidden_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     1.0
     """
     if student.shape != teacher.shape:
-        raise ValueError(
+        raise ArgumentError(
             f"student: expected the teacher's shape {tuple(teacher.shape)}, got {tuple(student.shape)}"
         )
     return F.mse_loss(student, teacher.detach())
@@ -64,7 +66,7 @@ def logit_loss(
     True
     """
     if temperature <= 0:
-        raise ValueError(f"temperature: expected a positive number, got {temperature}")
+        raise ArgumentError(f"temperature: expected a positive number, got {temperature}")
     t = float(temperature)
     s = F.log_softmax(student_logits / t, dim=-1).reshape(-1, student_logits.shape[-1])
     p = F.log_softmax(teacher_logits.detach() / t, dim=-1).reshape(-1, teacher_logits.shape[-1])
@@ -80,7 +82,7 @@ def _first_tensor(out: Any) -> torch.Tensor:
         for v in out.values():
             if isinstance(v, torch.Tensor):
                 return v
-    raise TypeError(f"cannot find a tensor in a module output of type {type(out).__name__}")
+    raise ArgumentTypeError(f"cannot find a tensor in a module output of type {type(out).__name__}")
 
 
 class Capture:
@@ -183,7 +185,7 @@ def _positive(value: Any, name: str, integer: bool) -> None:
     ok = isinstance(value, int) if integer else isinstance(value, (int, float))
     if value is not None and (isinstance(value, bool) or not ok or not value > 0):
         what = "a positive integer" if integer else "a positive number"
-        raise ValueError(f"{name}: expected {what} or None, got {value!r}")
+        raise ArgumentError(f"{name}: expected {what} or None, got {value!r}")
 
 
 def distill(
@@ -291,7 +293,7 @@ def distill(
     else:
         to_logits = None
     if not hid and not att and to_logits is None:
-        raise ValueError("distill: expected at least one of hidden=, attention= and logits=")
+        raise ArgumentError("distill: expected at least one of hidden=, attention= and logits=")
     _positive(max_steps, "max_steps", True)
     _positive(max_seconds, "max_seconds", False)
     _positive(batch_size, "batch_size", True)
