@@ -7,6 +7,7 @@ Each test names the failure it guards against; references are computed independe
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -89,3 +90,82 @@ def test_values_in_the_normal_range_are_fitted_unscaled_bit_for_bit():
     W = np.random.default_rng(2).normal(size=(16, 16)) * 1e6
     W2, n, e = _scaled_norm(W)
     assert e == 0 and W2 is W and n == pytest.approx(np.sum(W**2), rel=1e-14)
+
+
+# -- structures: bounded for any shape -------------------------------------------------
+
+
+def _count_by_brute_force(n: int, parts: int) -> int:
+    """Ordered factorizations of n into `parts` positive ints, by explicit recursion."""
+    if parts == 1:
+        return 1
+    return sum(_count_by_brute_force(n // d, parts - 1) for d in range(1, n + 1) if n % d == 0)
+
+
+@pytest.mark.parametrize("n", [1, 2, 12, 36, 64, 97, 360, 1024])
+@pytest.mark.parametrize("parts", [1, 2, 3, 4])
+def test_candidate_count_and_divisors_match_brute_force(n, parts):
+    from sekron.structure import _divisors, _n_ordered_factorizations
+
+    assert _divisors(n) == tuple(d for d in range(1, n + 1) if n % d == 0)
+    assert _n_ordered_factorizations(n, parts) == _count_by_brute_force(n, parts)
+
+
+@pytest.mark.parametrize(
+    "n", [2**31 - 1, 2**61 - 1, 2**62 - 57, (2**31 - 1) * (2**31 - 19), 2**62, 600851475143]
+)
+def test_prime_factors_of_huge_modes(n):
+    from sekron.structure import _prime_factors
+
+    f = _prime_factors(n)
+    assert math.prod(p**e for p, e in f.items()) == n
+    # every factor is prime: no divisor up to its square root (checked for small ones)
+    for p in f:
+        assert p > 1 and (p > 10**7 or all(p % d for d in range(2, math.isqrt(p) + 1)))
+
+
+def test_structures_of_huge_and_prime_shapes_finish_at_once():
+    assert sk.structures((2**31 - 1,)) == []
+    assert sk.structures((2**31 - 1, 2**31 - 1), 4) == []
+    assert sk.structures((2**61 - 1,), 2) == []
+    assert sk.structures((2,), 1000) == []  # more factors than can have 2 entries each
+    found = sk.structures((2**31 - 1, 6), 2)
+    assert {s.shapes for s in found} >= {((2**31 - 1, 2), (1, 3)), ((1, 6), (2**31 - 1, 1))}
+
+
+def test_structures_refuse_an_enumeration_past_max_candidates():
+    from sekron.errors import ArgumentError
+
+    # (4096, 4096) into 4 factors: 455 ordered factorizations per mode, 455² candidates
+    with pytest.raises(ArgumentError, match=r"max_candidates.*207,025"):
+        sk.structures((4096, 4096), 4)
+    with pytest.raises(ArgumentError, match="max_candidates"):
+        sk.structures((64, 64), 2, max_candidates=10)
+    assert len(sk.structures((64, 64), 2, max_candidates=None)) == len(sk.structures((64, 64), 2))
+    with pytest.raises(sk.errors.ShapeError, match="2\\*\\*63"):
+        sk.structures((2**64,), 2)
+
+
+# -- the command line ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--top", "-1"], "--top"),
+        (["--top", "0"], "--top"),
+        (["--top", "x"], "--top"),
+        (["--n-factors", "1"], "--n-factors"),
+        (["--ranks", "0"], "--ranks"),
+        (["--min-factor-size", "-5"], "--min-factor-size"),
+        (["--min-compression", "nan"], "--min-compression"),
+    ],
+)
+def test_cli_structures_rejects_bad_numbers_clearly(capsys, argv, flag):
+    from sekron.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["structures", *argv])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: expected" in err
