@@ -7,8 +7,10 @@ modifies its input: arrays are converted into new arrays when a conversion is ne
 
 from __future__ import annotations
 
+import contextlib
 import numbers
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal, cast
 
 import numpy as np
@@ -19,6 +21,7 @@ from .errors import (
     DTypeError,
     NonFiniteError,
     RankError,
+    SekronError,
     ShapeError,
 )
 
@@ -27,6 +30,8 @@ __all__ = [
     "as_float_array",
     "as_generator",
     "as_pair",
+    "as_path",
+    "renamed",
     "as_nonnegative_float",
     "as_positive_int",
     "as_rank",
@@ -418,3 +423,48 @@ def check_has_data(t: Any, name: str) -> None:
             f"{name}: expected a tensor with values, got one on the meta device (a shape "
             "only); materialize it first (model.to_empty(device=...) and load_state_dict)"
         )
+
+
+def as_path(path: Any, name: str = "path") -> str:
+    """Return ``path`` (a ``str`` or ``os.PathLike``) as a ``str``, else :class:`ArgumentTypeError`.
+
+    An int would be read as a file descriptor by ``open`` and ``os.path.exists``; it is
+    refused here rather than opening whatever descriptor it names.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> from sekron._validation import as_path
+    >>> as_path(Path("a") / "b.npz")
+    'a/b.npz'
+    """
+    if isinstance(path, str) or (isinstance(path, os.PathLike) and not isinstance(path, bytes)):
+        out = os.fspath(path)
+        if isinstance(out, str):
+            return out
+    raise ArgumentTypeError(f"{name}: expected a str or os.PathLike path, got {_describe(path)}")
+
+
+@contextlib.contextmanager
+def renamed(inner: str, name: str) -> Iterator[None]:
+    """Inside, a sekron error about argument ``inner`` is re-raised about ``name``.
+
+    For a public function that passes its argument ``name`` on to another public
+    function, where it is called ``inner``: the user sees the argument they passed.
+
+    Examples
+    --------
+    >>> from sekron._validation import as_positive_int, renamed
+    >>> with renamed("x", "grad"):
+    ...     as_positive_int(0, "x")
+    Traceback (most recent call last):
+    ...
+    sekron.errors.ArgumentError: grad: expected an integer >= 1, got 0
+    """
+    try:
+        yield
+    except SekronError as exc:
+        msg = str(exc)
+        if not msg.startswith(inner + ": "):
+            raise
+        raise type(exc)(name + msg[len(inner) :]) from None

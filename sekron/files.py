@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ._validation import as_path
 from .errors import FormatError
 
 __all__ = [
@@ -99,7 +100,7 @@ def check_output_path(path: PathLike, inputs: Iterable[PathLike] = (), name: str
     ...
     sekron.errors.FormatError: path: expected a file to write, got the directory ...
     """
-    p = Path(path)
+    p = Path(as_path(path, name))
     if p.is_dir():
         raise FormatError(f"{name}: expected a file to write, got the directory {str(p)!r}")
     parent = p.parent if str(p.parent) else Path(".")
@@ -244,7 +245,7 @@ class NpzReader:
     """
 
     def __init__(self, path: PathLike, name: str = "path"):
-        self.path = os.fspath(path)
+        self.path = as_path(path, name)
         self.name = name
         self._fh = open(self.path, "rb")  # closed by close()
         try:

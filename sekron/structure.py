@@ -17,7 +17,14 @@ from typing import Any
 import numpy as np
 
 from ._cost import macs_conv2d
-from ._validation import as_positive_int, as_rank, as_shape, as_shapes, rank_error
+from ._validation import (
+    as_nonnegative_float,
+    as_positive_int,
+    as_rank,
+    as_shape,
+    as_shapes,
+    rank_error,
+)
 from .contraction import linear_plan
 from .errors import ArgumentError, RankError, ShapeError
 
@@ -458,8 +465,8 @@ def structures(
     min_size = as_positive_int(min_factor_size, "min_factor_size")
     if max_params is not None:
         max_params = as_positive_int(max_params, "max_params")
-    if min_compression is not None and not (float(min_compression) > 0):
-        raise ArgumentError(f"min_compression: expected a positive number, got {min_compression!r}")
+    if min_compression is not None:
+        min_compression = as_nonnegative_float(min_compression, "min_compression", positive=True)
     choices = ranks if isinstance(ranks, list) else [ranks]
     if not _fits(shape_t, S, min_size, len(choices), max_candidates):
         return []

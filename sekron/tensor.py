@@ -7,6 +7,7 @@ built, and trust their invariants afterwards.
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ._kron import unrearrange
-from ._validation import as_float_array
+from ._validation import as_float_array, as_nonnegative_float, as_path
 from .contraction import matmul_factors, rmatmul_factors
 from .errors import SekronError, ShapeError
 from .files import NpzReader, save_npz
@@ -54,6 +55,11 @@ def _infer_structure(factors: Sequence[np.ndarray]) -> Structure:
         raise ShapeError(
             f"factors: shapes {shapes} with ranks {ranks} are not a valid structure: {exc}"
         ) from None
+
+
+def _certificate(x: Any, name: str) -> float | None:
+    """None, or a finite float >= 0 (a norm or a distance)."""
+    return None if x is None else as_nonnegative_float(x, name)
 
 
 class SeKronTensor:
@@ -142,12 +148,10 @@ class SeKronTensor:
             )
         self._factors = tuple(arrays)
         self._structure = inferred
-        self._error_bound = None if error_bound is None else float(error_bound)
-        self._reference_norm = None if reference_norm is None else float(reference_norm)
-        self._data_error_bound = None if data_error_bound is None else float(data_error_bound)
-        self._data_reference_norm = (
-            None if data_reference_norm is None else float(data_reference_norm)
-        )
+        self._error_bound = _certificate(error_bound, "error_bound")
+        self._reference_norm = _certificate(reference_norm, "reference_norm")
+        self._data_error_bound = _certificate(data_error_bound, "data_error_bound")
+        self._data_reference_norm = _certificate(data_reference_norm, "data_reference_norm")
 
     # -- facts --------------------------------------------------------------------------
     @property
@@ -283,7 +287,12 @@ class SeKronTensor:
         True
         """
         N = self.ndim
-        perm = tuple(range(N))[::-1] if axes is None else tuple(int(a) for a in axes)
+        if axes is None:
+            perm = tuple(range(N))[::-1]
+        elif isinstance(axes, (str, bytes)) or not isinstance(axes, Sequence):
+            raise ShapeError(f"axes: expected a permutation of range({N}), got {axes!r}")
+        else:
+            perm = tuple(int(a) if isinstance(a, numbers.Integral) else -1 for a in axes)
         if sorted(perm) != list(range(N)):
             raise ShapeError(f"axes: expected a permutation of range({N}), got {axes!r}")
         S = self._structure.n_factors
@@ -353,7 +362,7 @@ class SeKronTensor:
         if hasattr(path, "write"):  # a file object (in-memory checkpoints)
             np.savez(path, **arrays)  # type: ignore[arg-type]
         else:
-            save_npz(path, arrays)
+            save_npz(as_path(path), arrays)
 
 
 def _read_bound(z: NpzReader, key: str, what: str, *, optional: bool = False) -> float | None:
@@ -498,8 +507,9 @@ def load(path: str | os.PathLike[str]) -> SeKronTensor:
     >>> sk.load(path).shape
     (4, 4)
     """
+    path = as_path(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"path: no such file {os.fspath(path)!r}")
+        raise FileNotFoundError(f"path: no such file {path!r}")
     with NpzReader(path) as z:
         t, used = read_tensor(z)
         extra = sorted(set(z.members) - used)

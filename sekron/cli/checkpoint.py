@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from .._validation import check_exactly_one, check_ratio
+from .._validation import as_path, check_exactly_one, check_ratio
 from ..errors import FormatError, SekronError
 from ..files import NpzReader, check_output_path, save_npz
 from ..selection import WeightReport, budget, compress_weight
@@ -507,8 +507,9 @@ def load_compressed(path: str | os.PathLike[str]) -> dict[str, Any]:
     >>> type(back["fc.weight"]).__name__, np.allclose(back["fc.weight"].to_dense(), w["fc.weight"])
     ('SeKronTensor', True)
     """
+    path = as_path(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"path: no such file {os.fspath(path)!r}")
+        raise FileNotFoundError(f"path: no such file {path!r}")
     with NpzReader(path) as z:
         header = _read_manifest(z)
         load_one = _load_v1 if header["version"] == 1 else _load_v2

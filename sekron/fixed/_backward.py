@@ -20,6 +20,7 @@ from ._tensor import (
     Seed,
     _describe,
     bits_for_bound,
+    check_requantize,
     map_grad,
     requantize,
     resolve_seed,
@@ -173,6 +174,7 @@ def linear(
     >>> linear(x, w, b).to_float()
     array([[ 3.25, -1.5 ]])
     """
+    check_requantize(out_bits, rounding, seed)
     x = check_operand(x, "x", 2)
     weight = check_operand(weight, "weight", 2)
     if x.shape[1] != weight.shape[1]:

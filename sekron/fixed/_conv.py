@@ -14,6 +14,7 @@ from ._tensor import (
     Rounding,
     Seed,
     bits_for_bound,
+    check_requantize,
     map_grad,
     requantize,
     resolve_seed,
@@ -173,6 +174,7 @@ def conv2d(
     >>> conv2d(x2, w2, groups=2).to_float().ravel()
     array([4., 8.])
     """
+    check_requantize(out_bits, rounding, seed)
     x = check_operand(x, "x", 4)
     weight = check_operand(weight, "weight", 4)
     if groups != 1:

@@ -36,6 +36,7 @@ from ._tensor import (
     Seed,
     _describe,
     bits_for_bound,
+    check_requantize,
     requantize,
 )
 
@@ -356,6 +357,7 @@ def matmul(
     >>> c.mantissa.dtype, c.to_float()
     (dtype('int32'), array([[ 7., 10.], [15., 22.]]))
     """
+    check_requantize(out_bits, rounding, seed)
     a = check_operand(a, "a", 2)
     b = check_operand(b, "b", 2)
     if a.shape[1] != b.shape[0]:

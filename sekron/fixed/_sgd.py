@@ -9,7 +9,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from .._validation import as_float_array, check_bits
+from .._validation import as_float_array, check_bits, renamed
 from ..errors import ArgumentError, ArgumentTypeError, ShapeError
 from . import _kernels
 from ._ops import add, mul
@@ -195,7 +195,10 @@ def sgd_step(  # noqa: C901
             if grad.per_tensor and grad.shape == weight.shape and grad.bits <= 62:
                 gfix = grad
         elif type(grad) is np.ndarray and grad.shape == weight.shape:
-            gfix = to_fixed(grad, b, rounding_, key, stream=2)  # requantizing it is the identity
+            with renamed("x", "grad"):
+                gfix = to_fixed(
+                    grad, b, rounding_, key, stream=2
+                )  # requantizing it is the identity
         if gfix is not None:
             fused = _sgd_master_fused(weight, gfix, state, lr_, mu, wd, b, key)
             if fused is not None:
@@ -216,7 +219,8 @@ def sgd_step(  # noqa: C901
     if isinstance(grad, FixedTensor):
         gq = requantize(grad, b, rounding_, key, stream=2)
     else:
-        gq = to_fixed(grad, b, rounding_, key, stream=2)
+        with renamed("x", "grad"):
+            gq = to_fixed(grad, b, rounding_, key, stream=2)
     if gq.shape != wq.shape:
         raise ShapeError(f"grad: expected shape {wq.shape} to match weight, got {gq.shape}")
     if wd:

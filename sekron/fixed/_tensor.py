@@ -66,6 +66,8 @@ def mantissa_dtype(bits: int) -> np.dtype:
     """
     if isinstance(bits, (bool, np.bool_)) or not isinstance(bits, numbers.Integral):
         raise ArgumentTypeError(f"bits: expected an int in 1..64, got {_describe(bits)}")
+    if bits < 1:
+        raise ArgumentError(f"bits: expected an int in 1..64, got {int(bits)}")
     for dt in (np.int8, np.int16, np.int32, np.int64):
         if bits <= np.iinfo(dt).bits:
             return np.dtype(dt)
@@ -316,6 +318,18 @@ def _check_exponent(exponent: Any, shape: tuple[int, ...]) -> Exponent:
             f"match the mantissa shape {shape}, got shape {e.shape}"
         )
     return e.astype(np.int64)
+
+
+def check_requantize(out_bits: Any, rounding: Any, seed: Any) -> None:
+    """Validate an op's requantization options up front, also when ``out_bits`` is None.
+
+    So that a typo in ``rounding`` or ``seed`` is never silently ignored, and a bad
+    ``out_bits`` is reported by its own name.
+    """
+    if out_bits is not None:
+        check_bits(out_bits, "out_bits")
+    check_rounding(rounding)
+    resolve_seed(seed)
 
 
 def resolve_seed(seed: Seed, name: str = "seed") -> int:

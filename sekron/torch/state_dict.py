@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._validation import as_path
 from ..errors import FormatError
 
 __all__ = ["read_state_dict"]
@@ -50,6 +51,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     >>> {k: v.shape for k, v in read_state_dict(path).items()}
     {'weight': (2, 4), 'bias': (2,)}
     """
+    path = as_path(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"path: no such file {os.fspath(path)!r}")
     try:
