@@ -237,7 +237,7 @@ FORMATS = [
         "formats.tucker_structure",
         fm.tucker_structure,
         lambda: {"shape": (4, 4, 4), "ranks": 2},
-        {"shape": [(0, 2), "ab"], "ranks": [0, 2.5, "2", (2, 2)]},
+        {"shape": [(0, 2), "ab"], "ranks": [0, 2.5, "2", (2, 2, 2, 2)]},
     ),
     Case(
         "formats.from_cp",

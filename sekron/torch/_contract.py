@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .._validation import check_instance
 from ..contraction import LinearPlan, execute_linear, linear_plan
 from ..errors import ArgumentError
 from ..structure import Structure
@@ -72,6 +73,7 @@ def linear_macs(structure: Structure) -> dict[str, int]:
     >>> linear_macs(sk.Structure([(16, 16), (16, 16)], ranks=1))
     {'right': 8192, 'left': 8192, 'sekron': 8192, 'dense': 65536}
     """
+    check_instance(structure, "structure", Structure, "a sekron.Structure")
     right, left = (_plan(structure, o).macs for o in ("right", "left"))
     m, n = structure.shape
     return {"right": right, "left": left, "sekron": _plan(structure, "auto").macs, "dense": m * n}

@@ -20,7 +20,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validation import check_exactly_one, check_has_data, check_ratio
+from .._validation import (
+    as_generator,
+    as_nonnegative_float,
+    as_positive_int,
+    check_exactly_one,
+    check_has_data,
+    check_option,
+    check_ratio,
+)
 from ..allocation import WhitenedSpectrum
 from ..errors import ArgumentError, ArgumentTypeError, SekronError, ShapeError
 from ..selection import Selection, WeightReport, compress_weight, fit_error
@@ -337,8 +345,18 @@ def compress(
         raise ArgumentTypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     for pname, p in model.named_parameters():
         check_has_data(p, f"model: parameter {pname!r}")
-    if budget not in ("model", "layer"):
-        raise ArgumentError(f"budget: expected 'model' or 'layer', got {budget!r}")
+    check_option(budget, "budget", ("model", "layer"))
+    if methods is not None and not isinstance(methods, (str, list, tuple)):
+        raise ArgumentTypeError(f"methods: expected a subset of {METHODS}, got {methods!r}")
+    n_factors = as_positive_int(n_factors, "n_factors", minimum=2)
+    max_candidates = as_positive_int(max_candidates, "max_candidates")
+    ridge = as_nonnegative_float(ridge, "ridge")
+    if max_batches is not None:
+        max_batches = as_positive_int(max_batches, "max_batches")
+    if max_seconds is not None:
+        max_seconds = as_nonnegative_float(max_seconds, "max_seconds", positive=True)
+    if not isinstance(random_state, (np.random.Generator, np.random.RandomState)):
+        as_generator(random_state)  # None or an int >= 0
     families = _families(methods, n_factors)
     target = model if inplace else copy.deepcopy(model)
     names, aliases = _targets(target, include, exclude, embeddings)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .. import fixed
+from .._validation import check_instance
 from ..errors import ArgumentError
 from ..fixed import STREAM_BIAS, STREAM_INPUT, STREAM_WEIGHT
 from ._convert import to_numpy, to_torch
@@ -153,6 +154,7 @@ class IntLinear(IntModule):
     @classmethod
     def from_linear(cls, layer: nn.Linear, bits: int = 8, **kw: Any) -> IntLinear:
         """An integer copy of ``layer`` (weights copied)."""
+        check_instance(layer, "layer", nn.Linear, "an nn.Linear")
         out = cls(
             layer.in_features,
             layer.out_features,

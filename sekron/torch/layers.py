@@ -535,7 +535,7 @@ class SeKronConv2d(_SeKronModule):
             raise ArgumentError(f"layer: expected padding_mode='zeros', got {layer.padding_mode!r}")
         check_has_data(layer.weight, "layer.weight")
         W = to_numpy(layer.weight, np.float64)
-        hw = in_hw or (32, 32)
+        hw = (32, 32) if in_hw is None else as_pair(in_hw, "in_hw")
         args = (layer.stride, layer.padding, layer.dilation)
         probe = cls(Structure([W.shape, (1, 1, 1, 1)], 1), *args, bias=False)
         sel = select(
