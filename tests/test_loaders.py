@@ -492,3 +492,63 @@ def test_sk_load_with_any_altered_scalar_is_a_format_error_or_valid(tmp_path, fi
         assert str(v) == "sekron.SeKronTensor"
     else:
         assert v.dtype.kind == "f" and (np.isnan(v) or (np.isfinite(v) and v >= 0))
+
+
+# -- adapter files (LyCORIS and PEFT) -------------------------------------------------
+
+
+def _lora_tensors(**over):
+    torch = pytest.importorskip("torch")
+    t = {"0.lora_up.weight": torch.ones(4, 1), "0.lora_down.weight": torch.ones(1, 3)}
+    t.update(over)
+    return t
+
+
+@pytest.mark.parametrize(
+    ("over", "match"),
+    [
+        ({"0.alpha": "inf"}, "alpha"),
+        ({"0.alpha": [1.0, 2.0, 3.0]}, "alpha"),
+        ({"0.lora_up.weight": "nan"}, "malformed"),
+        ({"0.lora_up.weight": "rank2"}, "malformed"),
+    ],
+)
+def test_lycoris_files_with_bad_values_are_format_errors(tmp_path, over, match):
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    from sekron.torch.adapters import load_lycoris
+
+    fill = {
+        "inf": torch.tensor(float("inf")),
+        "nan": torch.full((4, 1), float("nan")),
+        "rank2": torch.ones(4, 2),
+    }
+    tensors = _lora_tensors()
+    for k, v in over.items():
+        tensors[k] = torch.tensor(v) if isinstance(v, list) else fill[v]
+    path = tmp_path / "a.safetensors"
+    save_file(tensors, str(path))
+    with pytest.raises(FormatError, match=match):
+        load_lycoris(path)
+
+
+@pytest.mark.parametrize(
+    ("config", "match"),
+    [
+        ({"rank_pattern": {"^fc$": "8"}}, "r"),
+        ({"rank_pattern": {"^fc$": 0}}, "r"),
+        ({"rank_pattern": {}, "r": True}, "r"),
+        ({"alpha_pattern": {"^fc$": "x"}}, "lora_alpha"),
+        ({"alpha_pattern": {}, "lora_alpha": None}, "lora_alpha"),
+    ],
+)
+def test_peft_configs_with_bad_numbers_are_format_errors(tmp_path, config, match):
+    pytest.importorskip("torch")
+    from sekron.torch.adapters import LoRA, load_peft, save_peft
+
+    save_peft(tmp_path, {"fc": LoRA(np.ones((4, 1)), np.ones((1, 3)))})
+    cfg = tmp_path / "adapter_config.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), **config}))
+    with pytest.raises(FormatError, match=match):
+        load_peft(tmp_path)
