@@ -169,3 +169,41 @@ def test_cli_structures_rejects_bad_numbers_clearly(capsys, argv, flag):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert f"argument {flag}: expected" in err
+
+
+# -- one mistake, one error class ---------------------------------------------------------
+
+
+def test_the_same_mistake_raises_the_same_class_everywhere():
+    import sekron.fixed as fx
+    from sekron.errors import ArgumentError, ArgumentTypeError
+
+    rng = np.random.default_rng(0)
+    kernel = sk.SeKronTensor([rng.normal(size=(1, 2, 1, 3, 1)), rng.normal(size=(1, 2, 2, 1, 3))])
+    x = np.ones((1, 2, 6, 6))
+    xq = fx.to_fixed(x, 8, rounding="nearest")
+    wq = fx.to_fixed(np.ones((3, 2, 2, 2)), 8, rounding="nearest")
+    calls = {
+        "sk.conv2d": lambda **kw: sk.conv2d(x, kernel, **kw),
+        "ops.conv2d": lambda **kw: sk.ops.conv2d(x, kernel, **kw),
+        "fixed.conv2d": lambda **kw: fx.conv2d(xq, wq, **kw),
+    }
+    for bad, cls in (("a", ArgumentTypeError), (1.5, ArgumentTypeError), (0, ArgumentError)):
+        raised = set()
+        for call in calls.values():
+            with pytest.raises(ArgumentError, match="stride") as info:
+                call(stride=bad)
+            raised.add(type(info.value))
+        assert raised == {cls}, (bad, raised)
+    # a type mistake is both builtins, so code written against either keeps catching it
+    assert issubclass(ArgumentTypeError, TypeError) and issubclass(ArgumentTypeError, ValueError)
+    for method in ("bogus", 3):
+        kinds = set()
+        for fit in (
+            lambda m=method: sk.nkp(np.eye(4), (2, 2), rank=1, method=m),
+            lambda m=method: sk.sekron(np.eye(4), [(2, 2), (2, 2)], method=m),
+        ):
+            with pytest.raises(ArgumentError, match="method") as info:
+                fit()
+            kinds.add(type(info.value))
+        assert len(kinds) == 1
