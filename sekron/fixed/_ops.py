@@ -114,7 +114,8 @@ def align_to(
         raise OverflowRiskError(
             f"cannot align a {t.bits}-bit tensor {int(diff.max())} binades up within int64"
         )
-    q = shift_round(t.mantissa, -diff, check_rounding(rounding), resolve_seed(seed), 4)
+    check_requantize(None, rounding, seed)  # the seed checked, a Generator not drawn from
+    q = shift_round(t.mantissa, -diff, check_rounding(rounding), seed, 4)
     bound = t.max_mantissa << max(int(diff.max()), 0)
     return q, bound
 

@@ -329,7 +329,8 @@ def check_requantize(out_bits: Any, rounding: Any, seed: Any) -> None:
     if out_bits is not None:
         check_bits(out_bits, "out_bits")
     check_rounding(rounding)
-    resolve_seed(seed)
+    if not isinstance(seed, np.random.Generator):  # a Generator would be drawn from
+        resolve_seed(seed)
 
 
 def resolve_seed(seed: Seed, name: str = "seed") -> int:
