@@ -17,11 +17,11 @@ of length ``R_k C_k Kh_k Kw_k`` (the last factor: ``P_S F_S`` outputs, reduction
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ._validation import as_pair as _as_pair
 from .errors import ShapeError
 
 __all__ = [
@@ -43,21 +43,7 @@ def _shape(shapes: Sequence[Sequence[int]]) -> tuple[int, ...]:
 
 def as_pair(value: Any, name: str, minimum: int) -> tuple[int, int]:
     """Return an int or a pair of ints, each ``>= minimum``, as a pair."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        items: Any = (value, value)
-    else:
-        items = value
-    try:
-        pair = tuple(items)
-    except TypeError:
-        raise TypeError(f"{name}: expected an int or a pair of ints, got {value!r}") from None
-    if len(pair) != 2 or any(
-        isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in pair
-    ):
-        raise TypeError(f"{name}: expected an int or a pair of ints, got {value!r}")
-    if any(int(v) < minimum for v in pair):
-        raise ValueError(f"{name}: expected values >= {minimum}, got {value!r}")
-    return int(pair[0]), int(pair[1])
+    return _as_pair(value, name, minimum=minimum)  # the one parser (sekron._validation)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import numpy as np
 import scipy.linalg
 
 from ._validation import as_float_array, as_positive_int, check_finite
-from .errors import ShapeError
+from .errors import ArgumentError, ArgumentTypeError, ShapeError
 from .svd import truncated_svd
 from .tensor import SeKronTensor
 from .typing import SVDMethod
@@ -103,9 +103,11 @@ def check_gram(gram: Any, n: int) -> np.ndarray:
 def check_options(ridge: Any, sweeps: Any) -> tuple[float, int | None]:
     """Validate ``ridge`` (a finite float >= 0) and ``sweeps`` (None or an int >= 0)."""
     if isinstance(ridge, (bool, np.bool_)) or not isinstance(ridge, (int, float, np.number)):
-        raise TypeError(f"ridge: expected a float >= 0, got {type(ridge).__name__} {ridge!r}")
+        raise ArgumentTypeError(
+            f"ridge: expected a float >= 0, got {type(ridge).__name__} {ridge!r}"
+        )
     if not math.isfinite(float(ridge)) or float(ridge) < 0:
-        raise ValueError(f"ridge: expected a finite float >= 0, got {ridge!r}")
+        raise ArgumentError(f"ridge: expected a finite float >= 0, got {ridge!r}")
     return float(ridge), None if sweeps is None else as_positive_int(sweeps, "sweeps", minimum=0)
 
 

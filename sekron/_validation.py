@@ -7,19 +7,32 @@ modifies its input: arrays are converted into new arrays when a conversion is ne
 
 from __future__ import annotations
 
+import contextlib
 import numbers
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal, cast
 
 import numpy as np
 
-from .errors import DTypeError, NonFiniteError, RankError, ShapeError
+from .errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    DTypeError,
+    NonFiniteError,
+    RankError,
+    SekronError,
+    ShapeError,
+)
 
 __all__ = [
     "SVD_FULL_BELOW",
     "as_float_array",
     "as_generator",
     "as_pair",
+    "as_path",
+    "renamed",
+    "as_nonnegative_float",
     "as_positive_int",
     "as_rank",
     "as_shape",
@@ -27,6 +40,9 @@ __all__ = [
     "check_bits",
     "check_exactly_one",
     "check_finite",
+    "check_has_data",
+    "check_instance",
+    "check_option",
     "check_ratio",
     "check_rounding",
     "check_tol",
@@ -98,10 +114,10 @@ def check_finite(arr: np.ndarray, name: str) -> None:
 def as_positive_int(x: Any, name: str, *, minimum: int = 1) -> int:
     """Return ``x`` as a Python int ``>= minimum`` (bools are rejected)."""
     if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Integral):
-        raise TypeError(f"{name}: expected an integer >= {minimum}, got {_describe(x)}")
+        raise ArgumentTypeError(f"{name}: expected an integer >= {minimum}, got {_describe(x)}")
     value = int(x)
     if value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+        raise ArgumentError(f"{name}: expected an integer >= {minimum}, got {value}")
     return value
 
 
@@ -170,9 +186,9 @@ def as_generator(random_state: Any) -> np.random.Generator:
         return np.random.default_rng(random_state.randint(0, 2**31 - 1))
     if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
         if int(random_state) < 0:
-            raise ValueError(f"random_state: expected a non-negative int, got {random_state}")
+            raise ArgumentError(f"random_state: expected a non-negative int, got {random_state}")
         return np.random.default_rng(int(random_state))
-    raise TypeError(
+    raise ArgumentTypeError(
         f"random_state: expected None, an int, a numpy Generator or RandomState, got {_describe(random_state)}"
     )
 
@@ -180,19 +196,19 @@ def as_generator(random_state: Any) -> np.random.Generator:
 def check_bits(bits: Any, name: str = "bits") -> int:
     """Return ``bits`` as an int in 2..16 (sign bit included)."""
     if isinstance(bits, (bool, np.bool_)) or not isinstance(bits, numbers.Integral):
-        raise TypeError(f"{name}: expected an int in 2..16, got {_describe(bits)}")
+        raise ArgumentTypeError(f"{name}: expected an int in 2..16, got {_describe(bits)}")
     if not 2 <= int(bits) <= 16:
-        raise ValueError(f"{name}: expected an int in 2..16, got {int(bits)}")
+        raise ArgumentError(f"{name}: expected an int in 2..16, got {int(bits)}")
     return int(bits)
 
 
 def check_tol(tol: Any, name: str = "tol") -> float:
     """Return ``tol`` as a float in [0, 1) (a relative Frobenius error target)."""
     if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, numbers.Real):
-        raise TypeError(f"{name}: expected a float in [0, 1), got {_describe(tol)}")
+        raise ArgumentTypeError(f"{name}: expected a float in [0, 1), got {_describe(tol)}")
     t = float(tol)
     if not (0.0 <= t < 1.0) or not np.isfinite(t):
-        raise ValueError(f"{name}: expected a relative error in [0, 1), got {t}")
+        raise ArgumentError(f"{name}: expected a relative error in [0, 1), got {t}")
     return t
 
 
@@ -227,8 +243,8 @@ def as_rank(x: Any, name: str = "rank", *, maximum: int | None = None, detail: s
 def as_pair(x: Any, name: str, *, minimum: int = 1) -> tuple[int, int]:
     """Return an int or a pair of ints, each ``>= minimum``, as a pair of ints.
 
-    A wrong type (a float, a bool, a triple) raises ``TypeError``; a value below
-    ``minimum`` raises ``ValueError``.
+    A wrong type (a float, a bool, a triple, a string) raises :class:`ArgumentTypeError`;
+    a value below ``minimum`` raises :class:`ArgumentError`.
 
     Examples
     --------
@@ -244,9 +260,9 @@ def as_pair(x: Any, name: str, *, minimum: int = 1) -> tuple[int, int]:
     if len(pair) != 2 or any(
         isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) for v in pair
     ):
-        raise TypeError(f"{name}: expected an int or a pair of ints, got {_describe(x)}")
+        raise ArgumentTypeError(f"{name}: expected an int or a pair of ints, got {_describe(x)}")
     if any(int(v) < minimum for v in pair):
-        raise ValueError(f"{name}: expected ints >= {minimum}, got {_describe(x)}")
+        raise ArgumentError(f"{name}: expected ints >= {minimum}, got {_describe(x)}")
     return int(pair[0]), int(pair[1])
 
 
@@ -260,10 +276,10 @@ def check_ratio(ratio: Any, name: str = "ratio") -> float:
     4.0
     """
     if isinstance(ratio, (bool, np.bool_)) or not isinstance(ratio, numbers.Real):
-        raise TypeError(f"{name}: expected a number >= 1, got {_describe(ratio)}")
+        raise ArgumentTypeError(f"{name}: expected a number >= 1, got {_describe(ratio)}")
     r = float(ratio)
     if not np.isfinite(r) or r < 1.0:
-        raise ValueError(f"{name}: expected a compression ratio >= 1, got {r}")
+        raise ArgumentError(f"{name}: expected a compression ratio >= 1, got {r}")
     return r
 
 
@@ -279,13 +295,11 @@ def check_rounding(rounding: Any, name: str = "rounding") -> Rounding:
     >>> check_rounding("nearest")
     'nearest'
     """
-    if isinstance(rounding, str) and rounding in ("stochastic", "nearest"):
-        return cast(Rounding, rounding)
-    raise ValueError(f"{name}: expected 'stochastic' or 'nearest', got {rounding!r}")
+    return cast(Rounding, check_option(rounding, name, ("stochastic", "nearest")))
 
 
 def check_exactly_one(**given: Any) -> str:
-    """Return the name of the one argument that is not None; raise ``ValueError`` otherwise.
+    """Return the name of the one argument that is not None; raise :class:`ArgumentError` otherwise.
 
     Examples
     --------
@@ -295,7 +309,7 @@ def check_exactly_one(**given: Any) -> str:
     >>> check_exactly_one(ratio=4, tol=0.1)
     Traceback (most recent call last):
     ...
-    ValueError: expected exactly one of ratio= and tol=, got ratio= and tol=
+    sekron.errors.ArgumentError: expected exactly one of ratio= and tol=, got ratio= and tol=
     """
     names = list(given)
     chosen = [k for k, v in given.items() if v is not None]
@@ -303,7 +317,7 @@ def check_exactly_one(**given: Any) -> str:
         return chosen[0]
     listed = ", ".join(f"{k}=" for k in names[:-1]) + f" and {names[-1]}="
     got = " and ".join(f"{k}=" for k in chosen) if chosen else "none"
-    raise ValueError(f"expected exactly one of {listed}, got {got}")
+    raise ArgumentError(f"expected exactly one of {listed}, got {got}")
 
 
 # Below this many rows or columns LAPACK's full SVD is faster than a randomized range
@@ -326,11 +340,131 @@ def svd_method(method: Any, shape: tuple[int, ...], rank: int) -> SVDSolver:
     >>> svd_method("auto", (600, 800), 5), svd_method("auto", (100, 800), 5)
     ('randomized', 'full')
     """
-    if method not in ("auto", "full", "arpack", "randomized"):
-        raise ValueError(
-            f"method: expected 'auto', 'full', 'arpack' or 'randomized', got {method!r}"
-        )
+    check_option(method, "method", ("auto", "full", "arpack", "randomized"))
     if method != "auto":
         return cast(SVDSolver, method)
     k = min(shape)
     return "full" if k <= SVD_FULL_BELOW or rank > k // 10 else "randomized"
+
+
+def check_option(value: Any, name: str, options: Sequence[Any]) -> Any:
+    """Return ``value`` if it is one of ``options`` (compared by type and value).
+
+    A value of another type than every option (``method=3`` where strings are expected)
+    raises :class:`ArgumentTypeError`; one of the right type but not listed raises
+    :class:`ArgumentError`. Both messages list the options.
+
+    Examples
+    --------
+    >>> from sekron._validation import check_option
+    >>> check_option("full", "method", ("auto", "full"))
+    'full'
+    >>> check_option("fast", "method", ("auto", "full"))
+    Traceback (most recent call last):
+    ...
+    sekron.errors.ArgumentError: method: expected 'auto' or 'full', got 'fast'
+    """
+    names = [repr(o) for o in options]
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+    if not any(type(value) is type(o) for o in options):
+        raise ArgumentTypeError(f"{name}: expected {listed}, got {_describe(value)}")
+    if value not in options:
+        raise ArgumentError(f"{name}: expected {listed}, got {value!r}")
+    return value
+
+
+def check_instance(value: Any, name: str, cls: type | tuple[type, ...], what: str) -> Any:
+    """Return ``value`` if it is an instance of ``cls``, else :class:`ArgumentTypeError`.
+
+    Examples
+    --------
+    >>> from sekron._validation import check_instance
+    >>> check_instance(3, "n", int, "an int")
+    3
+    """
+    if not isinstance(value, cls):
+        raise ArgumentTypeError(f"{name}: expected {what}, got {_describe(value)}")
+    return value
+
+
+def as_nonnegative_float(
+    x: Any, name: str, *, positive: bool = False, upper: float | None = None
+) -> float:
+    """Return ``x`` as a finite float ``>= 0`` (``> 0`` if ``positive``, ``< upper`` if given).
+
+    Examples
+    --------
+    >>> from sekron._validation import as_nonnegative_float
+    >>> as_nonnegative_float(2, "temperature", positive=True)
+    2.0
+    """
+    rng = ("> 0" if positive else ">= 0") + ("" if upper is None else f" and < {upper}")
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
+        raise ArgumentTypeError(f"{name}: expected a finite float {rng}, got {_describe(x)}")
+    f = float(x)
+    if not np.isfinite(f) or f < 0 or (positive and f == 0) or (upper is not None and f >= upper):
+        raise ArgumentError(f"{name}: expected a finite float {rng}, got {f}")
+    return f
+
+
+def check_has_data(t: Any, name: str) -> None:
+    """Refuse a tensor on torch's ``meta`` device (a shape without values) by name.
+
+    Duck-typed on ``is_meta``, so the core needs no torch import.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sekron._validation import check_has_data
+    >>> check_has_data(np.ones(2), "layer.weight")
+    """
+    if getattr(t, "is_meta", False):
+        raise ArgumentError(
+            f"{name}: expected a tensor with values, got one on the meta device (a shape "
+            "only); materialize it first (model.to_empty(device=...) and load_state_dict)"
+        )
+
+
+def as_path(path: Any, name: str = "path") -> str:
+    """Return ``path`` (a ``str`` or ``os.PathLike``) as a ``str``, else :class:`ArgumentTypeError`.
+
+    An int would be read as a file descriptor by ``open`` and ``os.path.exists``; it is
+    refused here rather than opening whatever descriptor it names.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> from sekron._validation import as_path
+    >>> as_path(Path("a") / "b.npz")
+    'a/b.npz'
+    """
+    if isinstance(path, str) or (isinstance(path, os.PathLike) and not isinstance(path, bytes)):
+        out = os.fspath(path)
+        if isinstance(out, str):
+            return out
+    raise ArgumentTypeError(f"{name}: expected a str or os.PathLike path, got {_describe(path)}")
+
+
+@contextlib.contextmanager
+def renamed(inner: str, name: str) -> Iterator[None]:
+    """Inside, a sekron error about argument ``inner`` is re-raised about ``name``.
+
+    For a public function that passes its argument ``name`` on to another public
+    function, where it is called ``inner``: the user sees the argument they passed.
+
+    Examples
+    --------
+    >>> from sekron._validation import as_positive_int, renamed
+    >>> with renamed("x", "grad"):
+    ...     as_positive_int(0, "x")
+    Traceback (most recent call last):
+    ...
+    sekron.errors.ArgumentError: grad: expected an integer >= 1, got 0
+    """
+    try:
+        yield
+    except SekronError as exc:
+        msg = str(exc)
+        if not msg.startswith(inner + ": "):
+            raise
+        raise type(exc)(name + msg[len(inner) :]) from None

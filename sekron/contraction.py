@@ -72,7 +72,7 @@ from typing import Any, Protocol, Union
 import numpy as np
 
 from ._validation import as_float_array, as_positive_int, as_shapes
-from .errors import RankError, ShapeError
+from .errors import ArgumentError, RankError, ShapeError
 
 __all__ = [
     "LinearBackend",
@@ -423,9 +423,9 @@ def _validated_plan(shapes: Any, ranks: Any, layout: Any, transpose: Any, order:
     if len(shapes_t) < 2 or any(len(s) != 2 for s in shapes_t):
         raise ShapeError(f"shapes: expected S >= 2 pairs (m_k, n_k), got {shapes!r}")
     if layout not in LAYOUTS:
-        raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
+        raise ArgumentError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
     if order not in ORDERS:
-        raise ValueError(f"order: expected one of {ORDERS}, got {order!r}")
+        raise ArgumentError(f"order: expected one of {ORDERS}, got {order!r}")
     ranks_t = _check_ranks(ranks, len(shapes_t) - 1)
     pairs = tuple((int(s[0]), int(s[1])) for s in shapes_t)
     return _cached_plan(pairs, ranks_t, layout, bool(transpose), order)

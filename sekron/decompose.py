@@ -30,6 +30,7 @@ from ._validation import (
     as_shape,
     as_shapes,
     check_finite,
+    check_option,
     check_tol,
     svd_method,
 )
@@ -55,6 +56,47 @@ def _finite_squared_norm(W: np.ndarray) -> float:
     return norm_sq
 
 
+def _scaled_norm(W: np.ndarray) -> tuple[np.ndarray, float, int]:
+    """``(W / 2**e, ||W / 2**e||², e)``, with ``e != 0`` only for extreme magnitudes.
+
+    Entries near the top (or bottom) of the dtype's range overflow (underflow) the
+    squared norm and the SVD: float64 above about 1e144, float32 above about 4e9. Such a
+    ``W`` is fitted as ``W / 2**e`` with ``2**e`` near ``max |W|`` and the factors and
+    certificates are multiplied back by :func:`_rescaled`; a power of two keeps every
+    bit, so the certificates stay finite and exact. Finiteness is checked on the way.
+    """
+    with np.errstate(over="ignore"):  # an overflow here is what the scaling is for
+        norm_sq = _finite_squared_norm(W)
+    limit = 2.0 ** (2 * (np.finfo(W.dtype).maxexp // 2 - 32))
+    if 1.0 / limit <= norm_sq <= limit or not W.any():  # a zero norm may be an underflow
+        return W, norm_sq, 0
+    e = math.frexp(float(np.max(np.abs(W))))[1]
+    W = np.ldexp(W, -e).astype(W.dtype, copy=False)
+    return W, _squared_norm(W), e
+
+
+def _rescaled(t: SeKronTensor, e: int) -> SeKronTensor:
+    """``t`` times ``2**e``: the power spread evenly over the factors, certificates too."""
+    if e == 0:
+        return t
+    S = len(t.factors)
+    shares = [e // S + (1 if k < e % S else 0) for k in range(S)]
+
+    def up(x: float | None) -> float | None:
+        return None if x is None else float(np.ldexp(np.float64(x), e))
+
+    return SeKronTensor(
+        [
+            np.ldexp(f, k).astype(f.dtype, copy=False)
+            for f, k in zip(t.factors, shares, strict=True)
+        ],
+        error_bound=up(t.error_bound),
+        reference_norm=up(t.reference_norm),
+        data_error_bound=up(t.data_error_bound),
+        data_reference_norm=up(t.data_reference_norm),
+    )
+
+
 def _complement_shape(
     shape: tuple[int, ...], shape_a: tuple[int, ...], name: str
 ) -> tuple[int, ...]:
@@ -74,10 +116,7 @@ def _complement_shape(
 
 def _check_solver(method: Any, random_state: Any) -> None:
     """Reject a bad solver name or seed up front, also where no solver ends up using them."""
-    if method not in ("auto", "full", "arpack", "randomized"):
-        raise ValueError(
-            f"method: expected 'auto', 'full', 'arpack' or 'randomized', got {method!r}"
-        )
+    check_option(method, "method", ("auto", "full", "arpack", "randomized"))
     if not isinstance(random_state, (np.random.Generator, np.random.RandomState)):
         as_generator(random_state)  # None or an int >= 0; raises TypeError/ValueError otherwise
 
@@ -233,7 +272,7 @@ def nkp(
     if rank is not None:
         detail = f"min(|a|, |b|) for shapes {a} and {b}"
         rank = as_rank(rank, maximum=max_rank, detail=detail)
-    norm_sq = _finite_squared_norm(W)
+    W, norm_sq, e = _scaled_norm(W)  # e != 0 only for extreme magnitudes
     T = np.ascontiguousarray(_rearrange(W, (a, b)).reshape(size_a, size_b))
     if tol is not None:
         tol = check_tol(tol)
@@ -259,8 +298,8 @@ def nkp(
         [A, B], error_bound=math.sqrt(discarded), reference_norm=math.sqrt(norm_sq)
     )
     if data is None:
-        return plain
-    return _datafit.fit_nkp_data(W, plain, *data)
+        return _rescaled(plain, e)
+    return _rescaled(_datafit.fit_nkp_data(W, plain, *data), e)
 
 
 def _check_data(
@@ -432,7 +471,7 @@ def sekron(
         tol = check_tol(tol)
     S, sizes = base.n_factors, base.sizes
     cap = base.ranks if ranks_given else base.max_ranks
-    norm_sq = _finite_squared_norm(W)
+    W, norm_sq, e = _scaled_norm(W)  # e != 0 only for extreme magnitudes
     T = _rearrange(W, base.shapes).reshape(sizes)
     level_budget = None if tol is None else tol * tol * norm_sq / (S - 1)
 
@@ -460,8 +499,8 @@ def sekron(
         refined = [_refine(T, s0, refine) for s0 in starts]
         out = min(refined, key=lambda t: t.error_bound if t.error_bound is not None else np.inf)
     if data is not None:
-        return _datafit.fit_sekron_data(W, out, *data)
-    return out
+        return _rescaled(_datafit.fit_sekron_data(W, out, *data), e)
+    return _rescaled(out, e)
 
 
 def _recursive_fit(

@@ -3,12 +3,18 @@
 Every error derives from :class:`SekronError` and also from the builtin exception a
 user would naturally catch (``ValueError``, ``OverflowError``), so ``except ValueError``
 keeps working in code that does not know about sekron.
+
+An argument of the wrong type raises :class:`ArgumentTypeError`, which is an
+:class:`ArgumentError` (so ``except ArgumentError`` catches every bad argument) and a
+``TypeError``; a value out of range raises :class:`ArgumentError`, a ``ValueError``. The
+same mistake raises the same class wherever it is made.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "ArgumentError",
+    "ArgumentTypeError",
     "DTypeError",
     "FormatError",
     "NonFiniteError",
@@ -49,3 +55,11 @@ class DTypeError(SekronError, TypeError):
 
 class ArgumentError(SekronError, ValueError):
     """An argument's value is outside what the function accepts (an option, a range)."""
+
+
+class ArgumentTypeError(ArgumentError, TypeError):
+    """An argument has the wrong type (a string for an int, a float for a count...).
+
+    Also a ``TypeError``; being an :class:`ArgumentError` it is a ``ValueError`` too, so
+    code written against either builtin keeps catching it.
+    """

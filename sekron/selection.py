@@ -51,7 +51,7 @@ from ._datafit import DEFAULT_RIDGE
 from ._kron import rearrange
 from ._validation import as_positive_int, check_exactly_one, check_ratio, check_tol
 from .decompose import nkp, sekron
-from .errors import SekronError, ShapeError
+from .errors import ArgumentError, SekronError, ShapeError
 from .structure import Structure, structures
 from .tensor import SeKronTensor
 
@@ -321,7 +321,7 @@ def _shape_sets(
     shape: tuple[int, ...], S: int, accept: Callable[[Structure], bool] | None
 ) -> list[tuple[tuple[int, ...], ...]]:
     """The factor shapes of every ``S``-factor structure of ``shape`` that ``accept`` takes."""
-    sets = [st.shapes for st in structures(shape, S, ranks=1)]
+    sets = [st.shapes for st in structures(shape, S, ranks=1, max_candidates=None)]
     if accept is not None:
         sets = [s for s in sets if accept(Structure(s, 1))]
     if not sets:
@@ -450,7 +450,7 @@ def select_by_ratio(
     (True, True)
     """
     if order not in ("cost", "params"):
-        raise ValueError(f"order: expected 'cost' or 'params', got {order!r}")
+        raise ArgumentError(f"order: expected 'cost' or 'params', got {order!r}")
     W = _as_weight(W)
     max_candidates = as_positive_int(max_candidates, "max_candidates")
     sets = _shape_sets(W.shape, 2, accept)
@@ -654,13 +654,13 @@ def select(
     >>> select(W, ratio=4, ranks=7, cost=lambda st: st.n_params, dense_cost=W.size)
     Traceback (most recent call last):
     ...
-    ValueError: ranks: expected None unless structure= is given (ratio= and tol= choose ...), got 7
+    sekron.errors.ArgumentError: ranks: expected None unless structure= is given (ratio= and tol= choose ...), got 7
     """
     if order not in ("cost", "params"):
-        raise ValueError(f"order: expected 'cost' or 'params', got {order!r}")
+        raise ArgumentError(f"order: expected 'cost' or 'params', got {order!r}")
     chosen = check_exactly_one(structure=structure, ratio=ratio, tol=tol)
     if ranks is not None and chosen != "structure":
-        raise ValueError(
+        raise ArgumentError(
             "ranks: expected None unless structure= is given "
             f"(ratio= and tol= choose the ranks), got {ranks!r}"
         )

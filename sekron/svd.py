@@ -17,6 +17,7 @@ import scipy.linalg
 import scipy.sparse.linalg
 
 from ._validation import as_generator, as_rank, svd_method
+from .errors import ArgumentTypeError
 from .typing import RandomState, SVDMethod
 
 __all__ = ["MatrixOperator", "choose_method", "truncated_svd"]
@@ -292,7 +293,7 @@ def truncated_svd(
         method = "randomized"  # an implicit operator can only be used through products
     method = svd_method(method, (m, n), rank)
     if method != "randomized" and not isinstance(M, np.ndarray):
-        raise TypeError(f"M: method {method!r} needs an ndarray, got {type(M).__name__}")
+        raise ArgumentTypeError(f"M: method {method!r} needs an ndarray, got {type(M).__name__}")
     rng = as_generator(random_state)
     if method == "full":
         U, s, Vt = _full(M, rank)

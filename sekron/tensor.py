@@ -7,6 +7,7 @@ built, and trust their invariants afterwards.
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -14,13 +15,13 @@ from typing import Any
 import numpy as np
 
 from ._kron import unrearrange
-from ._validation import as_float_array
+from ._validation import as_float_array, as_nonnegative_float, as_path
 from .contraction import matmul_factors, rmatmul_factors
-from .errors import FormatError, ShapeError
-from .files import save_npz
+from .errors import SekronError, ShapeError
+from .files import NpzReader, save_npz
 from .structure import Structure
 
-__all__ = ["FILE_FORMAT", "FILE_VERSION", "SeKronTensor", "load"]
+__all__ = ["FILE_FORMAT", "FILE_VERSION", "SeKronTensor", "load", "read_tensor"]
 
 FILE_FORMAT = "sekron.SeKronTensor"
 FILE_VERSION = 1
@@ -54,6 +55,11 @@ def _infer_structure(factors: Sequence[np.ndarray]) -> Structure:
         raise ShapeError(
             f"factors: shapes {shapes} with ranks {ranks} are not a valid structure: {exc}"
         ) from None
+
+
+def _certificate(x: Any, name: str) -> float | None:
+    """None, or a finite float >= 0 (a norm or a distance)."""
+    return None if x is None else as_nonnegative_float(x, name)
 
 
 class SeKronTensor:
@@ -142,12 +148,10 @@ class SeKronTensor:
             )
         self._factors = tuple(arrays)
         self._structure = inferred
-        self._error_bound = None if error_bound is None else float(error_bound)
-        self._reference_norm = None if reference_norm is None else float(reference_norm)
-        self._data_error_bound = None if data_error_bound is None else float(data_error_bound)
-        self._data_reference_norm = (
-            None if data_reference_norm is None else float(data_reference_norm)
-        )
+        self._error_bound = _certificate(error_bound, "error_bound")
+        self._reference_norm = _certificate(reference_norm, "reference_norm")
+        self._data_error_bound = _certificate(data_error_bound, "data_error_bound")
+        self._data_reference_norm = _certificate(data_reference_norm, "data_reference_norm")
 
     # -- facts --------------------------------------------------------------------------
     @property
@@ -283,7 +287,12 @@ class SeKronTensor:
         True
         """
         N = self.ndim
-        perm = tuple(range(N))[::-1] if axes is None else tuple(int(a) for a in axes)
+        if axes is None:
+            perm = tuple(range(N))[::-1]
+        elif isinstance(axes, (str, bytes)) or not isinstance(axes, Sequence):
+            raise ShapeError(f"axes: expected a permutation of range({N}), got {axes!r}")
+        else:
+            perm = tuple(int(a) if isinstance(a, numbers.Integral) else -1 for a in axes)
         if sorted(perm) != list(range(N)):
             raise ShapeError(f"axes: expected a permutation of range({N}), got {axes!r}")
         S = self._structure.n_factors
@@ -353,14 +362,126 @@ class SeKronTensor:
         if hasattr(path, "write"):  # a file object (in-memory checkpoints)
             np.savez(path, **arrays)  # type: ignore[arg-type]
         else:
-            save_npz(path, arrays)
+            save_npz(as_path(path), arrays)
+
+
+def _read_bound(z: NpzReader, key: str, what: str, *, optional: bool = False) -> float | None:
+    """A stored certificate: NaN means unknown (None); else finite and >= 0."""
+    if optional and key not in z.members:
+        return None
+    value = float(z.read_scalar(key, "f", what))
+    if np.isnan(value):
+        return None
+    if not np.isfinite(value) or value < 0:
+        raise z.error(
+            f"expected {what} (finite, >= 0, or NaN for unknown), got {value}", key + ".npy"
+        )
+    return value
+
+
+def read_tensor(z: NpzReader, prefix: str = "") -> tuple[SeKronTensor, set[str]]:
+    """Read the :class:`SeKronTensor` stored under ``prefix`` in an opened ``.npz``.
+
+    The layout is the one :meth:`SeKronTensor.save` writes (members ``format``,
+    ``version``, ``n_factors``, ``factor_<k>``, the certificates), each key prefixed.
+    The metadata is read and checked first, then the factors' declared shapes and dtypes
+    (from their ``.npy`` headers) must form a structure, and only then is factor data
+    read. Used by :func:`load` and by the compressed-checkpoint reader.
+
+    Parameters
+    ----------
+    z : NpzReader
+        The opened file (its headers already checked).
+    prefix : str, default ""
+        The key prefix of the tensor's members.
+
+    Returns
+    -------
+    tensor : SeKronTensor
+    keys : set of str
+        The member keys the tensor was read from (so a caller can refuse the others).
+
+    Raises
+    ------
+    FormatError
+        For a missing or malformed member, naming the file and the member.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> import sekron as sk
+    >>> from sekron.files import NpzReader
+    >>> from sekron.tensor import read_tensor
+    >>> path = os.path.join(tempfile.mkdtemp(), "t.npz")
+    >>> sk.nkp(np.eye(4), (2, 2), rank=2).save(path)
+    >>> with NpzReader(path) as z:
+    ...     t, keys = read_tensor(z)
+    >>> t.shape, len(keys)
+    ((4, 4), 9)
+    """
+    key = prefix + "format"
+    fmt = z.read_scalar(key, "U", f"the format name {FILE_FORMAT!r}")
+    if fmt != FILE_FORMAT:
+        raise z.error(f"expected format {FILE_FORMAT!r}, got {fmt!r}", key + ".npy")
+    key = prefix + "version"
+    version = z.read_scalar(key, "iu", "the file version (an int)")
+    if version != FILE_VERSION:
+        raise z.error(f"expected file version {FILE_VERSION}, got {version!r}", key + ".npy")
+    key = prefix + "n_factors"
+    n = z.read_scalar(key, "iu", "the number of factors (an int)")
+    stored = sum(1 for k in z.members if k.startswith(prefix + "factor_"))
+    if not 2 <= n <= stored:
+        raise z.error(
+            f"expected a number of factors in 2..{stored} (the factor members stored), got {n}",
+            key + ".npy",
+        )
+    keys = [f"{prefix}factor_{k}" for k in range(n)]
+    for k in keys:
+        m = z.members.get(k)
+        if m is None:
+            raise z.error("expected this factor, it is missing", k + ".npy")
+        if m.dtype not in (np.float32, np.float64) or len(m.shape) < 2:
+            raise z.error(
+                f"expected a float32 or float64 factor with at least 2 axes, got shape "
+                f"{m.shape} of {m.dtype}",
+                k + ".npy",
+            )
+    # the declared shapes must form a structure before any factor data is read
+    try:
+        _infer_structure(
+            [np.broadcast_to(np.zeros((), z.members[k].dtype), z.members[k].shape) for k in keys]
+        )
+    except ShapeError as exc:
+        raise z.error(f"the factors' declared shapes are not a structure: {exc}") from None
+    bounds = {
+        b: _read_bound(z, prefix + b, b.replace("_", " "), optional=b.startswith("data_"))
+        for b in ("error_bound", "reference_norm", "data_error_bound", "data_reference_norm")
+    }
+    factors = [z.read(k) for k in keys]
+    try:
+        t = SeKronTensor(
+            factors,
+            error_bound=bounds["error_bound"],
+            reference_norm=bounds["reference_norm"],
+            data_error_bound=bounds["data_error_bound"],
+            data_reference_norm=bounds["data_reference_norm"],
+        )
+    except SekronError as exc:
+        raise z.error(f"holds invalid factors: {exc}") from None
+    used = {prefix + k for k in ("format", "version", "n_factors", *bounds)} | set(keys)
+    return t, used & set(z.members)
 
 
 def load(path: str | os.PathLike[str]) -> SeKronTensor:
     """Load a :class:`SeKronTensor` saved by :meth:`SeKronTensor.save`.
 
-    The file is read with ``allow_pickle=False``; anything but a well-formed sekron file
-    of a known version raises :class:`FormatError`.
+    The file is read without pickle, and nothing is decompressed before the zip
+    directory, every member's ``.npy`` header (:class:`sekron.files.NpzReader`: sizes,
+    dtypes, inflation), the metadata (format, an integer version equal to
+    :data:`FILE_VERSION`, an integer ``n_factors`` >= 2, certificates finite and >= 0
+    or NaN for unknown) and the factors' declared shapes (they must form a structure)
+    are checked. Anything but a well-formed sekron file raises :class:`FormatError`
+    naming the file and the member; a member the format does not know is refused too.
 
     Parameters
     ----------
@@ -374,8 +495,8 @@ def load(path: str | os.PathLike[str]) -> SeKronTensor:
     ------
     FormatError
         If the file is not a sekron file, is of an unknown version, or is corrupted.
-    FileNotFoundError
-        If there is no such file.
+    FileNotFoundError, OSError
+        If there is no such file, or it cannot be opened.
 
     Examples
     --------
@@ -386,39 +507,12 @@ def load(path: str | os.PathLike[str]) -> SeKronTensor:
     >>> sk.load(path).shape
     (4, 4)
     """
+    path = as_path(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"path: no such file {os.fspath(path)!r}")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            contents = {k: data[k] for k in data.files}
-    except Exception as exc:
-        raise FormatError(
-            f"path: expected a sekron .npz file, could not read {os.fspath(path)!r}: {exc}"
-        ) from None
-    fmt = contents.get("format")
-    if fmt is None or fmt.shape != () or str(fmt) != FILE_FORMAT:
-        raise FormatError(
-            f"path: expected a file with format {FILE_FORMAT!r}, got {None if fmt is None else str(fmt)!r}"
-        )
-    try:
-        version = int(contents["version"])
-        n = int(contents["n_factors"])
-        factors = [contents[f"factor_{k}"] for k in range(n)]
-        eb = float(contents["error_bound"])
-        rn = float(contents["reference_norm"])
-        deb = float(contents.get("data_error_bound", np.nan))
-        drn = float(contents.get("data_reference_norm", np.nan))
-    except Exception as exc:
-        raise FormatError(f"path: sekron file is missing or has malformed entries: {exc}") from None
-    if version != FILE_VERSION:
-        raise FormatError(f"path: expected file version {FILE_VERSION}, got {version}")
-    try:
-        return SeKronTensor(
-            factors,
-            error_bound=None if np.isnan(eb) else eb,
-            reference_norm=None if np.isnan(rn) else rn,
-            data_error_bound=None if np.isnan(deb) else deb,
-            data_reference_norm=None if np.isnan(drn) else drn,
-        )
-    except Exception as exc:
-        raise FormatError(f"path: sekron file holds invalid factors: {exc}") from None
+        raise FileNotFoundError(f"path: no such file {path!r}")
+    with NpzReader(path) as z:
+        t, used = read_tensor(z)
+        extra = sorted(set(z.members) - used)
+        if extra:
+            raise z.error(f"expected only the members of a {FILE_FORMAT}, got also {extra}")
+    return t

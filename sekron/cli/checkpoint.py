@@ -24,13 +24,11 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from .._validation import check_exactly_one, check_ratio
+from .._validation import as_path, check_exactly_one, check_ratio
 from ..errors import FormatError, SekronError
-from ..files import check_output_path, save_npz
+from ..files import NpzReader, check_output_path, save_npz
 from ..selection import WeightReport, budget, compress_weight
-from ..tensor import FILE_FORMAT as TENSOR_FORMAT
-from ..tensor import FILE_VERSION as TENSOR_VERSION
-from ..tensor import SeKronTensor
+from ..tensor import SeKronTensor, read_tensor
 
 __all__ = [
     "FILE_FORMAT",
@@ -322,23 +320,6 @@ def _sekron_members(t: SeKronTensor) -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files}
 
 
-def _sekron_from_members(contents: dict[str, np.ndarray], prefix: str) -> SeKronTensor:
-    """The tensor stored under ``prefix`` with the members of :meth:`SeKronTensor.save`."""
-    fmt, version = str(contents[prefix + "format"]), int(contents[prefix + "version"])
-    if fmt != TENSOR_FORMAT or version != TENSOR_VERSION:
-        raise FormatError(
-            f"path: expected {prefix!r} to hold a {TENSOR_FORMAT} of version "
-            f"{TENSOR_VERSION}, got {fmt!r} version {version}"
-        )
-    n = int(contents[prefix + "n_factors"])
-    eb, rn = float(contents[prefix + "error_bound"]), float(contents[prefix + "reference_norm"])
-    return SeKronTensor(
-        [contents[f"{prefix}factor_{k}"] for k in range(n)],
-        error_bound=None if np.isnan(eb) else eb,
-        reference_norm=None if np.isnan(rn) else rn,
-    )
-
-
 def save_compressed(
     path: str | os.PathLike[str],
     tensors: dict[str, Any],
@@ -376,28 +357,133 @@ def save_compressed(
     save_npz(path, {"__manifest__": np.array(json.dumps(header)), **arrays}, inputs=inputs)
 
 
-def _load_v1(contents: dict[str, np.ndarray], meta: dict[str, Any]) -> Any:
+_KINDS = ("sekron", "dense")
+_MAX_MANIFEST_CHARS = 1 << 24  # 16 Mi characters of JSON: far above any real checkpoint
+
+
+def _json_constant(token: str) -> Any:
+    raise ValueError(f"non-finite number {token} in the manifest")
+
+
+def _read_manifest(z: NpzReader) -> dict[str, Any]:
+    """The JSON manifest, its header checked before it is read, then its fields."""
+    m = z.members.get("__manifest__")
+    if m is None:
+        raise z.error(f"expected a {FILE_FORMAT} manifest, it is missing", "__manifest__.npy")
+    if m.shape != () or m.dtype.kind != "U" or m.nbytes > 4 * _MAX_MANIFEST_CHARS:
+        raise z.error(
+            f"expected a 0-d string of at most {_MAX_MANIFEST_CHARS} characters, got shape "
+            f"{m.shape} of {m.dtype}",
+            "__manifest__.npy",
+        )
+    try:
+        header = json.loads(str(z.read("__manifest__")), parse_constant=_json_constant)
+    except FormatError:
+        raise
+    except Exception as exc:  # JSON errors, recursion on absurd nesting
+        raise z.error(f"expected a JSON manifest: {exc}", "__manifest__.npy") from None
+    if not isinstance(header, dict) or header.get("format") != FILE_FORMAT:
+        got = header.get("format") if isinstance(header, dict) else type(header).__name__
+        raise z.error(f"expected format {FILE_FORMAT!r}, got {got!r}", "__manifest__.npy")
+    version = header.get("version")
+    if type(version) is not int or version not in _READABLE_VERSIONS:
+        raise z.error(
+            f"expected version as an int in {_READABLE_VERSIONS}, got {version!r}",
+            "__manifest__.npy",
+        )
+    tensors = header.get("tensors")
+    if not isinstance(tensors, dict):
+        raise z.error(
+            f"expected 'tensors' to map names to entries, got {type(tensors).__name__}",
+            "__manifest__.npy",
+        )
+    for name, meta in tensors.items():
+        if not isinstance(meta, dict) or meta.get("kind") not in _KINDS:
+            kind = meta.get("kind") if isinstance(meta, dict) else meta
+            raise z.error(
+                f"tensor {name!r}: expected kind in {_KINDS}, got {kind!r}", "__manifest__.npy"
+            )
+    return header
+
+
+def _meta_int(z: NpzReader, name: str, meta: dict[str, Any], key: str, minimum: int) -> int:
+    v = meta.get(key)
+    if type(v) is not int or v < minimum:
+        raise z.error(
+            f"tensor {name!r}: expected {key} as an int >= {minimum}, got {v!r}", "__manifest__.npy"
+        )
+    return v
+
+
+def _meta_bound(z: NpzReader, name: str, meta: dict[str, Any], key: str) -> float | None:
+    v = meta.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
+        raise z.error(
+            f"tensor {name!r}: expected {key} finite and >= 0 (or null), got {v!r}",
+            "__manifest__.npy",
+        )
+    return float(v)
+
+
+def _dense_member(z: NpzReader, name: str, key: str) -> str:
+    if key not in z.members:
+        raise z.error(f"tensor {name!r}: expected this member, it is missing", key + ".npy")
+    return key
+
+
+def _load_v1(z: NpzReader, name: str, meta: dict[str, Any]) -> tuple[Any, set[str]]:
     """One tensor of a version-1 file (``t<i>_factor_<k>``, ``t<i>_dense``)."""
-    i = meta["index"]
-    if meta["kind"] != "sekron":
-        return contents[f"t{i}_dense"]
-    factors = [contents[f"t{i}_factor_{k}"] for k in range(meta["n_factors"])]
-    return SeKronTensor(
-        factors, error_bound=meta["error_bound"], reference_norm=meta["reference_norm"]
-    )
+    i = _meta_int(z, name, meta, "index", 0)
+    if meta["kind"] == "dense":
+        key = _dense_member(z, name, f"t{i}_dense")
+        return z.read(key), {key}
+    n = _meta_int(z, name, meta, "n_factors", 2)
+    if n > len(z.members):  # before building n keys: n may be absurd
+        raise z.error(
+            f"tensor {name!r}: expected n_factors <= the {len(z.members)} members, got {n}",
+            "__manifest__.npy",
+        )
+    keys = [f"t{i}_factor_{k}" for k in range(n)]
+    for key in keys:
+        m = z.members[_dense_member(z, name, key)]
+        if m.dtype.kind not in "iuf" or len(m.shape) < 2:
+            raise z.error(
+                f"expected a real factor with at least 2 axes, got shape {m.shape} of {m.dtype}",
+                key + ".npy",
+            )
+    eb, rn = (_meta_bound(z, name, meta, k) for k in ("error_bound", "reference_norm"))
+    factors = [z.read(k) for k in keys]
+    try:
+        t = SeKronTensor(factors, error_bound=eb, reference_norm=rn)
+    except SekronError as exc:
+        raise z.error(f"tensor {name!r}: invalid factors: {exc}") from None
+    return t, set(keys)
 
 
-def _load_v2(contents: dict[str, np.ndarray], meta: dict[str, Any]) -> Any:
-    prefix = meta["prefix"]
-    if meta["kind"] != "sekron":
-        return contents[prefix + "dense"]
-    return _sekron_from_members(contents, prefix)
+def _load_v2(z: NpzReader, name: str, meta: dict[str, Any]) -> tuple[Any, set[str]]:
+    prefix = meta.get("prefix")
+    if not isinstance(prefix, str) or not prefix:
+        raise z.error(
+            f"tensor {name!r}: expected a non-empty string prefix, got {prefix!r}",
+            "__manifest__.npy",
+        )
+    if meta["kind"] == "dense":
+        key = _dense_member(z, name, prefix + "dense")
+        return z.read(key), {key}
+    return read_tensor(z, prefix)
 
 
 def load_compressed(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a file written by :func:`save_compressed` (``sekron compress``).
 
-    Files of the earlier layout (version 1) are read too.
+    Files of the earlier layout (version 1) are read too. Nothing is decompressed before
+    the zip directory and every member's ``.npy`` header (:class:`sekron.files.NpzReader`),
+    the manifest (format, an int version in 1..2, every tensor of kind ``"sekron"`` or
+    ``"dense"``, counts and certificates of the right types) and each SeKron tensor's
+    declared factor shapes (:func:`sekron.tensor.read_tensor`) are checked; members no
+    manifest entry claims, or claimed twice, are refused.
 
     Returns
     -------
@@ -406,7 +492,9 @@ def load_compressed(path: str | os.PathLike[str]) -> dict[str, Any]:
     Raises
     ------
     FormatError
-        For anything that is not such a file.
+        For anything that is not such a file, naming the file and the member.
+    FileNotFoundError, OSError
+        If there is no such file, or it cannot be opened.
 
     Examples
     --------
@@ -419,22 +507,24 @@ def load_compressed(path: str | os.PathLike[str]) -> dict[str, Any]:
     >>> type(back["fc.weight"]).__name__, np.allclose(back["fc.weight"].to_dense(), w["fc.weight"])
     ('SeKronTensor', True)
     """
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            contents = {k: data[k] for k in data.files}
-        header = json.loads(str(contents["__manifest__"]))
-        version = header.get("version")
-        if header.get("format") != FILE_FORMAT or version not in _READABLE_VERSIONS:
-            raise FormatError(
-                f"path: expected a {FILE_FORMAT} file of version {_READABLE_VERSIONS}, "
-                f"got format {header.get('format')!r} version {version!r}"
-            )
-        load_one = _load_v1 if version == 1 else _load_v2
-        return {name: load_one(contents, meta) for name, meta in header["tensors"].items()}
-    except (FormatError, FileNotFoundError):
-        raise
-    except Exception as exc:
-        raise FormatError(f"path: not a readable {FILE_FORMAT} file: {exc}") from None
+    path = as_path(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"path: no such file {path!r}")
+    with NpzReader(path) as z:
+        header = _read_manifest(z)
+        load_one = _load_v1 if header["version"] == 1 else _load_v2
+        out: dict[str, Any] = {}
+        claimed = {"__manifest__"}
+        for name, meta in header["tensors"].items():
+            value, keys = load_one(z, name, meta)
+            if keys & claimed:
+                raise z.error(f"tensor {name!r}: members {sorted(keys & claimed)} claimed twice")
+            claimed |= keys
+            out[name] = value
+        extra = sorted(set(z.members) - claimed)
+        if extra:
+            raise z.error(f"expected only members the manifest names, got also {extra}")
+    return out
 
 
 def format_report(report: Iterable[WeightReport]) -> str:

@@ -231,6 +231,33 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _int_at_least(minimum: int) -> Any:
+    """An argparse ``type=``: an int ``>= minimum``, refused with the value shown otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected an int >= {minimum}, got {text!r}"
+            ) from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an int >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``structures`` sub-command."""
     p = subparsers.add_parser(
@@ -244,18 +271,32 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--builtin", choices=BUILTINS, default="kernel", help="built-in tensor used without FILE"
     )
     p.add_argument(
-        "--n-factors", type=int, nargs="+", default=[2, 3], help="numbers of Kronecker factors S"
+        "--n-factors",
+        type=_int_at_least(2),
+        nargs="+",
+        default=[2, 3],
+        help="numbers of Kronecker factors S",
     )
     p.add_argument(
-        "--ranks", type=int, nargs="+", default=[1, 2, 4, 8], help="uniform ranks to try"
+        "--ranks",
+        type=_int_at_least(1),
+        nargs="+",
+        default=[1, 2, 4, 8],
+        help="uniform ranks to try",
     )
     p.add_argument(
-        "--min-compression", type=float, default=4.0, help="smallest compression ratio shown"
+        "--min-compression",
+        type=_positive_float,
+        default=4.0,
+        help="smallest compression ratio shown",
     )
     p.add_argument(
-        "--min-factor-size", type=int, default=4, help="smallest number of entries per factor"
+        "--min-factor-size",
+        type=_int_at_least(1),
+        default=4,
+        help="smallest number of entries per factor",
     )
-    p.add_argument("--top", type=int, default=20, help="rows to print")
+    p.add_argument("--top", type=_int_at_least(1), default=20, help="rows to print")
     p.add_argument(
         "--all", action="store_true", help="list every fitted structure, not only the Pareto front"
     )

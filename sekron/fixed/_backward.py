@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .._validation import check_bits
-from ..errors import ShapeError
+from ..errors import ArgumentError, ShapeError
 from . import _kernels
 from ._gemm import Method, check_operand, gemm_nt, plan_for, transposed
 from ._tensor import (
@@ -20,6 +20,7 @@ from ._tensor import (
     Seed,
     _describe,
     bits_for_bound,
+    check_requantize,
     map_grad,
     requantize,
     resolve_seed,
@@ -173,6 +174,7 @@ def linear(
     >>> linear(x, w, b).to_float()
     array([[ 3.25, -1.5 ]])
     """
+    check_requantize(out_bits, rounding, seed)
     x = check_operand(x, "x", 2)
     weight = check_operand(weight, "weight", 2)
     if x.shape[1] != weight.shape[1]:
@@ -440,7 +442,7 @@ def linear_backward(
     mask = None
     if dx_mask is not None:
         if dxb is None:
-            raise ValueError(
+            raise ArgumentError(
                 "dx_mask: expected dx_bits to be given with a mask (the mask applies after requantization)"
             )
         mask = np.asarray(dx_mask)

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 import numpy as np
 
-from .._validation import as_positive_int, check_bits
+from .._validation import as_pair, as_positive_int, check_bits
 from ..errors import ShapeError
 from ._gemm import Method, check_operand, gemm_nt, plan_gemm, transposed
 from ._tensor import (
     FixedTensor,
     Rounding,
     Seed,
-    _describe,
     bits_for_bound,
+    check_requantize,
     map_grad,
     requantize,
     resolve_seed,
@@ -25,19 +24,7 @@ __all__ = ["conv2d", "conv2d_backward"]
 
 
 def _pair(x: Any, name: str, minimum: int) -> tuple[int, int]:
-    vals = (x, x) if isinstance(x, numbers.Integral) else x
-    try:
-        p = tuple(vals)
-    except TypeError:
-        p = ()
-    if len(p) != 2 or any(
-        isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or int(v) < minimum
-        for v in p
-    ):
-        raise ValueError(
-            f"{name}: expected an int >= {minimum} or a pair of them, got {_describe(x)}"
-        )
-    return int(p[0]), int(p[1])
+    return as_pair(x, name, minimum=minimum)  # the one parser: same mistake, same error
 
 
 def _per_tensor(t: FixedTensor, name: str) -> int:
@@ -187,6 +174,7 @@ def conv2d(
     >>> conv2d(x2, w2, groups=2).to_float().ravel()
     array([4., 8.])
     """
+    check_requantize(out_bits, rounding, seed)
     x = check_operand(x, "x", 4)
     weight = check_operand(weight, "weight", 4)
     if groups != 1:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .._validation import as_positive_int, check_bits
-from ..errors import DTypeError
+from ..errors import ArgumentError, ArgumentTypeError, DTypeError
 from ._tensor import _describe
 
 __all__ = [
@@ -91,7 +91,7 @@ def exact_float_dtype(bound: int) -> np.dtype | None:
     if type(bound) is not int:  # the adapters' hot path passes ints
         bound = as_positive_int(bound, "bound", minimum=0)
     elif bound < 0:
-        raise ValueError(f"bound: expected an integer >= 0, got {bound}")
+        raise ArgumentError(f"bound: expected an integer >= 0, got {bound}")
     if bound <= FLOAT32_EXACT:
         return np.dtype(np.float32)
     if bound <= FLOAT64_EXACT:
@@ -180,7 +180,7 @@ def scaled_to_float(acc: np.ndarray, exponent: int, dtype: Any = np.float64) -> 
     if not isinstance(acc, np.ndarray) or acc.dtype.kind not in "iuf":
         raise DTypeError(f"acc: expected a numeric numpy array, got {_describe(acc)}")
     if isinstance(exponent, (bool, np.bool_)) or not isinstance(exponent, numbers.Integral):
-        raise TypeError(f"exponent: expected an int, got {_describe(exponent)}")
+        raise ArgumentTypeError(f"exponent: expected an int, got {_describe(exponent)}")
     e = int(exponent)
     if acc.dtype == target == np.float32 and -120 <= e <= 100:
         out = acc * np.float32(2.0**e)  # exact: |acc| < 2**24 and the result stays normal

@@ -26,7 +26,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 
 from .._validation import as_positive_int, check_bits
-from ..errors import DTypeError, OverflowRiskError, ShapeError
+from ..errors import ArgumentError, ArgumentTypeError, DTypeError, OverflowRiskError, ShapeError
 from . import _kernels
 from ._exact import FLOAT32_EXACT, FLOAT64_EXACT, exact_float_matmul
 from ._tensor import (
@@ -36,6 +36,7 @@ from ._tensor import (
     Seed,
     _describe,
     bits_for_bound,
+    check_requantize,
     requantize,
 )
 
@@ -149,7 +150,7 @@ def plan_gemm(
     ba = check_bits(bits_a, "bits_a")
     bb = ba if bits_b is None else check_bits(bits_b, "bits_b")
     if method not in ("auto", "numba", "blas"):
-        raise ValueError(f"method: expected 'auto', 'numba' or 'blas', got {method!r}")
+        raise ArgumentError(f"method: expected 'auto', 'numba' or 'blas', got {method!r}")
     bound = k * _max_mantissa(ba) * _max_mantissa(bb)
     what = f"K={k} terms of {ba}-bit x {bb}-bit mantissas (bound K*m_a*m_b = {bound}"
     if bound > INT64_SAFE:
@@ -204,7 +205,9 @@ def _as_acc_dtype(acc_dtype: Any) -> np.dtype:
     try:
         dt = np.dtype(acc_dtype)
     except TypeError as exc:
-        raise TypeError(f"acc_dtype: expected None, 'int32' or 'int64', got {acc_dtype!r}") from exc
+        raise ArgumentTypeError(
+            f"acc_dtype: expected None, 'int32' or 'int64', got {acc_dtype!r}"
+        ) from exc
     if dt not in (np.dtype(np.int32), np.dtype(np.int64)):
         raise DTypeError(f"acc_dtype: expected None, 'int32' or 'int64', got {dt}")
     return dt
@@ -275,11 +278,11 @@ def gemm_nt(a_q: np.ndarray, bt_q: np.ndarray, plan: GemmPlan) -> np.ndarray:
 
 def check_operand(t: Any, name: str, ndim: int | None = None) -> FixedTensor:
     if not isinstance(t, FixedTensor):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{name}: expected a FixedTensor (see sekron.fixed.to_fixed), got {_describe(t)}"
         )
     if t.bits > 16:
-        raise ValueError(
+        raise ArgumentError(
             f"{name}: expected operand mantissas of at most 16 bits, got bits={t.bits} "
             f"(requantize the accumulator first)"
         )
@@ -354,6 +357,7 @@ def matmul(
     >>> c.mantissa.dtype, c.to_float()
     (dtype('int32'), array([[ 7., 10.], [15., 22.]]))
     """
+    check_requantize(out_bits, rounding, seed)
     a = check_operand(a, "a", 2)
     b = check_operand(b, "b", 2)
     if a.shape[1] != b.shape[0]:

@@ -13,8 +13,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .._validation import check_bits
-from ..errors import DTypeError, OverflowRiskError, ShapeError
+from .._validation import as_nonnegative_float, as_positive_int, check_bits, renamed
+from ..errors import ArgumentError, ArgumentTypeError, DTypeError, OverflowRiskError, ShapeError
 from . import _kernels
 from ._tensor import (
     FixedTensor,
@@ -22,6 +22,7 @@ from ._tensor import (
     Seed,
     _describe,
     bits_for_bound,
+    check_requantize,
     check_rounding,
     mantissa_dtype,
     map_grad,
@@ -48,7 +49,7 @@ _SAFE = 1 << 62
 
 def _check_fixed(t: Any, name: str) -> FixedTensor:
     if not isinstance(t, FixedTensor):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{name}: expected a FixedTensor (see sekron.fixed.to_fixed), got {_describe(t)}"
         )
     return t
@@ -104,15 +105,16 @@ def align_to(
     array([2, 0])
     """
     if not isinstance(t, FixedTensor):
-        raise TypeError(f"t: expected a FixedTensor, got {_describe(t)}")
+        raise ArgumentTypeError(f"t: expected a FixedTensor, got {_describe(t)}")
     if isinstance(exponent, (bool, np.bool_)) or not isinstance(exponent, numbers.Integral):
-        raise TypeError(f"exponent: expected an int, got {_describe(exponent)}")
+        raise ArgumentTypeError(f"exponent: expected an int, got {_describe(exponent)}")
     exponent = int(exponent)
     diff = np.asarray(t.exponent, np.int64) - exponent
     if np.any(diff > 0) and t.bits - 1 + int(diff.max()) > 62:
         raise OverflowRiskError(
             f"cannot align a {t.bits}-bit tensor {int(diff.max())} binades up within int64"
         )
+    check_requantize(None, rounding, seed)  # the seed checked, a Generator not drawn from
     q = shift_round(t.mantissa, -diff, check_rounding(rounding), seed, 4)
     bound = t.max_mantissa << max(int(diff.max()), 0)
     return q, bound
@@ -162,6 +164,7 @@ def add(
     >>> add(a, b, rounding="nearest").to_float()
     array([1.25, 2.5 ])
     """
+    check_requantize(out_bits, rounding, seed)
     a = _check_fixed(a, "a")
     b = _check_fixed(b, "b")
     try:
@@ -229,6 +232,7 @@ def mul(
     >>> mul(a, to_fixed([0.5], 8, rounding="nearest")).to_float()
     array([ 0.75, -1.  ])
     """
+    check_requantize(out_bits, rounding, seed)
     a = _check_fixed(a, "a")
     b = _check_fixed(b, "b")
     try:
@@ -268,7 +272,8 @@ def _as_fixed(
         if not v.per_tensor:
             raise ShapeError(f"{name}: expected a per-tensor exponent")
         return v if v.bits <= 16 else requantize(v, bits, rounding, key, stream=stream)
-    return to_fixed(v, bits, rounding, key, stream=stream)
+    with renamed("x", name):
+        return to_fixed(v, bits, rounding, key, stream=stream)
 
 
 def layer_norm(
@@ -331,6 +336,7 @@ def layer_norm(
     """
     b = check_bits(bits)
     key = resolve_seed(seed)
+    eps = as_nonnegative_float(eps, "eps", positive=True)
     xq = _as_fixed(x, "x", b, rounding, key, 1)
     if xq.ndim < 1:
         raise ShapeError(f"x: expected at least 1 dimension, got shape {xq.shape}")
@@ -402,7 +408,9 @@ def layer_norm_backward(
     (True, array([1., 1., 1., 1.]))
     """
     if not isinstance(cache, LayerNormCache):
-        raise TypeError(f"cache: expected a LayerNormCache from layer_norm, got {_describe(cache)}")
+        raise ArgumentTypeError(
+            f"cache: expected a LayerNormCache from layer_norm, got {_describe(cache)}"
+        )
     b = cache.bits
     key = resolve_seed(seed)
     xh = cache.xhat
@@ -448,7 +456,7 @@ def _check_ids(ids: Any, n: int) -> np.ndarray:
     if arr.dtype.kind not in "iu":
         raise DTypeError(f"ids: expected an integer array, got {_describe(arr)}")
     if arr.size and (arr.min() < 0 or arr.max() >= n):
-        raise ValueError(
+        raise ArgumentError(
             f"ids: expected values in 0..{n - 1}, got min {arr.min()} and max {arr.max()}"
         )
     return arr.astype(np.int64)
@@ -543,13 +551,14 @@ def embedding_backward(
     array([[1., 1.], [2., 2.], [0., 0.]])
     """
     b = check_bits(bits)
-    idx = _check_ids(ids, int(num_embeddings))
+    idx = _check_ids(ids, as_positive_int(num_embeddings, "num_embeddings"))
     gshape = (
         np.shape(grad_out.mantissa) if isinstance(grad_out, FixedTensor) else np.shape(grad_out)
     )
     if len(gshape) != idx.ndim + 1 or tuple(gshape[:-1]) != idx.shape:
         raise ShapeError(f"grad_out: expected shape {idx.shape} + (D,), got {tuple(gshape)}")
-    g = map_grad(grad_out, tuple(gshape), b, rounding, resolve_seed(seed), 1)
+    with renamed("x", "grad_out"):
+        g = map_grad(grad_out, tuple(gshape), b, rounding, resolve_seed(seed), 1)
     if not g.per_tensor:
         g = requantize(g, b, rounding, seed, stream=1)
     d = gshape[-1]

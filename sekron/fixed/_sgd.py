@@ -9,8 +9,8 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from .._validation import as_float_array, check_bits
-from ..errors import ShapeError
+from .._validation import as_float_array, check_bits, renamed
+from ..errors import ArgumentError, ArgumentTypeError, ShapeError
 from . import _kernels
 from ._ops import add, mul
 from ._tensor import (
@@ -43,11 +43,11 @@ def _hyper(v: Any, name: str, low: float, high: float | None = None) -> float:
     if type(v) is float and low <= v < (high if high is not None else math.inf):
         return v  # finite and in range: the common case, without the ABC checks below
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
-        raise TypeError(f"{name}: expected a float, got {_describe(v)}")
+        raise ArgumentTypeError(f"{name}: expected a float, got {_describe(v)}")
     f = float(v)
     if not np.isfinite(f) or f < low or (high is not None and f >= high):
         rng = f"[{low}, {high})" if high is not None else f">= {low}"
-        raise ValueError(f"{name}: expected a finite float {rng}, got {f}")
+        raise ArgumentError(f"{name}: expected a finite float {rng}, got {f}")
     return f
 
 
@@ -174,14 +174,14 @@ def sgd_step(  # noqa: C901
     rounding_ = check_rounding(rounding)
     lr_ = _hyper(lr, "lr", 0.0)
     if lr_ == 0.0:
-        raise ValueError("lr: expected a positive float, got 0.0")
+        raise ArgumentError("lr: expected a positive float, got 0.0")
     mu = _hyper(momentum, "momentum", 0.0, 1.0)
     wd = _hyper(weight_decay, "weight_decay", 0.0)
     if mode not in ("master", "integer"):
-        raise ValueError(f"mode: expected 'master' or 'integer', got {mode!r}")
+        raise ArgumentError(f"mode: expected 'master' or 'integer', got {mode!r}")
     state = SGDState() if state is None else state
     if not isinstance(state, SGDState):
-        raise TypeError(f"state: expected an SGDState or None, got {_describe(state)}")
+        raise ArgumentTypeError(f"state: expected an SGDState or None, got {_describe(state)}")
     key = resolve_seed(seed)
     if (
         mode == "master"
@@ -195,26 +195,32 @@ def sgd_step(  # noqa: C901
             if grad.per_tensor and grad.shape == weight.shape and grad.bits <= 62:
                 gfix = grad
         elif type(grad) is np.ndarray and grad.shape == weight.shape:
-            gfix = to_fixed(grad, b, rounding_, key, stream=2)  # requantizing it is the identity
+            with renamed("x", "grad"):
+                gfix = to_fixed(
+                    grad, b, rounding_, key, stream=2
+                )  # requantizing it is the identity
         if gfix is not None:
             fused = _sgd_master_fused(weight, gfix, state, lr_, mu, wd, b, key)
             if fused is not None:
                 return fused
     if mode == "master":
         if isinstance(weight, FixedTensor):
-            raise TypeError("weight: mode='master' expects a float master copy, got a FixedTensor")
+            raise ArgumentTypeError(
+                "weight: mode='master' expects a float master copy, got a FixedTensor"
+            )
         w_master = as_float_array(weight, "weight")
         wq = to_fixed(w_master, b, rounding_, key, stream=1)
     else:
         if not isinstance(weight, FixedTensor):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"weight: mode='integer' expects a FixedTensor, got {_describe(weight)}"
             )
         wq = weight
     if isinstance(grad, FixedTensor):
         gq = requantize(grad, b, rounding_, key, stream=2)
     else:
-        gq = to_fixed(grad, b, rounding_, key, stream=2)
+        with renamed("x", "grad"):
+            gq = to_fixed(grad, b, rounding_, key, stream=2)
     if gq.shape != wq.shape:
         raise ShapeError(f"grad: expected shape {wq.shape} to match weight, got {gq.shape}")
     if wd:

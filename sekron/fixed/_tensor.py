@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .._validation import as_float_array, check_bits, check_rounding
-from ..errors import ArgumentError, DTypeError, OverflowRiskError, ShapeError
+from ..errors import ArgumentError, ArgumentTypeError, DTypeError, OverflowRiskError, ShapeError
 from . import _kernels
 from ._streams import MASK64, splitmix64_outputs, stream_key
 
@@ -65,7 +65,9 @@ def mantissa_dtype(bits: int) -> np.dtype:
     (dtype('int8'), dtype('int16'), dtype('int64'))
     """
     if isinstance(bits, (bool, np.bool_)) or not isinstance(bits, numbers.Integral):
-        raise TypeError(f"bits: expected an int in 1..64, got {_describe(bits)}")
+        raise ArgumentTypeError(f"bits: expected an int in 1..64, got {_describe(bits)}")
+    if bits < 1:
+        raise ArgumentError(f"bits: expected an int in 1..64, got {int(bits)}")
     for dt in (np.int8, np.int16, np.int32, np.int64):
         if bits <= np.iinfo(dt).bits:
             return np.dtype(dt)
@@ -126,10 +128,12 @@ class FixedTensor:
         if q.dtype.kind != "i":
             raise DTypeError(f"mantissa: expected a signed integer array, got {_describe(q)}")
         if isinstance(bits, (bool, np.bool_)) or not isinstance(bits, numbers.Integral):
-            raise TypeError(f"bits: expected an int in 2..{_MAX_WIDE_BITS}, got {_describe(bits)}")
+            raise ArgumentTypeError(
+                f"bits: expected an int in 2..{_MAX_WIDE_BITS}, got {_describe(bits)}"
+            )
         bits = int(bits)
         if not 2 <= bits <= _MAX_WIDE_BITS:
-            raise ValueError(f"bits: expected an int in 2..{_MAX_WIDE_BITS}, got {bits}")
+            raise ArgumentError(f"bits: expected an int in 2..{_MAX_WIDE_BITS}, got {bits}")
         if q.dtype.itemsize * 8 < bits:
             raise OverflowRiskError(
                 f"mantissa: dtype {q.dtype} cannot hold {bits}-bit values; "
@@ -195,11 +199,13 @@ class FixedTensor:
             )
         if type(bits) is not int or not 2 <= bits <= _MAX_WIDE_BITS:
             if isinstance(bits, (bool, np.bool_)) or not isinstance(bits, numbers.Integral):
-                raise TypeError(
+                raise ArgumentTypeError(
                     f"bits: expected an int in 2..{_MAX_WIDE_BITS}, got {_describe(bits)}"
                 )
             if not 2 <= int(bits) <= _MAX_WIDE_BITS:
-                raise ValueError(f"bits: expected an int in 2..{_MAX_WIDE_BITS}, got {int(bits)}")
+                raise ArgumentError(
+                    f"bits: expected an int in 2..{_MAX_WIDE_BITS}, got {int(bits)}"
+                )
         if mantissa.dtype.itemsize * 8 < bits:
             raise OverflowRiskError(
                 f"mantissa: dtype {mantissa.dtype} cannot hold {bits}-bit values; "
@@ -314,6 +320,19 @@ def _check_exponent(exponent: Any, shape: tuple[int, ...]) -> Exponent:
     return e.astype(np.int64)
 
 
+def check_requantize(out_bits: Any, rounding: Any, seed: Any) -> None:
+    """Validate an op's requantization options up front, also when ``out_bits`` is None.
+
+    So that a typo in ``rounding`` or ``seed`` is never silently ignored, and a bad
+    ``out_bits`` is reported by its own name.
+    """
+    if out_bits is not None:
+        check_bits(out_bits, "out_bits")
+    check_rounding(rounding)
+    if not isinstance(seed, np.random.Generator):  # a Generator would be drawn from
+        resolve_seed(seed)
+
+
 def resolve_seed(seed: Seed, name: str = "seed") -> int:
     """Turn ``None``, an int >= 0 or a Generator into a 64-bit seed."""
     if type(seed) is int and seed >= 0:  # the common case, without the ABC checks below
@@ -324,9 +343,11 @@ def resolve_seed(seed: Seed, name: str = "seed") -> int:
         return int(seed.integers(0, 1 << 64, dtype=np.uint64))
     if isinstance(seed, numbers.Integral) and not isinstance(seed, (bool, np.bool_)):
         if int(seed) < 0:
-            raise ValueError(f"{name}: expected a non-negative int, got {int(seed)}")
+            raise ArgumentError(f"{name}: expected a non-negative int, got {int(seed)}")
         return int(seed) & MASK64
-    raise TypeError(f"{name}: expected None, an int or a numpy Generator, got {_describe(seed)}")
+    raise ArgumentTypeError(
+        f"{name}: expected None, an int or a numpy Generator, got {_describe(seed)}"
+    )
 
 
 def split_seed(seed: Seed, n: int) -> tuple[int, ...]:
@@ -372,7 +393,7 @@ def split_seed(seed: Seed, n: int) -> tuple[int, ...]:
     """
     s = resolve_seed(seed)
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral) or int(n) < 0:
-        raise ValueError(f"n: expected a non-negative int, got {n!r}")
+        raise ArgumentError(f"n: expected a non-negative int, got {n!r}")
     return splitmix64_outputs(s, int(n))
 
 
@@ -381,11 +402,13 @@ def _kept_axes(axis: Any, ndim: int) -> tuple[int, ...]:
         return ()
     axes = (axis,) if isinstance(axis, numbers.Integral) else axis
     if not isinstance(axes, Sequence) or isinstance(axes, str):
-        raise TypeError(f"axis: expected None, an int or a tuple of ints, got {_describe(axis)}")
+        raise ArgumentTypeError(
+            f"axis: expected None, an int or a tuple of ints, got {_describe(axis)}"
+        )
     out = []
     for a in axes:
         if isinstance(a, (bool, np.bool_)) or not isinstance(a, numbers.Integral):
-            raise TypeError(f"axis: expected ints, got {_describe(axis)}")
+            raise ArgumentTypeError(f"axis: expected ints, got {_describe(axis)}")
         if not -ndim <= int(a) < ndim:
             raise ShapeError(
                 f"axis: expected axes in [-{ndim}, {ndim}) for a {ndim}-d array, got {axis!r}"
@@ -672,7 +695,7 @@ def requantize(
     (array([ 7, -2], dtype=int8), -3)
     """
     if not isinstance(t, FixedTensor):
-        raise TypeError(f"t: expected a FixedTensor, got {_describe(t)}")
+        raise ArgumentTypeError(f"t: expected a FixedTensor, got {_describe(t)}")
     b = check_bits(bits)
     rounding_ = check_rounding(rounding)
     if t.per_tensor and t.mantissa.size < _kernels.PARALLEL_MIN_ELEMENTS:

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 from tensorly.cp_tensor import CPTensor, cp_to_tensor
 
-from .._validation import as_positive_int, as_rank, as_shape
-from ..errors import ShapeError
+from .._validation import as_nonnegative_float, as_positive_int, as_rank, as_shape
+from ..errors import ArgumentTypeError, ShapeError
 from ..structure import Structure
 from ..tensor import SeKronTensor
 from ._parse import cp_parts
@@ -156,9 +156,10 @@ def to_cp(
     True
     """
     if not isinstance(t, SeKronTensor):
-        raise TypeError(f"t: expected a SeKronTensor, got {type(t).__name__}")
+        raise ArgumentTypeError(f"t: expected a SeKronTensor, got {type(t).__name__}")
     R = as_positive_int(rank, "rank")
     n_iter_max = as_positive_int(n_iter_max, "n_iter_max")
+    tol = as_nonnegative_float(tol, "tol")
     st = t.structure
     W = t.to_dense()
     if _is_cp_structure(st) and st.ranks[0] == R:

@@ -10,7 +10,7 @@ import numpy as np
 from tensorly.tt_tensor import TTTensor
 
 from .._validation import as_positive_int, as_rank, as_shape
-from ..errors import RankError, ShapeError
+from ..errors import ArgumentError, ArgumentTypeError, RankError, ShapeError
 from ..structure import Structure
 from ..tensor import SeKronTensor
 from ._parse import tt_cores
@@ -170,9 +170,9 @@ def to_tt(t: SeKronTensor, layout: TTLayout = "rearranged") -> TTTensor:
     (8, 8)
     """
     if not isinstance(t, SeKronTensor):
-        raise TypeError(f"t: expected a SeKronTensor, got {type(t).__name__}")
+        raise ArgumentTypeError(f"t: expected a SeKronTensor, got {type(t).__name__}")
     if layout not in ("rearranged", "modes"):
-        raise ValueError(f"layout: expected 'rearranged' or 'modes', got {layout!r}")
+        raise ArgumentError(f"layout: expected 'rearranged' or 'modes', got {layout!r}")
     cores = train_of_sekron(t)
     if layout == "rearranged":
         return TTTensor(cores)

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from tensorly.tt_matrix import TTMatrix
 
-from ..errors import ShapeError
+from ..errors import ArgumentTypeError, ShapeError
 from ..tensor import SeKronTensor
 from ._parse import tt_matrix_cores
 from ._train import sekron_from_train, train_of_sekron
@@ -102,7 +102,7 @@ def to_tt_matrix(t: SeKronTensor) -> TTMatrix:
     True
     """
     if not isinstance(t, SeKronTensor):
-        raise TypeError(f"t: expected a SeKronTensor, got {type(t).__name__}")
+        raise ArgumentTypeError(f"t: expected a SeKronTensor, got {type(t).__name__}")
     if t.ndim != 2:
         raise ShapeError(f"t: expected a 2-D SeKron tensor for a TT-matrix, got shape {t.shape}")
     cores = train_of_sekron(t)

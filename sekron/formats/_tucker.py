@@ -10,7 +10,7 @@ import numpy as np
 from tensorly.tucker_tensor import TuckerTensor, tucker_to_tensor
 
 from .._validation import as_rank, as_shape, rank_error
-from ..errors import RankError, ShapeError
+from ..errors import ArgumentTypeError, RankError, ShapeError
 from ..structure import Structure
 from ..tensor import SeKronTensor
 from ._cp import _relative_error
@@ -168,7 +168,7 @@ def to_tucker(t: SeKronTensor, ranks: Any = None) -> tuple[TuckerTensor, float]:
     True
     """
     if not isinstance(t, SeKronTensor):
-        raise TypeError(f"t: expected a SeKronTensor, got {type(t).__name__}")
+        raise ArgumentTypeError(f"t: expected a SeKronTensor, got {type(t).__name__}")
     W = t.to_dense()
     dims = tuple(W.shape)
     rks = _tucker_ranks(ranks, dims)

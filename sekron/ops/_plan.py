@@ -20,6 +20,7 @@ import numpy as np
 
 from .._cost import conv_stages
 from ..contraction import ReshapeStep, TransposeStep
+from ..errors import ArgumentTypeError
 from ..structure import Structure
 from ._im2col import conv2d_valid, pad2d
 
@@ -259,7 +260,9 @@ def conv2d_plan(
     from ..errors import ShapeError
 
     if not isinstance(structure, Structure):
-        raise TypeError(f"structure: expected a sekron.Structure, got {type(structure).__name__}")
+        raise ArgumentTypeError(
+            f"structure: expected a sekron.Structure, got {type(structure).__name__}"
+        )
     try:
         h, w = in_hw
     except (TypeError, ValueError):

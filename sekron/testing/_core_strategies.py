@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
+from ..errors import ArgumentError, ArgumentTypeError
 from ..structure import Structure
 from ..tensor import SeKronTensor
 
@@ -57,7 +58,7 @@ def _dtype_strategy(dtype: Any) -> st.SearchStrategy[np.dtype]:
         return float_dtypes()
     dt = np.dtype(dtype)
     if dt not in _FLOAT_DTYPES:
-        raise ValueError(f"dtype: expected float32, float64 or None, got {dt}")
+        raise ArgumentError(f"dtype: expected float32, float64 or None, got {dt}")
     return st.just(dt)
 
 
@@ -107,9 +108,9 @@ def factorable_shapes(
     N = draw(_range_or_value(ndim, 1, 3))
     S = draw(_range_or_value(n_factors, 2, 4))
     if N < 1 or S < 2:
-        raise ValueError(f"expected ndim >= 1 and n_factors >= 2, got ndim={N}, n_factors={S}")
+        raise ArgumentError(f"expected ndim >= 1 and n_factors >= 2, got ndim={N}, n_factors={S}")
     if min_dim ** (N * S) > max_size:
-        raise ValueError(
+        raise ArgumentError(
             f"min_dim={min_dim} cannot fit {S} factors of {N} modes in max_size={max_size}"
         )
     size = 1
@@ -347,7 +348,9 @@ def sekron_tensors(
     if structure is None:
         structure = draw(structures(n_factors, ndim, max_size, max_rank=max_rank))
     elif not isinstance(structure, Structure):
-        raise TypeError(f"structure: expected a Structure or None, got {type(structure).__name__}")
+        raise ArgumentTypeError(
+            f"structure: expected a Structure or None, got {type(structure).__name__}"
+        )
     dt = draw(_dtype_strategy(dtype))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     factors = random_sekron_factors(structure, rng, dtype=dt, tt_like=tt_like, scale=scale)

@@ -19,12 +19,13 @@ writers store tensors in exactly the layout that rule produces.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import FormatError, ShapeError
+from ..errors import ArgumentTypeError, FormatError, SekronError, ShapeError
 from ._lokr import LoKr, LoRA, factorization
 
 __all__ = ["load_lycoris", "load_peft", "lycoris_name", "save_lycoris", "save_peft"]
@@ -185,6 +186,28 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     return {k: v.detach().to(torch.float64).numpy() for k, v in raw.items()}
 
 
+def _number(value: Any, what: str, where: str, *, integer: bool = False) -> float:
+    """A finite number read from a file (an int >= 1 where ``integer``), else FormatError."""
+    if isinstance(value, np.ndarray):
+        value = value.item() if value.size == 1 else value
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok or not math.isfinite(value) or (integer and value < 1):
+        kind = "an int >= 1" if integer else "a finite number"
+        raise FormatError(f"{where}: expected {what} as {kind}, got {value!r}")
+    return value
+
+
+@contextlib.contextmanager
+def _malformed(where: str, name: str) -> Iterator[None]:
+    """Inside, sekron errors of a layer's tensors (bad shapes, NaN) mean a malformed file."""
+    try:
+        yield
+    except FormatError:
+        raise
+    except SekronError as exc:
+        raise FormatError(f"{where}: layer {name!r} is malformed: {exc}") from None
+
+
 def _kernels(model: Any) -> dict[str, tuple[int, ...]]:
     """Weight shapes of a model's layers, by module name and by LyCORIS name.
 
@@ -197,7 +220,9 @@ def _kernels(model: Any) -> dict[str, tuple[int, ...]]:
     elif isinstance(model, Mapping):
         weights = {k[: -len(".weight")]: v for k, v in model.items() if str(k).endswith(".weight")}
     else:
-        raise TypeError(f"model: expected an nn.Module or a state dict, got {type(model).__name__}")
+        raise ArgumentTypeError(
+            f"model: expected an nn.Module or a state dict, got {type(model).__name__}"
+        )
     out: dict[str, tuple[int, ...]] = {}
     for n, w in weights.items():
         if isinstance(w, (torch.Tensor, np.ndarray)):
@@ -291,7 +316,7 @@ def load_lycoris(
 
     out: dict[str, LoKr | LoRA] = {}
     for lname, t in _group(tensors, split).items():
-        alpha = float(t["alpha"]) if "alpha" in t else None
+        alpha = _number(t["alpha"], f"{lname}.alpha", "path") if "alpha" in t else None
 
         def scale_of(rank: int | None, alpha: float | None = alpha) -> float:
             return 1.0 if rank is None or alpha is None or alpha == 0 else alpha / rank
@@ -300,16 +325,17 @@ def load_lycoris(
         if model is not None and lname not in names:
             raise FormatError(f"path: expected layers of the model, got {lname!r}")
         if any(k.startswith("lokr_") for k in t):
-            out[key] = _lokr_from(lname, t, scale_of, shapes.get(lname))
+            with _malformed("path", lname):
+                out[key] = _lokr_from(lname, t, scale_of, shapes.get(lname))
         elif set(t) - {"alpha"} == _LORA_LYCORIS:
             up, down = t["lora_up.weight"], t["lora_down.weight"]
-            kernel = tuple(down.shape[2:])
-            out[key] = LoRA(
-                up.reshape(up.shape[0], -1),
-                down.reshape(down.shape[0], -1),
-                scale=scale_of(down.shape[0]),
-                kernel=kernel,
-            )
+            with _malformed("path", lname):
+                out[key] = LoRA(
+                    up.reshape(up.shape[0], -1),
+                    down.reshape(down.shape[0], -1),
+                    scale=scale_of(down.shape[0]),
+                    kernel=tuple(down.shape[2:]),
+                )
         else:
             raise FormatError(f"path: expected LoKr or LoRA tensors for {lname!r}, got {sorted(t)}")
     return out
@@ -524,24 +550,30 @@ def load_peft(  # noqa: C901
     r0 = config.get("r", 8)
     out: dict[str, LoKr | LoRA] = {}
     for name, t in _group(_read_safetensors(st_path), split).items():
-        r = _match(config.get("rank_pattern") or {}, name, r0)
+        r = _number(
+            _match(config.get("rank_pattern") or {}, name, r0), "r", "directory", integer=True
+        )
         if kind == "LOKR":
             alpha = _match(config.get("alpha_pattern") or {}, name, config.get("alpha", r0))
-            out[name] = _lokr_from(name, t, lambda _rank, s=alpha / r: s, shapes.get(name))
+            alpha = _number(alpha, "alpha", "directory")
+            with _malformed("directory", name):
+                out[name] = _lokr_from(name, t, lambda _rank, s=alpha / r: s, shapes.get(name))
         else:
             alpha = _match(config.get("alpha_pattern") or {}, name, config.get("lora_alpha", r0))
+            alpha = _number(alpha, "lora_alpha", "directory")
             scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
             if set(t) != {"lora_A.weight", "lora_B.weight"}:
                 raise FormatError(
                     f"directory: expected lora_A and lora_B for {name!r}, got {sorted(t)}"
                 )
             down, up = t["lora_A.weight"], t["lora_B.weight"]
-            out[name] = LoRA(
-                up.reshape(up.shape[0], -1),
-                down.reshape(down.shape[0], -1),
-                scale=scale,
-                kernel=tuple(down.shape[2:]),
-            )
+            with _malformed("directory", name):
+                out[name] = LoRA(
+                    up.reshape(up.shape[0], -1),
+                    down.reshape(down.shape[0], -1),
+                    scale=scale,
+                    kernel=tuple(down.shape[2:]),
+                )
     if model is not None:
         for name, upd in out.items():
             if name in shapes and shapes[name] != upd.shape:

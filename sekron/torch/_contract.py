@@ -24,7 +24,9 @@ from collections.abc import Sequence
 
 import torch
 
+from .._validation import check_instance
 from ..contraction import LinearPlan, execute_linear, linear_plan
+from ..errors import ArgumentError
 from ..structure import Structure
 from ._conv import TorchBackend
 
@@ -71,6 +73,7 @@ def linear_macs(structure: Structure) -> dict[str, int]:
     >>> linear_macs(sk.Structure([(16, 16), (16, 16)], ranks=1))
     {'right': 8192, 'left': 8192, 'sekron': 8192, 'dense': 65536}
     """
+    check_instance(structure, "structure", Structure, "a sekron.Structure")
     right, left = (_plan(structure, o).macs for o in ("right", "left"))
     m, n = structure.shape
     return {"right": right, "left": left, "sekron": _plan(structure, "auto").macs, "dense": m * n}
@@ -81,7 +84,7 @@ _ORDERS = {"auto": "auto", "right": "inner", "left": "outer"}
 
 def _plan(structure: Structure, order: str) -> LinearPlan:
     if order not in _ORDERS:
-        raise ValueError(f"order: expected one of {tuple(_ORDERS)}, got {order!r}")
+        raise ArgumentError(f"order: expected one of {tuple(_ORDERS)}, got {order!r}")
     return linear_plan(structure.shapes, structure.ranks, layout="rows", order=_ORDERS[order])
 
 

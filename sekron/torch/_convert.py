@@ -30,7 +30,10 @@ def to_numpy(t: torch.Tensor, dtype: Any = None) -> np.ndarray:
     One copy at most: the cast, or a plain copy when no cast is needed (the result never
     shares memory with ``t``, so the core may not see later in-place updates).
     """
-    arr = t.detach().to("cpu").numpy()
+    t = t.detach().to("cpu")
+    if t.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds it exactly
+        t = t.float()
+    arr = t.numpy()
     return np.array(arr, dtype=dtype if dtype is not None else arr.dtype, copy=True, order="C")
 
 
@@ -49,7 +52,9 @@ def to_torch(
         # cast in numpy: torch's intra-op threads spin against numba's on a busy machine
         t = torch.from_numpy(np.ascontiguousarray(a, dtype=np_target))
     else:
-        t = torch.from_numpy(np.ascontiguousarray(a))
+        c = np.ascontiguousarray(a)
+        # torch wants writable memory (sekron's factors are read-only): copy those, once
+        t = torch.from_numpy(c if c.flags.writeable else c.copy())
         if target is not None and t.dtype != target:
             t = t.to(target)
         elif copy:

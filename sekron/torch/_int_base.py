@@ -16,6 +16,7 @@ from torch import nn
 
 from .. import fixed
 from .._validation import check_bits
+from ..errors import ArgumentError
 from ._convert import to_torch
 
 _NP_FLOAT: dict[torch.dtype, np.dtype] = {
@@ -59,7 +60,7 @@ class IntModule(nn.Module):
     def _init_int(self, bits: int, rounding: Any, seed: int) -> None:
         self.bits = int(bits) if type(bits) is CheckedBits else check_bits(bits)
         if rounding not in ("stochastic", "nearest"):
-            raise ValueError(f"rounding: expected 'stochastic' or 'nearest', got {rounding!r}")
+            raise ArgumentError(f"rounding: expected 'stochastic' or 'nearest', got {rounding!r}")
         self.rounding: Any = rounding
         self.seed = int(seed)
         self.calls = 0

@@ -20,7 +20,7 @@ import scipy.sparse.linalg
 
 from .. import rearrange
 from ..decompose import nkp
-from ..errors import NonFiniteError, RankError, ShapeError
+from ..errors import ArgumentError, NonFiniteError, RankError, ShapeError
 from ..svd import truncated_svd
 
 __all__ = [
@@ -82,7 +82,7 @@ class LoKr:
         set_(self, "w1", _matrix(self.w1, "w1"))
         set_(self, "kernel", tuple(int(k) for k in self.kernel))
         if not math.isfinite(float(self.scale)):
-            raise ValueError(f"scale: expected a finite float, got {self.scale!r}")
+            raise ArgumentError(f"scale: expected a finite float, got {self.scale!r}")
         set_(self, "scale", float(self.scale))
         if (self.w2 is None) == (self.w2_a is None or self.w2_b is None):
             raise ShapeError(
@@ -179,7 +179,7 @@ class LoRA:
                 f"of shape {up.shape}, got {down.shape}"
             )
         if not math.isfinite(float(self.scale)):
-            raise ValueError(f"scale: expected a finite float, got {self.scale!r}")
+            raise ArgumentError(f"scale: expected a finite float, got {self.scale!r}")
         set_(self, "up", up)
         set_(self, "down", down)
         set_(self, "scale", float(self.scale))

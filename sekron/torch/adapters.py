@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .._validation import as_float_array, as_positive_int, check_tol
-from ..errors import FormatError, ShapeError
+from ..errors import ArgumentError, ArgumentTypeError, FormatError, ShapeError
 from ._adapter_files import load_lycoris, load_peft, lycoris_name, save_lycoris, save_peft
 from ._convert import to_numpy, to_torch
 from ._lokr import (
@@ -158,7 +158,9 @@ def _as_weights(obj: Any, name: str) -> dict[str, Any]:
     if isinstance(obj, nn.Module):
         return {n: m.weight for n, m in obj.named_modules() if isinstance(m, _TARGET_TYPES)}
     if not isinstance(obj, Mapping):
-        raise TypeError(f"{name}: expected an nn.Module or a state dict, got {type(obj).__name__}")
+        raise ArgumentTypeError(
+            f"{name}: expected an nn.Module or a state dict, got {type(obj).__name__}"
+        )
     out = {}
     for key, value in obj.items():
         if isinstance(key, str) and key.endswith(".weight") and 2 <= np.ndim(value) <= 4:
@@ -184,7 +186,7 @@ def _factor_shapes(
         or factor == 0
         or factor < -1
     ):
-        raise ValueError(f"factor: expected -1 or a positive int, got {factor!r}")
+        raise ArgumentError(f"factor: expected -1 or a positive int, got {factor!r}")
     return lokr_shapes(shape, int(factor))
 
 
@@ -428,7 +430,7 @@ def lokr_to_lora(lokr: LoKr, rank: int, *, clip: bool = False) -> tuple[LoRA, fl
     True
     """
     if not isinstance(lokr, LoKr):
-        raise TypeError(f"lokr: expected a LoKr, got {type(lokr).__name__}")
+        raise ArgumentTypeError(f"lokr: expected a LoKr, got {type(lokr).__name__}")
     parts = (lokr.w2,) if lokr.w2 is not None else (lokr.w2_a, lokr.w2_b)
     w2p = tuple(p.reshape(p.shape[0], -1) for p in parts if p is not None)
     (U1, s1, V1t), (U2, s2, V2t) = kron_lowrank_svd(lokr.w1, w2p)
@@ -504,9 +506,9 @@ def lora_to_lokr(
     (True, True)
     """
     if not isinstance(lora, LoRA):
-        raise TypeError(f"lora: expected a LoRA, got {type(lora).__name__}")
+        raise ArgumentTypeError(f"lora: expected a LoRA, got {type(lora).__name__}")
     if method not in ("auto", "implicit", "dense"):
-        raise ValueError(f"method: expected 'auto', 'implicit' or 'dense', got {method!r}")
+        raise ArgumentError(f"method: expected 'auto', 'implicit' or 'dense', got {method!r}")
     shape = lora.shape
     sa, sb = _factor_shapes(shape, factor, shape_w1)
     b, dk = sb[0], math.prod(sb[1:])
@@ -529,9 +531,9 @@ def lora_to_lokr(
 def _resolve(model: nn.Module, adapters: Mapping[str, Any]) -> list[tuple[torch.Tensor, Any]]:
     """Pair every adapter with its layer (by module name or LyCORIS name), checking shapes."""
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+        raise ArgumentTypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     if not isinstance(adapters, Mapping):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"adapters: expected a dict of name to LoKr/LoRA, got {type(adapters).__name__}"
         )
     modules = dict(model.named_modules())
@@ -539,7 +541,7 @@ def _resolve(model: nn.Module, adapters: Mapping[str, Any]) -> list[tuple[torch.
     pairs = []
     for name, upd in adapters.items():
         if not isinstance(upd, (LoKr, LoRA)):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"adapters[{name!r}]: expected a LoKr or LoRA, got {type(upd).__name__}"
             )
         mod = modules.get(name, by_lycoris.get(name))

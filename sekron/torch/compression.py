@@ -20,9 +20,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._validation import check_exactly_one, check_ratio
+from .._validation import (
+    as_generator,
+    as_nonnegative_float,
+    as_positive_int,
+    check_exactly_one,
+    check_has_data,
+    check_option,
+    check_ratio,
+)
 from ..allocation import WhitenedSpectrum
-from ..errors import SekronError, ShapeError
+from ..errors import ArgumentError, ArgumentTypeError, SekronError, ShapeError
 from ..selection import Selection, WeightReport, compress_weight, fit_error
 from ._budget import sensitivities, split_budget, uniform_ranks
 from .calibrate import calibrate
@@ -97,7 +105,7 @@ def _patterns(p: Any, name: str) -> list[str] | None:
         return [p]
     if isinstance(p, Iterable) and all(isinstance(s, str) for s in p):
         return list(p)
-    raise TypeError(f"{name}: expected a glob pattern or a list of them, got {p!r}")
+    raise ArgumentTypeError(f"{name}: expected a glob pattern or a list of them, got {p!r}")
 
 
 def _kind(module: nn.Module, embeddings: bool) -> str | None:
@@ -330,13 +338,25 @@ def compress(
     try:
         check_exactly_one(ratio=ratio, tol=tol)
     except ValueError as err:
-        raise ValueError(f"compress: {err}") from None
+        raise ArgumentError(f"compress: {err}") from None
     if ratio is not None:
         ratio = check_ratio(ratio)
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
-    if budget not in ("model", "layer"):
-        raise ValueError(f"budget: expected 'model' or 'layer', got {budget!r}")
+        raise ArgumentTypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    for pname, p in model.named_parameters():
+        check_has_data(p, f"model: parameter {pname!r}")
+    check_option(budget, "budget", ("model", "layer"))
+    if methods is not None and not isinstance(methods, (str, list, tuple)):
+        raise ArgumentTypeError(f"methods: expected a subset of {METHODS}, got {methods!r}")
+    n_factors = as_positive_int(n_factors, "n_factors", minimum=2)
+    max_candidates = as_positive_int(max_candidates, "max_candidates")
+    ridge = as_nonnegative_float(ridge, "ridge")
+    if max_batches is not None:
+        max_batches = as_positive_int(max_batches, "max_batches")
+    if max_seconds is not None:
+        max_seconds = as_nonnegative_float(max_seconds, "max_seconds", positive=True)
+    if not isinstance(random_state, (np.random.Generator, np.random.RandomState)):
+        as_generator(random_state)  # None or an int >= 0
     families = _families(methods, n_factors)
     target = model if inplace else copy.deepcopy(model)
     names, aliases = _targets(target, include, exclude, embeddings)
@@ -392,7 +412,7 @@ def _families(methods: Any, n_factors: int) -> tuple[tuple[str, int], ...]:
     chosen = [methods] if isinstance(methods, str) else list(methods)
     bad = [m for m in chosen if m not in METHODS]
     if bad or not chosen:
-        raise ValueError(f"methods: expected a subset of {METHODS}, got {methods!r}")
+        raise ArgumentError(f"methods: expected a subset of {METHODS}, got {methods!r}")
     out: list[tuple[str, int]] = [(m, 2) for m in ("lowrank", "kronecker") if m in chosen]
     if "sekron" in chosen:
         out.append(("sekron", max(S, 3)))
@@ -435,7 +455,7 @@ def _targets(
         names.append(name)
     if not names:
         kinds = "nn.Linear, nn.Conv2d" + (", nn.Embedding" if embeddings else "")
-        raise ValueError(
+        raise ArgumentError(
             f"model: no eligible layer ({kinds}) matched include={include!r}, exclude={exclude!r}"
         )
     return names, aliases
@@ -456,10 +476,10 @@ def _tied(model: nn.Module, name: str, mod: nn.Module) -> str | None:
 def _take(batches: Iterable[Any], max_batches: int | None) -> list[Any]:
     """The calibration batches as a list (they are used more than once)."""
     if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
-        raise ValueError(f"max_batches: expected a positive int, got {max_batches!r}")
+        raise ArgumentError(f"max_batches: expected a positive int, got {max_batches!r}")
     out = list(itertools.islice(batches, max_batches))
     if not out:
-        raise ValueError("calibration: expected at least one batch, got none")
+        raise ArgumentError("calibration: expected at least one batch, got none")
     return out
 
 

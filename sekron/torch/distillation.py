@@ -18,6 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._validation import (
+    as_generator,
+    as_nonnegative_float,
+    as_positive_int,
+    check_instance,
+)
+from ..errors import ArgumentError, ArgumentTypeError, ShapeError
+
 __all__ = ["Capture", "attention_loss", "distill", "hidden_loss", "logit_loss"]
 
 
@@ -31,8 +39,10 @@ def hidden_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     >>> float(hidden_loss(torch.ones(2, 3), torch.zeros(2, 3)))
     1.0
     """
+    check_instance(student, "student", torch.Tensor, "a tensor")
+    check_instance(teacher, "teacher", torch.Tensor, "a tensor")
     if student.shape != teacher.shape:
-        raise ValueError(
+        raise ArgumentError(
             f"student: expected the teacher's shape {tuple(teacher.shape)}, got {tuple(student.shape)}"
         )
     return F.mse_loss(student, teacher.detach())
@@ -63,9 +73,14 @@ def logit_loss(
     >>> float(logit_loss(z, z, temperature=2.0)) < 1e-6
     True
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature: expected a positive number, got {temperature}")
-    t = float(temperature)
+    t = as_nonnegative_float(temperature, "temperature", positive=True)
+    check_instance(student_logits, "student_logits", torch.Tensor, "a tensor")
+    check_instance(teacher_logits, "teacher_logits", torch.Tensor, "a tensor")
+    if student_logits.shape != teacher_logits.shape:
+        raise ShapeError(
+            f"student_logits: expected the teacher's shape {tuple(teacher_logits.shape)}, "
+            f"got {tuple(student_logits.shape)}"
+        )
     s = F.log_softmax(student_logits / t, dim=-1).reshape(-1, student_logits.shape[-1])
     p = F.log_softmax(teacher_logits.detach() / t, dim=-1).reshape(-1, teacher_logits.shape[-1])
     return F.kl_div(s, p, log_target=True, reduction="batchmean") * (t * t)
@@ -80,7 +95,7 @@ def _first_tensor(out: Any) -> torch.Tensor:
         for v in out.values():
             if isinstance(v, torch.Tensor):
                 return v
-    raise TypeError(f"cannot find a tensor in a module output of type {type(out).__name__}")
+    raise ArgumentTypeError(f"cannot find a tensor in a module output of type {type(out).__name__}")
 
 
 class Capture:
@@ -136,9 +151,13 @@ def _call(model: nn.Module, batch: Any) -> Any:
     return model(batch)
 
 
-def _pairs(spec: Sequence[str] | Mapping[str, str] | None) -> list[tuple[str, str]]:
+def _pairs(
+    spec: Sequence[str] | Mapping[str, str] | None, name: str = "names"
+) -> list[tuple[str, str]]:
     if spec is None:
         return []
+    if isinstance(spec, str) or not isinstance(spec, (Sequence, Mapping)):
+        raise ArgumentTypeError(f"{name}: expected module names (a list or a dict), got {spec!r}")
     if isinstance(spec, Mapping):
         return list(spec.items())
     return [(n, n) for n in spec]
@@ -183,7 +202,33 @@ def _positive(value: Any, name: str, integer: bool) -> None:
     ok = isinstance(value, int) if integer else isinstance(value, (int, float))
     if value is not None and (isinstance(value, bool) or not ok or not value > 0):
         what = "a positive integer" if integer else "a positive number"
-        raise ValueError(f"{name}: expected {what} or None, got {value!r}")
+        raise ArgumentError(f"{name}: expected {what} or None, got {value!r}")
+
+
+def _check_args(
+    student: Any, teacher: Any, epochs: Any, lr: Any, temperature: Any, random_state: Any
+) -> tuple[int, float, float]:
+    """The arguments of :func:`distill`, validated once: (epochs, lr, temperature)."""
+    check_instance(student, "student", nn.Module, "an nn.Module")
+    check_instance(teacher, "teacher", nn.Module, "an nn.Module")
+    if random_state is not None:
+        as_generator(random_state)  # an int >= 0
+    return (
+        as_positive_int(epochs, "epochs"),
+        as_nonnegative_float(lr, "lr", positive=True),
+        as_nonnegative_float(temperature, "temperature", positive=True),
+    )
+
+
+def _check_names(student: nn.Module, teacher: nn.Module, hid: list[Any], att: list[Any]) -> None:
+    s_mods, t_mods = dict(student.named_modules()), dict(teacher.named_modules())
+    for arg, pairs in (("hidden", hid), ("attention", att)):
+        for s_name, t_name in pairs:
+            if s_name not in s_mods or t_name not in t_mods:
+                raise ArgumentError(
+                    f"{arg}: expected module names of the student and teacher, got "
+                    f"{s_name!r} -> {t_name!r}, which one of them lacks"
+                )
 
 
 def distill(
@@ -281,8 +326,10 @@ def distill(
     >>> len(losses)
     10
     """
+    epochs, lr, temperature = _check_args(student, teacher, epochs, lr, temperature, random_state)
     w = {"hidden": 1.0, "attention": 1.0, "logits": 1.0, **(weights or {})}
-    hid, att = _pairs(hidden), _pairs(attention)
+    hid, att = _pairs(hidden, "hidden"), _pairs(attention, "attention")
+    _check_names(student, teacher, hid, att)
     to_logits: Callable[[Any], torch.Tensor] | None
     if logits is True:
         to_logits = _first_tensor
@@ -291,7 +338,7 @@ def distill(
     else:
         to_logits = None
     if not hid and not att and to_logits is None:
-        raise ValueError("distill: expected at least one of hidden=, attention= and logits=")
+        raise ArgumentError("distill: expected at least one of hidden=, attention= and logits=")
     _positive(max_steps, "max_steps", True)
     _positive(max_seconds, "max_seconds", False)
     _positive(batch_size, "batch_size", True)

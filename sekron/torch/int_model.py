@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from .._validation import check_bits
+from .._validation import as_positive_int, check_bits, check_instance, check_rounding
 from ._int_base import CheckedBits
 from .int_sekron import IntSeKronConv2d, IntSeKronLinear
 from .integer import IntConv2d, IntEmbedding, IntLayerNorm, IntLinear
@@ -91,6 +91,9 @@ def integerize(
     ['IntLinear', 'ReLU', 'IntLinear']
     """
     # validated once here; the twins' constructors trust a CheckedBits
+    check_instance(model, "model", nn.Module, "an nn.Module")
+    as_positive_int(seed, "seed", minimum=0)
+    check_rounding(rounding)
     b = CheckedBits(check_bits(bits))
     nb = b if norm_bits is None else CheckedBits(check_bits(norm_bits, "norm_bits"))
     target = model if inplace else copy.deepcopy(model)

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 
 from .. import fixed
+from .._validation import check_instance
+from ..errors import ArgumentError
 from ..fixed import STREAM_BIAS, STREAM_INPUT, STREAM_WEIGHT
 from ._convert import to_numpy, to_torch
 from ._int_base import IntModule, dequant, numpy_view, quantize, scaled
@@ -152,6 +154,7 @@ class IntLinear(IntModule):
     @classmethod
     def from_linear(cls, layer: nn.Linear, bits: int = 8, **kw: Any) -> IntLinear:
         """An integer copy of ``layer`` (weights copied)."""
+        check_instance(layer, "layer", nn.Linear, "an nn.Linear")
         out = cls(
             layer.in_features,
             layer.out_features,
@@ -270,7 +273,7 @@ class IntConv2d(IntModule):
             dtype=dtype,
         )
         if isinstance(ref.padding, str):
-            raise ValueError("padding: IntConv2d needs explicit padding, got a string")
+            raise ArgumentError("padding: IntConv2d needs explicit padding, got a string")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding, self.dilation = (
             ref.kernel_size,
@@ -285,7 +288,7 @@ class IntConv2d(IntModule):
     def from_conv(cls, layer: nn.Conv2d, bits: int = 8, **kw: Any) -> IntConv2d:
         """An integer copy of ``layer`` (``groups=1``, zero padding, explicit padding)."""
         if layer.groups != 1 or layer.padding_mode != "zeros" or isinstance(layer.padding, str):
-            raise ValueError(
+            raise ArgumentError(
                 "layer: IntConv2d needs groups=1, padding_mode='zeros' and explicit padding"
             )
         out = cls(
@@ -405,7 +408,7 @@ class IntLayerNorm(IntModule):
     def from_layer_norm(cls, layer: nn.LayerNorm, bits: int = 16, **kw: Any) -> IntLayerNorm:
         """An integer copy of an ``nn.LayerNorm`` over one trailing axis, with affine weights."""
         if len(layer.normalized_shape) != 1 or layer.weight is None or layer.bias is None:
-            raise ValueError(
+            raise ArgumentError(
                 "layer: IntLayerNorm needs one normalized axis and elementwise_affine with bias"
             )
         out = cls(
@@ -485,7 +488,7 @@ class IntEmbedding(IntModule):
     def from_embedding(cls, layer: nn.Embedding, bits: int = 8, **kw: Any) -> IntEmbedding:
         """An integer copy of ``layer`` (no ``max_norm``, not sparse)."""
         if layer.max_norm is not None or layer.sparse:
-            raise ValueError("layer: IntEmbedding needs max_norm=None and sparse=False")
+            raise ArgumentError("layer: IntEmbedding needs max_norm=None and sparse=False")
         out = cls(
             layer.num_embeddings,
             layer.embedding_dim,

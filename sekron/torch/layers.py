@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ShapeError
+from .._validation import as_pair, check_has_data
+from ..errors import ArgumentError, ArgumentTypeError, ShapeError
 from ..selection import Selection, select
 from ..structure import Structure
 from ..tensor import SeKronTensor
@@ -37,7 +38,9 @@ AUTO_MIN_PIXELS = 100
 
 def _as_structure(structure: Any, ndim: int, name: str = "structure") -> Structure:
     if not isinstance(structure, Structure):
-        raise TypeError(f"{name}: expected a sekron.Structure, got {type(structure).__name__}")
+        raise ArgumentTypeError(
+            f"{name}: expected a sekron.Structure, got {type(structure).__name__}"
+        )
     if structure.ndim != ndim:
         raise ShapeError(f"{name}: expected {ndim}-d factor shapes, got {structure}")
     return structure
@@ -119,7 +122,7 @@ class _SeKronModule(nn.Module):
 
 def _check_path(path: Any) -> str:
     if path not in _PATHS:
-        raise ValueError(f"path: expected one of {_PATHS}, got {path!r}")
+        raise ArgumentError(f"path: expected one of {_PATHS}, got {path!r}")
     return str(path)
 
 
@@ -292,7 +295,8 @@ class SeKronLinear(_SeKronModule):
         (True, True)
         """
         if not isinstance(layer, nn.Linear):
-            raise TypeError(f"layer: expected an nn.Linear, got {type(layer).__name__}")
+            raise ArgumentTypeError(f"layer: expected an nn.Linear, got {type(layer).__name__}")
+        check_has_data(layer.weight, "layer.weight")
         W = to_numpy(layer.weight, np.float64)
         sel = select(
             W,
@@ -400,11 +404,11 @@ class SeKronConv2d(_SeKronModule):
         self.dilation = _pair(dilation, "dilation")
         if isinstance(padding, str):
             if padding not in ("same", "valid"):
-                raise ValueError(
+                raise ArgumentError(
                     f"padding: expected an int, a pair, 'same' or 'valid', got {padding!r}"
                 )
             if padding == "same" and self.stride != (1, 1):
-                raise ValueError("padding: 'same' needs stride 1, as in nn.Conv2d")
+                raise ArgumentError("padding: 'same' needs stride 1, as in nn.Conv2d")
             self.padding: Any = padding
         else:
             self.padding = _pair(padding, "padding", minimum=0)
@@ -524,13 +528,14 @@ class SeKronConv2d(_SeKronModule):
         ((1, 1), True)
         """
         if not isinstance(layer, nn.Conv2d):
-            raise TypeError(f"layer: expected an nn.Conv2d, got {type(layer).__name__}")
+            raise ArgumentTypeError(f"layer: expected an nn.Conv2d, got {type(layer).__name__}")
         if layer.groups != 1:
-            raise ValueError(f"layer: expected groups=1, got groups={layer.groups}")
+            raise ArgumentError(f"layer: expected groups=1, got groups={layer.groups}")
         if layer.padding_mode != "zeros":
-            raise ValueError(f"layer: expected padding_mode='zeros', got {layer.padding_mode!r}")
+            raise ArgumentError(f"layer: expected padding_mode='zeros', got {layer.padding_mode!r}")
+        check_has_data(layer.weight, "layer.weight")
         W = to_numpy(layer.weight, np.float64)
-        hw = in_hw or (32, 32)
+        hw = (32, 32) if in_hw is None else as_pair(in_hw, "in_hw")
         args = (layer.stride, layer.padding, layer.dilation)
         probe = cls(Structure([W.shape, (1, 1, 1, 1)], 1), *args, bias=False)
         sel = select(
@@ -587,12 +592,7 @@ class SeKronConv2d(_SeKronModule):
 
 
 def _pair(v: Any, name: str, minimum: int = 1) -> tuple[int, int]:
-    vals = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-    if len(vals) != 2 or any(
-        isinstance(u, bool) or not isinstance(u, (int, np.integer)) or u < minimum for u in vals
-    ):
-        raise ValueError(f"{name}: expected an int >= {minimum} or a pair of them, got {v!r}")
-    return int(vals[0]), int(vals[1])
+    return as_pair(v, name, minimum=minimum)  # the one parser: same mistake, same error
 
 
 def _is_embedding_structure(st: Structure) -> bool:
@@ -689,7 +689,8 @@ class KroneckerEmbedding(_SeKronModule):
         True
         """
         if not isinstance(layer, nn.Embedding):
-            raise TypeError(f"layer: expected an nn.Embedding, got {type(layer).__name__}")
+            raise ArgumentTypeError(f"layer: expected an nn.Embedding, got {type(layer).__name__}")
+        check_has_data(layer.weight, "layer.weight")
         W = to_numpy(layer.weight, np.float64)
         sel = select(
             W,

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from typing import Any
 
 import numpy as np
 import torch
 
+from .._validation import as_path
 from ..errors import FormatError
 
 __all__ = ["read_state_dict"]
@@ -36,7 +39,8 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     FileNotFoundError
         If there is no such file.
     FormatError
-        If the file does not hold a state dict.
+        If the file does not hold a state dict, is corrupt, or holds pickled objects other
+        than tensors (refused in one line: they are never unpickled).
 
     Examples
     --------
@@ -47,9 +51,32 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     >>> {k: v.shape for k, v in read_state_dict(path).items()}
     {'weight': (2, 4), 'bias': (2,)}
     """
+    path = as_path(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"path: no such file {os.fspath(path)!r}")
-    obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message is six lines inviting weights_only=False, i.e. running the file
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        if found is None:
+            # the cause sits between "WeightsUnpickler error:" and torch's closing advice
+            tail = str(exc).split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
+            first = tail[0].strip() if tail and "weights_only" not in tail[0] else "not a pickle"
+            raise FormatError(
+                f"path: expected a torch checkpoint, could not read {os.fspath(path)!r}: {first}"
+            ) from None
+        raise FormatError(
+            f"path: {os.fspath(path)!r} holds a pickled {found.group(1)} besides tensors; "
+            "refused, since unpickling it could run code (save a plain state dict instead)"
+        ) from None
+    except (OSError, MemoryError):
+        raise
+    except Exception as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise FormatError(
+            f"path: expected a torch checkpoint, could not read {os.fspath(path)!r}: {first}"
+        ) from None
     for key in _NESTING_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
