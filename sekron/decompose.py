@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
-from . import _datafit
+from . import _blocked, _datafit
 from ._kron import _rearrange
 from ._validation import (
     SVD_FULL_BELOW,
@@ -216,8 +216,13 @@ def nkp(
     >>> bool(err(fitted) < err(plain)), bool(np.isclose(fitted.data_error_bound, err(fitted)))
     (True, True)
     """
-    # finiteness is checked through the norm below (one pass over W instead of two)
-    W = as_float_array(W, "W", min_ndim=1, finite=False)
+    blocked = _blocked.is_dask_array(W)  # out of core: see sekron._blocked
+    if blocked:
+        W = _blocked.as_float_dask(W, "W")
+        _blocked.check_supported(method=method, tol=tol, gram=gram)
+    else:
+        # finiteness is checked through the norm below (one pass over W instead of two)
+        W = as_float_array(W, "W", min_ndim=1, finite=False)
     _check_solver(method, random_state)
     data = _check_data(W, gram, ridge, sweeps)
     a = as_shape(shape_a, "shape_a")
@@ -233,6 +238,8 @@ def nkp(
     if rank is not None:
         detail = f"min(|a|, |b|) for shapes {a} and {b}"
         rank = as_rank(rank, maximum=max_rank, detail=detail)
+    if blocked:
+        return _blocked.nkp(W, a, b, 1 if rank is None else rank, random_state)
     norm_sq = _finite_squared_norm(W)
     T = np.ascontiguousarray(_rearrange(W, (a, b)).reshape(size_a, size_b))
     if tol is not None:
@@ -423,7 +430,12 @@ def sekron(
     >>> exact.relative_error_bound < 1e-12
     True
     """
-    W = as_float_array(W, "W", min_ndim=1, finite=False)
+    blocked = _blocked.is_dask_array(W)
+    if blocked:
+        W = _blocked.as_float_dask(W, "W")
+        _blocked.check_supported(method=method, tol=tol, gram=gram, refine=refine)
+    else:
+        W = as_float_array(W, "W", min_ndim=1, finite=False)
     _check_solver(method, random_state)
     data = _check_data(W, gram, ridge, sweeps)
     base, ranks_given = _resolve_structure(W.shape, shapes_or_structure, ranks)
@@ -432,6 +444,8 @@ def sekron(
         tol = check_tol(tol)
     S, sizes = base.n_factors, base.sizes
     cap = base.ranks if ranks_given else base.max_ranks
+    if blocked:
+        return _sekron_blocked(W, base, ranks_given, method, random_state)
     norm_sq = _finite_squared_norm(W)
     T = _rearrange(W, base.shapes).reshape(sizes)
     level_budget = None if tol is None else tol * tol * norm_sq / (S - 1)
@@ -464,8 +478,30 @@ def sekron(
     return out
 
 
+def _sekron_blocked(
+    W: Any, base: Structure, ranks_given: bool, method: SVDMethod, random_state: RandomState
+) -> SeKronTensor:
+    """:func:`sekron` of a dask array: level 1 out of core, the remainders in memory."""
+    if not ranks_given:
+        raise RankError(
+            "ranks: expected ranks for a dask array W (the exact default would hold "
+            "all of W in memory), got None"
+        )
+    left, rem, norm_sq, discarded = _blocked.first_level(
+        W, base.shapes, base.ranks[0], random_state
+    )
+    r = base.ranks[0]
+    start = ([left.reshape((r, *base.shapes[0]))], [r], discarded, rem)
+    factors, _, discarded = _recursive_fit(
+        None, base, base.ranks, None, method, random_state, unmix=False, start=start
+    )
+    return SeKronTensor(
+        factors, error_bound=math.sqrt(discarded), reference_norm=math.sqrt(norm_sq)
+    )
+
+
 def _recursive_fit(
-    T: np.ndarray,
+    T: np.ndarray | None,
     base: Structure,
     cap: tuple[int, ...],
     level_budget: float | None,
@@ -473,19 +509,22 @@ def _recursive_fit(
     random_state: RandomState,
     *,
     unmix: bool,
+    start: tuple[list[np.ndarray], list[int], float, np.ndarray] | None = None,
 ) -> tuple[list[np.ndarray], list[int], float]:
     """Branch-wise truncated SVDs, level by level; returns factors, ranks and discarded energy.
 
     With ``unmix`` each branch's level basis is changed (see :func:`_unmix`) so that its
     remainders have the next level's rank; the discarded energy is then not a certificate.
+    ``start`` (factors, ranks, discarded energy and remainders of the levels already
+    fitted, e.g. out of core) continues from there instead of from ``T``.
     """
     S, sizes = base.n_factors, base.sizes
-    factors: list[np.ndarray] = []
-    chosen: list[int] = []
-    discarded = 0.0
+    factors: list[np.ndarray] = [] if start is None else list(start[0])
+    chosen: list[int] = [] if start is None else list(start[1])
+    discarded = 0.0 if start is None else start[2]
     # Remainders of every branch, stacked: (P_{k-1}, |a^(k)| * prod_{j>k} |a^(j)|)
-    rem = T.reshape(1, -1)
-    for k in range(S - 1):
+    rem = T.reshape(1, -1) if start is None else start[3]  # type: ignore[union-attr]
+    for k in range(len(chosen), S - 1):
         P = rem.shape[0]
         tail = math.prod(sizes[k + 1 :])
         M = rem.reshape(P, sizes[k], tail)
