@@ -2,7 +2,8 @@
 
 :func:`sekron.torch.compress` hands its per-layer fits here when given ``client=`` or
 ``resume_dir=``. A fit is a pure function of its :class:`~sekron.torch.compression.LayerJob`
-(the layer, its calibration Gram, the options and the seed), so a worker computes exactly
+(the layer, its calibration Gram, the options and the seed; see
+:mod:`sekron.torch.compression`, which hands in its functions to skip, fit and install), so a worker computes exactly
 what the serial run computes: the job travels to a worker as a CPU copy (weight + Gram),
 the fitted layer comes back (factors + bias), and it is installed in the caller's model as
 soon as it arrives. A task whose worker dies is rerun on another (``retries``); a task
@@ -19,7 +20,7 @@ import copy
 import hashlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,9 @@ from torch import nn
 
 from ..errors import ArgumentError, FormatError
 from ..files import save_npz
-from ..selection import Selection
+from ..selection import Selection, WeightReport
 from ..structure import Structure
 from ..tensor import SeKronTensor
-from .compression import LayerJob, LayerReport, _fit_layer, _install, _skipped
 from .layers import KroneckerEmbedding, SeKronConv2d, SeKronLinear
 
 __all__ = ["check_options", "fit_jobs"]
@@ -59,43 +59,61 @@ def check_options(client: Any, resume_dir: Any, random_state: Any) -> None:
         )
 
 
+Fit = Callable[[Any], tuple[nn.Module | None, WeightReport]]
+"""``fit(job) -> (new layer or None, report)``: a pure, module-level function (it pickles)."""
+
+
 def fit_jobs(
-    model: nn.Module, jobs: list[LayerJob], client: Any, resume_dir: Any
-) -> Iterator[tuple[LayerJob, LayerReport]]:
+    model: nn.Module,
+    jobs: list[Any],
+    client: Any,
+    resume_dir: Any,
+    *,
+    fit: Fit,
+    skipped: Callable[[nn.Module, Any], WeightReport | None],
+    install: Callable[[nn.Module, Any, nn.Module | None], None],
+) -> Iterator[tuple[Any, WeightReport]]:
     """Fit (or read back) every job, install its layer in ``model``, yield its report.
 
     Reports come as the layers finish, in no fixed order. Layers left dense (ineligible
-    or tied) are decided first, on the model as given, as the serial run decides them.
+    or tied) are decided first, on the model as given, as the serial run decides them
+    (``skipped``); ``fit`` runs here (with ``resume_dir`` alone) or on ``client``'s
+    workers, and ``install`` puts each fitted layer in ``model``.
     """
-    pending: list[LayerJob] = []
+    pending: list[Any] = []
     for job in jobs:
-        rec = _skipped(model, job)
+        rec = skipped(model, job)
         if rec is not None:
             yield job, rec
             continue
         stored = None if resume_dir is None else _read_fit(resume_dir, job)
         if stored is not None:
             new, rec = stored
-            _install(model, job, new)
+            install(model, job, new)
             yield job, rec
         else:
             pending.append(job)
     if client is None:
         for job in pending:  # resume_dir only: fit here, in module order
-            new, rec = _fit_layer(job)
+            new, rec = fit(job)
             _write_fit(resume_dir, job, new, rec)
-            _install(model, job, new)
+            install(model, job, new)
             yield job, rec
         return
-    yield from _fit_on_cluster(model, pending, client, resume_dir)
+    yield from _fit_on_cluster(model, pending, client, resume_dir, fit, install)
 
 
 def _fit_on_cluster(
-    model: nn.Module, jobs: list[LayerJob], client: Any, resume_dir: Any
-) -> Iterator[tuple[LayerJob, LayerReport]]:
+    model: nn.Module,
+    jobs: list[Any],
+    client: Any,
+    resume_dir: Any,
+    fit: Fit,
+    install: Callable[[nn.Module, Any, nn.Module | None], None],
+) -> Iterator[tuple[Any, WeightReport]]:
     from distributed import as_completed
 
-    by_key: dict[str, LayerJob] = {}
+    by_key: dict[str, Any] = {}
     futures = []
     threads = _blas_threads()
     for job in jobs:
@@ -103,7 +121,7 @@ def _fit_on_cluster(
         by_key[key] = job
         # the data travels inside the task (not scattered): a task whose worker died can
         # then be rerun anywhere, which scattered data would not allow
-        futures.append(client.submit(_fit_layer, _portable(job, threads), key=key, retries=RETRIES))
+        futures.append(client.submit(fit, _portable(job, threads), key=key, retries=RETRIES))
     try:
         for future in as_completed(futures):
             job = by_key[future.key]
@@ -112,14 +130,14 @@ def _fit_on_cluster(
                 new = new.to(job.mod.weight.device)  # type: ignore[union-attr]
             if resume_dir is not None:
                 _write_fit(resume_dir, job, new, rec)
-            _install(model, job, new)
+            install(model, job, new)
             yield job, rec
             future.release()
     finally:
         client.cancel([f for f in futures if not f.done()])
 
 
-def _portable(job: LayerJob, blas_threads: int | None) -> LayerJob:
+def _portable(job: Any, blas_threads: int | None) -> Any:
     """The job with a CPU copy of its layer (what a worker can receive)."""
     mod = copy.deepcopy(job.mod).cpu()
     return replace(job, mod=mod, blas_threads=blas_threads)
@@ -127,13 +145,13 @@ def _portable(job: LayerJob, blas_threads: int | None) -> LayerJob:
 
 def _blas_threads() -> int | None:
     """The caller's BLAS thread count (workers fit under it, to give the caller's bits)."""
-    from threadpoolctl import threadpool_info
+    from threadpoolctl import threadpool_info  # type: ignore[import-untyped]
 
     counts = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
     return max(counts) if counts else None
 
 
-def _fingerprint(job: LayerJob) -> str:
+def _fingerprint(job: Any) -> str:
     """SHA-256 of everything the fit reads: the layer's weights and settings, Gram, options."""
     h = hashlib.sha256()
     settings = {
@@ -163,7 +181,7 @@ def _fit_path(resume_dir: Any, name: str) -> Path:
     return Path(resume_dir) / f"{safe}.npz"
 
 
-def _write_fit(resume_dir: Any, job: LayerJob, new: nn.Module | None, rec: LayerReport) -> None:
+def _write_fit(resume_dir: Any, job: Any, new: nn.Module | None, rec: WeightReport) -> None:
     """Store a finished layer: its fit (None: kept dense) and report, atomically."""
     meta: dict[str, Any] = {"name": job.name, "report": asdict(rec)}
     arrays: dict[str, Any] = {
@@ -185,7 +203,7 @@ def _write_fit(resume_dir: Any, job: LayerJob, new: nn.Module | None, rec: Layer
     save_npz(_fit_path(resume_dir, job.name), arrays, name="resume_dir")
 
 
-def _read_fit(resume_dir: Any, job: LayerJob) -> tuple[nn.Module | None, LayerReport] | None:
+def _read_fit(resume_dir: Any, job: Any) -> tuple[nn.Module | None, WeightReport] | None:
     """The stored fit of ``job`` (None if there is none yet); a mismatch is refused."""
     path = _fit_path(resume_dir, job.name)
     if not path.exists():
@@ -210,19 +228,23 @@ def _read_fit(resume_dir: Any, job: LayerJob) -> tuple[nn.Module | None, LayerRe
         )
     report = meta["report"]
     report["shape"] = None if report["shape"] is None else tuple(report["shape"])
-    rec = LayerReport(**report)
+    rec = WeightReport(**report)
     if "structure" not in meta:
         return None, rec
-    numbers = {k: float(contents[f"fit_{k}"]) for k in _FIT_NUMBERS}
+    num = {k: float(contents[f"fit_{k}"]) for k in _FIT_NUMBERS}
+    given = {k: None if np.isnan(v) else v for k, v in num.items()}
     fit = SeKronTensor(
         [contents[f"fit_factor_{k}"] for k in range(len(meta["structure"]["shapes"]))],
-        **{k: None if np.isnan(v) else v for k, v in numbers.items()},
+        error_bound=given["error_bound"],
+        reference_norm=given["reference_norm"],
+        data_error_bound=given["data_error_bound"],
+        data_reference_norm=given["data_reference_norm"],
     )
     st = Structure([tuple(s) for s in meta["structure"]["shapes"]], meta["structure"]["ranks"])
     return _layer_from_selection(job, Selection(st, fit, int(meta["n_candidates"]))), rec
 
 
-def _layer_from_selection(job: LayerJob, sel: Selection) -> nn.Module:
+def _layer_from_selection(job: Any, sel: Selection) -> nn.Module:
     """The layer ``from_linear`` / ``from_conv`` / ``from_embedding`` builds for ``sel``."""
     mod, w = job.mod, job.mod.weight
     assert isinstance(w, torch.Tensor)
@@ -244,5 +266,5 @@ def _layer_from_selection(job: LayerJob, sel: Selection) -> nn.Module:
     bias = getattr(mod, "bias", None)
     if bias is not None:
         with torch.no_grad():
-            new.bias.copy_(bias)  # type: ignore[union-attr]
+            new.bias.copy_(bias)  # type: ignore[union-attr, operator]
     return new

@@ -400,7 +400,15 @@ def compress(
     else:
         from ._distribute import fit_jobs
 
-        done = fit_jobs(target, jobs, client, resume_dir)
+        done = fit_jobs(
+            target,
+            jobs,
+            client,
+            resume_dir,
+            fit=_fit_layer,
+            skipped=_skipped,
+            install=_install,
+        )
     found = {}
     for job, rec in done:
         found[job.name] = rec
@@ -625,7 +633,7 @@ def _skipped(model: nn.Module, job: LayerJob) -> LayerReport | None:
         return None
     before = sum(p.numel() for p in mod.parameters())
     macs_before = _dense_macs(mod, kind, job.in_shape)
-    shape = tuple(mod.weight.shape)  # type: ignore[union-attr]
+    shape = tuple(mod.weight.shape)  # type: ignore[union-attr, arg-type]
     return LayerReport(
         job.name, kind, None, before, before, macs_before, macs_before, None, reason, shape
     )
@@ -653,7 +661,7 @@ def _fit_layer(job: LayerJob) -> tuple[nn.Module | None, LayerReport]:
     A pure function of ``job`` (module level, so that a cluster's workers run it too).
     """
     if job.blas_threads is not None:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
         with threadpool_limits(job.blas_threads, user_api="blas"):
             return _fit_layer(replace(job, blas_threads=None))

@@ -15,7 +15,7 @@ distributed = pytest.importorskip("distributed")
 
 from torch import nn  # noqa: E402
 
-import sekron.torch._distribute as dist  # noqa: E402
+import sekron.torch.compression as compression  # noqa: E402
 from sekron.errors import ArgumentError, FormatError  # noqa: E402
 from sekron.torch import compress  # noqa: E402
 
@@ -116,7 +116,7 @@ def test_resume_reads_stored_fits_and_refits_nothing(client, serial, tmp_path, m
     def no_refit(job):
         raise AssertionError(f"refitted {job.name}")
 
-    monkeypatch.setattr(dist, "_fit_layer", no_refit)
+    monkeypatch.setattr(compression, "_fit_layer", no_refit)
     _assert_same(
         compress(_model(), calibration=_calibration(), resume_dir=tmp_path, **_OPTS), serial
     )
@@ -126,8 +126,8 @@ def test_resume_reads_stored_fits_and_refits_nothing(client, serial, tmp_path, m
     lost = files[2]
     lost.unlink()
     fitted = []
-    real = dist._fit_layer
-    monkeypatch.setattr(dist, "_fit_layer", lambda job: fitted.append(job.name) or real(job))
+    real = compression._fit_layer
+    monkeypatch.setattr(compression, "_fit_layer", lambda job: fitted.append(job.name) or real(job))
     _assert_same(
         compress(_model(), calibration=_calibration(), resume_dir=tmp_path, **_OPTS), serial
     )
@@ -153,3 +153,26 @@ def test_options_are_checked_before_any_work(tmp_path):
         compress(net, ratio=2, resume_dir=tmp_path / "missing")
     with pytest.raises(ArgumentError, match="client"):
         compress(net, ratio=2, client="tcp://127.0.0.1:8786")
+
+
+def test_cli_compress_weights_on_the_cluster_match_serial(client):
+    """``sekron compress --scheduler/--workers``: the same tensors and reports as serial."""
+    from sekron.cli.checkpoint import cluster_client, compress_weights
+
+    rng = np.random.default_rng(0)
+    weights = {f"l{i}.weight": rng.normal(size=(48, 64)).astype(np.float32) for i in range(4)}
+    weights["l0.bias"] = np.zeros(48, np.float32)
+    grams = {"l1": np.cov(rng.normal(size=(64, 200)))}
+    want = compress_weights(weights, ratio=4, min_size=100, grams=grams)
+    got = compress_weights(weights, ratio=4, min_size=100, grams=grams, client=client)
+    assert got[1] == want[1]
+    assert list(got[0]) == list(want[0])
+    for k, w in want[0].items():
+        g = got[0][k]
+        if isinstance(w, np.ndarray):
+            assert np.array_equal(g, w)
+        else:
+            assert all(np.array_equal(a, b) for a, b in zip(g.factors, w.factors, strict=True))
+    assert cluster_client(None, None) is None
+    with pytest.raises(ValueError, match="--workers"):
+        cluster_client(None, 0)
