@@ -108,8 +108,10 @@ def nkp(
 
     Parameters
     ----------
-    W : array_like, shape ``(w_1, ..., w_N)``
-        A real matrix or N-d tensor (a conv kernel ``(F, C, Kh, Kw)`` for GKPD).
+    W : array_like or dask.array.Array, shape ``(w_1, ..., w_N)``
+        A real matrix or N-d tensor (a conv kernel ``(F, C, Kh, Kw)`` for GKPD). A dask
+        array is fitted out of core (see Notes); ``tol`` and ``gram`` need ``W`` in
+        memory and are refused for it.
     shape_a : sequence of N ints
         Shape of the factors ``A_r``; must divide ``W.shape`` mode by mode.
     shape_b : sequence of N ints, optional
@@ -188,6 +190,14 @@ def nkp(
     Kronecker approximation of C as preconditioner) run from the current factor. The
     objective never increases.
 
+    A dask array is never gathered: a chunk whose edges fall on multiples of
+    ``shape_b`` (W is rechunked so if needed) holds whole rows of the rearranged matrix,
+    so the randomized range finder's products ``R Ω`` and ``Rᵀ Q`` run chunk by chunk
+    on the active dask scheduler (a ``distributed.Client`` too) and only thin blocks
+    come back (:mod:`sekron._blocked`). Same seed, same random test matrix, so the fit
+    is the in-memory ``method="randomized"`` fit up to rounding, with the same
+    certificate ``‖W‖² − Σ σ²`` (``‖W‖²`` summed in float64 over the chunks).
+
     References
     ----------
     C. F. Van Loan and N. Pitsianis, "Approximation with Kronecker products", 1993.
@@ -215,6 +225,16 @@ def nkp(
     >>> err = lambda t: np.linalg.norm((W - t.to_dense()) @ X)
     >>> bool(err(fitted) < err(plain)), bool(np.isclose(fitted.data_error_bound, err(fitted)))
     (True, True)
+
+    A dask array, fitted chunk by chunk (here on the synchronous scheduler; on a
+    cluster with a ``distributed.Client`` active); the factors are numpy arrays:
+
+    >>> import dask, dask.array as da
+    >>> Wd = da.from_array(np.kron(A, B), chunks=(5, 4))
+    >>> with dask.config.set(scheduler="synchronous"):
+    ...     td = sk.nkp(Wd, (3, 4), random_state=0)
+    >>> type(td.factors[0]).__name__, bool(np.allclose(td.to_dense(), np.kron(A, B)))
+    ('ndarray', True)
     """
     blocked = _blocked.is_dask_array(W)  # out of core: see sekron._blocked
     if blocked:
@@ -335,7 +355,10 @@ def sekron(
 
     Parameters
     ----------
-    W : array_like, shape ``(w_1, ..., w_N)``
+    W : array_like or dask.array.Array, shape ``(w_1, ..., w_N)``
+        A dask array has its first level fitted out of core (as :func:`nkp` fits one;
+        ``ranks`` needed, no ``tol``, ``refine`` or ``gram``) and the ``R_1`` remainders,
+        ``R_1 / |a^(1)|`` of W's size, in memory.
     shapes_or_structure : Structure or sequence of S >= 2 factor shapes
         Factor shapes ``a^(1..S)`` with ``prod_k a^(k)_n = w_n``; a :class:`Structure`
         also fixes the ranks.

@@ -203,3 +203,15 @@ def test_matrix_larger_than_a_worker_memory_limit():
     assert [f.shape for f in t.factors] == [(2, 128, 96), (2, 64, 128)]
     assert t.error_bound == pytest.approx(sigma[2], rel=1e-3)
     assert t.reference_norm == pytest.approx(np.linalg.norm(sigma), rel=1e-5)
+
+
+def test_import_sekron_imports_no_dask():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, sekron, sekron.decompose; "
+        "print(any(m == 'distributed' or m.split('.')[0] == 'dask' for m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr
