@@ -43,6 +43,8 @@ FIT_VERSION = 1
 _FIT_NUMBERS = ("error_bound", "reference_norm", "data_error_bound", "data_reference_norm")
 RETRIES = 3
 """Reruns of a layer's task after its worker died (or it failed on a worker)."""
+IN_FLIGHT_PER_THREAD = 2
+"""Tasks submitted per worker thread ahead of the results (one running, one queued)."""
 
 
 def check_options(client: Any, resume_dir: Any, random_state: Any) -> None:
@@ -114,16 +116,26 @@ def _fit_on_cluster(
     from distributed import as_completed
 
     by_key: dict[str, Any] = {}
-    futures = []
     threads = _blas_threads()
-    for job in jobs:
+    queue = list(reversed(jobs))
+    # A bounded window of tasks in flight: a task carries its weight and Gram, and the
+    # scheduler holds a task's data until it is done, so submitting a large model at
+    # once would hold all of it there.
+    window = max(2, IN_FLIGHT_PER_THREAD * sum(client.nthreads().values()))
+
+    def submit() -> Any:
+        job = queue.pop()
         key = f"sekron-fit-{_fingerprint(job)}"
         by_key[key] = job
         # the data travels inside the task (not scattered): a task whose worker died can
         # then be rerun anywhere, which scattered data would not allow
-        futures.append(client.submit(fit, _portable(job, threads), key=key, retries=RETRIES))
+        return client.submit(fit, _portable(job, threads), key=key, retries=RETRIES)
+
+    running = as_completed([submit() for _ in range(min(window, len(queue)))])
     try:
-        for future in as_completed(futures):
+        for future in running:
+            if queue:
+                running.add(submit())
             job = by_key[future.key]
             new, rec = future.result()
             if new is not None:
@@ -134,7 +146,8 @@ def _fit_on_cluster(
             yield job, rec
             future.release()
     finally:
-        client.cancel([f for f in futures if not f.done()])
+        queue.clear()
+        running.clear()
 
 
 def _portable(job: Any, blas_threads: int | None) -> Any:
