@@ -316,7 +316,8 @@ def _gather(futures: dict[str, Any], report: dict[str, WeightReport]) -> dict[st
 def cluster_client(scheduler: str | None, workers: int | None) -> Any:
     """A ``distributed.Client`` for ``--scheduler ADDR`` or ``--workers N``; None for neither.
 
-    ``--workers N`` alone starts a ``LocalCluster`` of N one-thread worker processes.
+    ``--workers N`` alone starts a ``LocalCluster`` of N one-thread worker processes
+    (without dask's worker profiler).
     """
     if scheduler is None and workers is None:
         return None
@@ -330,7 +331,12 @@ def cluster_client(scheduler: str | None, workers: int | None) -> Any:
         ) from None
     if scheduler is not None:
         return Client(scheduler)
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None)
+    import dask
+
+    # dask's statistical profiler holds the GIL 100 times a second in every worker; it
+    # took ~20 % of a fit's CPU time (benchmarks/bench_distributed.py)
+    with dask.config.set({"distributed.worker.profile.enabled": False}):
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None)
     return Client(cluster)
 
 
