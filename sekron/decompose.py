@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
-from . import _datafit
+from . import _blocked, _datafit
 from ._kron import _rearrange
 from ._validation import (
     SVD_FULL_BELOW,
@@ -147,8 +147,10 @@ def nkp(
 
     Parameters
     ----------
-    W : array_like, shape ``(w_1, ..., w_N)``
-        A real matrix or N-d tensor (a conv kernel ``(F, C, Kh, Kw)`` for GKPD).
+    W : array_like or dask.array.Array, shape ``(w_1, ..., w_N)``
+        A real matrix or N-d tensor (a conv kernel ``(F, C, Kh, Kw)`` for GKPD). A dask
+        array is fitted out of core (see Notes); ``tol`` and ``gram`` need ``W`` in
+        memory and are refused for it.
     shape_a : sequence of N ints
         Shape of the factors ``A_r``; must divide ``W.shape`` mode by mode.
     shape_b : sequence of N ints, optional
@@ -227,6 +229,14 @@ def nkp(
     Kronecker approximation of C as preconditioner) run from the current factor. The
     objective never increases.
 
+    A dask array is never gathered: a chunk whose edges fall on multiples of
+    ``shape_b`` (W is rechunked so if needed) holds whole rows of the rearranged matrix,
+    so the randomized range finder's products ``R Ω`` and ``Rᵀ Q`` run chunk by chunk
+    on the active dask scheduler (a ``distributed.Client`` too) and only thin blocks
+    come back (:mod:`sekron._blocked`). Same seed, same random test matrix, so the fit
+    is the in-memory ``method="randomized"`` fit up to rounding, with the same
+    certificate ``‖W‖² − Σ σ²`` (``‖W‖²`` summed in float64 over the chunks).
+
     References
     ----------
     C. F. Van Loan and N. Pitsianis, "Approximation with Kronecker products", 1993.
@@ -254,9 +264,24 @@ def nkp(
     >>> err = lambda t: np.linalg.norm((W - t.to_dense()) @ X)
     >>> bool(err(fitted) < err(plain)), bool(np.isclose(fitted.data_error_bound, err(fitted)))
     (True, True)
+
+    A dask array, fitted chunk by chunk (here on the synchronous scheduler; on a
+    cluster with a ``distributed.Client`` active); the factors are numpy arrays:
+
+    >>> import dask, dask.array as da
+    >>> Wd = da.from_array(np.kron(A, B), chunks=(5, 4))
+    >>> with dask.config.set(scheduler="synchronous"):
+    ...     td = sk.nkp(Wd, (3, 4), random_state=0)
+    >>> type(td.factors[0]).__name__, bool(np.allclose(td.to_dense(), np.kron(A, B)))
+    ('ndarray', True)
     """
-    # finiteness is checked through the norm below (one pass over W instead of two)
-    W = as_float_array(W, "W", min_ndim=1, finite=False)
+    blocked = _blocked.is_dask_array(W)  # out of core: see sekron._blocked
+    if blocked:
+        W = _blocked.as_float_dask(W, "W")
+        _blocked.check_supported(method=method, tol=tol, gram=gram)
+    else:
+        # finiteness is checked through the norm below (one pass over W instead of two)
+        W = as_float_array(W, "W", min_ndim=1, finite=False)
     _check_solver(method, random_state)
     data = _check_data(W, gram, ridge, sweeps)
     a = as_shape(shape_a, "shape_a")
@@ -272,6 +297,8 @@ def nkp(
     if rank is not None:
         detail = f"min(|a|, |b|) for shapes {a} and {b}"
         rank = as_rank(rank, maximum=max_rank, detail=detail)
+    if blocked:
+        return _blocked.nkp(W, a, b, 1 if rank is None else rank, random_state)
     W, norm_sq, e = _scaled_norm(W)  # e != 0 only for extreme magnitudes
     T = np.ascontiguousarray(_rearrange(W, (a, b)).reshape(size_a, size_b))
     if tol is not None:
@@ -367,7 +394,10 @@ def sekron(
 
     Parameters
     ----------
-    W : array_like, shape ``(w_1, ..., w_N)``
+    W : array_like or dask.array.Array, shape ``(w_1, ..., w_N)``
+        A dask array has its first level fitted out of core (as :func:`nkp` fits one;
+        ``ranks`` needed, no ``tol``, ``refine`` or ``gram``) and the ``R_1`` remainders,
+        ``R_1 / |a^(1)|`` of W's size, in memory.
     shapes_or_structure : Structure or sequence of S >= 2 factor shapes
         Factor shapes ``a^(1..S)`` with ``prod_k a^(k)_n = w_n``; a :class:`Structure`
         also fixes the ranks.
@@ -462,7 +492,12 @@ def sekron(
     >>> exact.relative_error_bound < 1e-12
     True
     """
-    W = as_float_array(W, "W", min_ndim=1, finite=False)
+    blocked = _blocked.is_dask_array(W)
+    if blocked:
+        W = _blocked.as_float_dask(W, "W")
+        _blocked.check_supported(method=method, tol=tol, gram=gram, refine=refine)
+    else:
+        W = as_float_array(W, "W", min_ndim=1, finite=False)
     _check_solver(method, random_state)
     data = _check_data(W, gram, ridge, sweeps)
     base, ranks_given = _resolve_structure(W.shape, shapes_or_structure, ranks)
@@ -471,6 +506,8 @@ def sekron(
         tol = check_tol(tol)
     S, sizes = base.n_factors, base.sizes
     cap = base.ranks if ranks_given else base.max_ranks
+    if blocked:
+        return _sekron_blocked(W, base, ranks_given, method, random_state)
     W, norm_sq, e = _scaled_norm(W)  # e != 0 only for extreme magnitudes
     T = _rearrange(W, base.shapes).reshape(sizes)
     level_budget = None if tol is None else tol * tol * norm_sq / (S - 1)
@@ -503,8 +540,30 @@ def sekron(
     return _rescaled(out, e)
 
 
+def _sekron_blocked(
+    W: Any, base: Structure, ranks_given: bool, method: SVDMethod, random_state: RandomState
+) -> SeKronTensor:
+    """:func:`sekron` of a dask array: level 1 out of core, the remainders in memory."""
+    if not ranks_given:
+        raise RankError(
+            "ranks: expected ranks for a dask array W (the exact default would hold "
+            "all of W in memory), got None"
+        )
+    left, rem, norm_sq, discarded = _blocked.first_level(
+        W, base.shapes, base.ranks[0], random_state
+    )
+    r = base.ranks[0]
+    start = ([left.reshape((r, *base.shapes[0]))], [r], discarded, rem)
+    factors, _, discarded = _recursive_fit(
+        None, base, base.ranks, None, method, random_state, unmix=False, start=start
+    )
+    return SeKronTensor(
+        factors, error_bound=math.sqrt(discarded), reference_norm=math.sqrt(norm_sq)
+    )
+
+
 def _recursive_fit(
-    T: np.ndarray,
+    T: np.ndarray | None,
     base: Structure,
     cap: tuple[int, ...],
     level_budget: float | None,
@@ -512,19 +571,22 @@ def _recursive_fit(
     random_state: RandomState,
     *,
     unmix: bool,
+    start: tuple[list[np.ndarray], list[int], float, np.ndarray] | None = None,
 ) -> tuple[list[np.ndarray], list[int], float]:
     """Branch-wise truncated SVDs, level by level; returns factors, ranks and discarded energy.
 
     With ``unmix`` each branch's level basis is changed (see :func:`_unmix`) so that its
     remainders have the next level's rank; the discarded energy is then not a certificate.
+    ``start`` (factors, ranks, discarded energy and remainders of the levels already
+    fitted, e.g. out of core) continues from there instead of from ``T``.
     """
     S, sizes = base.n_factors, base.sizes
-    factors: list[np.ndarray] = []
-    chosen: list[int] = []
-    discarded = 0.0
+    factors: list[np.ndarray] = [] if start is None else list(start[0])
+    chosen: list[int] = [] if start is None else list(start[1])
+    discarded = 0.0 if start is None else start[2]
     # Remainders of every branch, stacked: (P_{k-1}, |a^(k)| * prod_{j>k} |a^(j)|)
-    rem = T.reshape(1, -1)
-    for k in range(S - 1):
+    rem = T.reshape(1, -1) if start is None else start[3]  # type: ignore[union-attr]
+    for k in range(len(chosen), S - 1):
         P = rem.shape[0]
         tail = math.prod(sizes[k + 1 :])
         M = rem.reshape(P, sizes[k], tail)

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from .._validation import as_path, check_exactly_one, check_ratio
-from ..errors import FormatError, SekronError
+from ..errors import ArgumentError, FormatError, SekronError
 from ..files import NpzReader, check_output_path, save_npz
 from ..selection import WeightReport, budget, compress_weight
 from ..tensor import SeKronTensor, read_tensor
@@ -207,6 +207,7 @@ def compress_weights(
     grams: dict[str, np.ndarray] | None = None,
     ridge: float = 1e-3,
     random_state: Any = 0,
+    client: Any = None,
 ) -> tuple[dict[str, Any], list[WeightReport]]:
     """Compress every eligible weight of a state dict.
 
@@ -219,6 +220,10 @@ def compress_weights(
     writes them: ``"fc"`` for the weight ``"fc.weight"``, or the weight's own name), a
     weight whose Gram is there is fitted data-aware and its report carries the relative
     data-weighted error and the plain fit's.
+
+    With ``client`` (a ``distributed.Client``) every eligible weight is one task on its
+    cluster, retried if its worker dies, fitted under the caller's BLAS thread count:
+    the fits are bit-identical to the serial ones.
 
     Returns
     -------
@@ -240,25 +245,97 @@ def compress_weights(
     >>> [(r.name, r.skipped is None) for r in report]
     [('fc.weight', True), ('fc.bias', False)]
     """
-    choose = budget(
+    options = dict(
         ratio=ratio, tol=tol, n_factors=n_factors, ridge=ridge, random_state=random_state
     )
+    budget(**options)  # checks ratio and tol once, before any fit
     out: dict[str, Any] = {}
-    report = []
+    report: dict[str, WeightReport] = {}
+    futures = {}
+    threads = None if client is None else _blas_threads()
     for name, W in weights.items():
         reason = _ineligible(name, W, include, exclude, min_size)
         if reason is not None:
             out[name] = W
-            report.append(
-                WeightReport(name, "tensor", None, W.size, W.size, skipped=reason, shape=W.shape)
+            report[name] = WeightReport(
+                name, "tensor", None, W.size, W.size, skipped=reason, shape=W.shape
             )
             continue
         gram = _gram_for(name, W, grams)
-        sel, rec = compress_weight(W.astype(np.float64), choose, name=name, gram=gram)
-        dtype = np.float32 if W.dtype == np.float32 else np.float64
-        out[name] = W if sel is None else sel.fit.astype(dtype)
-        report.append(rec)
-    return out, report
+        if client is None:
+            out[name], report[name] = _fit_weight(name, W, gram, options, None)
+        else:
+            key = f"sekron-weight-{name}-{os.urandom(4).hex()}"
+            futures[name] = client.submit(
+                _fit_weight, name, W, gram, options, threads, key=key, retries=3
+            )
+    if futures:
+        out.update(_gather(futures, report))
+    return {k: out[k] for k in weights}, [report[k] for k in weights]
+
+
+def _fit_weight(
+    name: str, W: np.ndarray, gram: Any, options: dict[str, Any], blas_threads: int | None
+) -> tuple[Any, WeightReport]:
+    """One weight's fit (module level: a cluster's worker runs it too)."""
+    if blas_threads is not None:  # BLAS reductions round by thread count: the caller's
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+        with threadpool_limits(blas_threads, user_api="blas"):
+            return _fit_weight(name, W, gram, options, None)
+    sel, rec = compress_weight(W.astype(np.float64), budget(**options), name=name, gram=gram)
+    dtype = np.float32 if W.dtype == np.float32 else np.float64
+    return (W if sel is None else sel.fit.astype(dtype)), rec
+
+
+def _blas_threads() -> int | None:
+    from threadpoolctl import threadpool_info  # type: ignore[import-untyped]
+
+    counts = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
+    return max(counts) if counts else None
+
+
+def _gather(futures: dict[str, Any], report: dict[str, WeightReport]) -> dict[str, Any]:
+    """The fits of ``futures`` (weight name -> future) as they finish, with a progress bar."""
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    names = {f.key: name for name, f in futures.items()}
+    out = {}
+    with tqdm(total=len(futures), desc="compress", leave=False) as bar:
+        for future in as_completed(list(futures.values())):
+            name = names[future.key]
+            out[name], report[name] = future.result()
+            future.release()
+            bar.update(1)
+    return out
+
+
+def cluster_client(scheduler: str | None, workers: int | None) -> Any:
+    """A ``distributed.Client`` for ``--scheduler ADDR`` or ``--workers N``; None for neither.
+
+    ``--workers N`` alone starts a ``LocalCluster`` of N one-thread worker processes
+    (without dask's worker profiler).
+    """
+    if scheduler is None and workers is None:
+        return None
+    if workers is not None and workers < 1:
+        raise ArgumentError(f"--workers: expected a positive number of workers, got {workers}")
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise SekronError(
+            "--scheduler/--workers: need dask.distributed (pip install 'sekron[distributed]')"
+        ) from None
+    if scheduler is not None:
+        return Client(scheduler)
+    import dask
+
+    # dask's statistical profiler holds the GIL 100 times a second in every worker; it
+    # took ~20 % of a fit's CPU time (benchmarks/bench_distributed.py)
+    with dask.config.set({"distributed.worker.profile.enabled": False}):
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None)
+    return Client(cluster)
 
 
 def _gram_for(name: str, W: np.ndarray, grams: dict[str, np.ndarray] | None) -> np.ndarray | None:
@@ -602,6 +679,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="input Gram matrices per layer (.npz from sekron.torch.save_grams): data-aware fits",
     )
     c.add_argument("--ridge", type=float, default=1e-3, help="ridge of the Grams, relative to tr/n")
+    c.add_argument(
+        "--scheduler", default=None, help="dask.distributed scheduler ADDR: fit the tensors there"
+    )
+    c.add_argument(
+        "--workers", type=int, default=None, help="fit on a local cluster of N worker processes"
+    )
     return c
 
 
@@ -627,17 +710,26 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     weights = read_weights(args.weights)
     grams = _read_grams(args.grams) if args.grams else None
     start = time.perf_counter()
-    tensors, report = compress_weights(
-        weights,
-        ratio=args.ratio,
-        tol=args.tol,
-        n_factors=args.n_factors,
-        include=args.include,
-        exclude=args.exclude,
-        min_size=args.min_size,
-        grams=grams,
-        ridge=args.ridge,
-    )
+    client = cluster_client(getattr(args, "scheduler", None), getattr(args, "workers", None))
+    try:
+        tensors, report = compress_weights(
+            weights,
+            ratio=args.ratio,
+            tol=args.tol,
+            n_factors=args.n_factors,
+            include=args.include,
+            exclude=args.exclude,
+            min_size=args.min_size,
+            grams=grams,
+            ridge=args.ridge,
+            client=client,
+        )
+    finally:
+        if client is not None:
+            cluster = client.cluster
+            client.close()
+            if cluster is not None and args.scheduler is None:
+                cluster.close()
     elapsed = time.perf_counter() - start
     print(format_report(report), file=out)
     warning = quality_warning(report)

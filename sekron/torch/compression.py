@@ -12,8 +12,9 @@ import copy
 import fnmatch
 import glob
 import itertools
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -211,6 +212,8 @@ def compress(
     output: Callable[[Any], torch.Tensor] | None = None,
     progress: bool = True,
     random_state: Any = 0,
+    client: Any = None,
+    resume_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[nn.Module, CompressionReport]:
     """Replace the eligible layers of a model by SeKron layers, fitted to what they see.
 
@@ -277,7 +280,17 @@ def compress(
     progress : bool, default True
         Progress bars (tqdm) on stderr.
     random_state : int, Generator or None, default 0
-        Seed of the randomized SVDs.
+        Seed of the randomized SVDs (an int or None with ``client`` or ``resume_dir``).
+    client : distributed.Client, optional
+        Fit the layers on this dask.distributed cluster: each layer's fit (with its
+        calibration Gram) is one task, retried if its worker dies, and the fits are
+        installed here as they finish. The factors are bit-identical to the serial run's
+        for the same seed and inputs. Calibration and the model-wide split run here
+        first. See the "Running at scale" page of the documentation.
+    resume_dir : str or PathLike, optional
+        An existing directory where every finished layer's fit is written (atomically,
+        one ``.npz`` per layer) and read back by a rerun instead of being refitted; a
+        file fitted from other weights, Gram or options is refused (``FormatError``).
 
     Returns
     -------
@@ -294,6 +307,8 @@ def compress(
     ValueError
         If not exactly one of ``ratio`` and ``tol`` is given, ``ratio < 1``, an option is
         unknown, or the model has no eligible layer.
+    FormatError
+        If ``resume_dir`` holds a fit of a layer that does not match it.
 
     Notes
     -----
@@ -335,29 +350,15 @@ def compress(
     >>> all(r.data_error <= r.plain_data_error + 1e-9 for r in report.compressed)
     True
     """
-    try:
-        check_exactly_one(ratio=ratio, tol=tol)
-    except ValueError as err:
-        raise ArgumentError(f"compress: {err}") from None
-    if ratio is not None:
-        ratio = check_ratio(ratio)
-    if not isinstance(model, nn.Module):
-        raise ArgumentTypeError(f"model: expected an nn.Module, got {type(model).__name__}")
-    for pname, p in model.named_parameters():
-        check_has_data(p, f"model: parameter {pname!r}")
-    check_option(budget, "budget", ("model", "layer"))
-    if methods is not None and not isinstance(methods, (str, list, tuple)):
-        raise ArgumentTypeError(f"methods: expected a subset of {METHODS}, got {methods!r}")
-    n_factors = as_positive_int(n_factors, "n_factors", minimum=2)
-    max_candidates = as_positive_int(max_candidates, "max_candidates")
-    ridge = as_nonnegative_float(ridge, "ridge")
-    if max_batches is not None:
-        max_batches = as_positive_int(max_batches, "max_batches")
-    if max_seconds is not None:
-        max_seconds = as_nonnegative_float(max_seconds, "max_seconds", positive=True)
-    if not isinstance(random_state, (np.random.Generator, np.random.RandomState)):
-        as_generator(random_state)  # None or an int >= 0
+    ratio, n_factors, max_candidates, ridge, max_batches, max_seconds = _checked_arguments(
+        model, ratio, tol, budget, methods, n_factors, max_candidates, ridge, max_batches,
+        max_seconds, random_state,
+    )  # fmt: skip
     families = _families(methods, n_factors)
+    if client is not None or resume_dir is not None:
+        from ._distribute import check_options
+
+        check_options(client, resume_dir, random_state)
     target = model if inplace else copy.deepcopy(model)
     names, aliases = _targets(target, include, exclude, embeddings)
     batches = None if calibration is None else _take(calibration, max_batches)
@@ -381,8 +382,7 @@ def compress(
                 progress,
             )
         )
-    report = CompressionReport()
-    bar = _bar(len(names), "compress", progress)
+    jobs = []
     for name in names:
         mod = target.get_submodule(name)
         kind = _kind(mod, embeddings)
@@ -393,15 +393,72 @@ def compress(
             max_candidates=max_candidates,
             random_state=random_state,
         )
-        rec = _compress_one(
-            target, name, mod, kind, in_shapes.get(name), families, opts, grams.get(name), ridge
+        jobs.append(
+            LayerJob(name, mod, kind, in_shapes.get(name), families, opts, grams.get(name), ridge)
         )
-        for alias in aliases.get(name, ()):
-            _set_module(target, alias, target.get_submodule(name))
-        report.append(rec)
+    bar = _bar(len(names), "compress", progress)
+    if client is None and resume_dir is None:
+        done: Iterator[tuple[LayerJob, Any]] = ((job, _compress_one(target, job)) for job in jobs)
+    else:
+        from ._distribute import fit_jobs
+
+        done = fit_jobs(
+            target,
+            jobs,
+            client,
+            resume_dir,
+            fit=_fit_layer,
+            skipped=_skipped,
+            install=_install,
+        )
+    found = {}
+    for job, rec in done:
+        found[job.name] = rec
         bar.update(1)
     bar.close()
-    return target, report
+    for name in names:
+        for alias in aliases.get(name, ()):
+            _set_module(target, alias, target.get_submodule(name))
+    return target, CompressionReport(found[name] for name in names)
+
+
+def _checked_arguments(
+    model: Any,
+    ratio: Any,
+    tol: Any,
+    budget: Any,
+    methods: Any,
+    n_factors: Any,
+    max_candidates: Any,
+    ridge: Any,
+    max_batches: Any,
+    max_seconds: Any,
+    random_state: Any,
+) -> tuple[Any, int, int, float, int | None, float | None]:
+    """:func:`compress`'s arguments checked before any work, the numbers normalized."""
+    try:
+        check_exactly_one(ratio=ratio, tol=tol)
+    except ValueError as err:
+        raise ArgumentError(f"compress: {err}") from None
+    if ratio is not None:
+        ratio = check_ratio(ratio)
+    if not isinstance(model, nn.Module):
+        raise ArgumentTypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    for pname, p in model.named_parameters():
+        check_has_data(p, f"model: parameter {pname!r}")
+    check_option(budget, "budget", ("model", "layer"))
+    if methods is not None and not isinstance(methods, (str, list, tuple)):
+        raise ArgumentTypeError(f"methods: expected a subset of {METHODS}, got {methods!r}")
+    n_factors = as_positive_int(n_factors, "n_factors", minimum=2)
+    max_candidates = as_positive_int(max_candidates, "max_candidates")
+    ridge = as_nonnegative_float(ridge, "ridge")
+    if max_batches is not None:
+        max_batches = as_positive_int(max_batches, "max_batches")
+    if max_seconds is not None:
+        max_seconds = as_nonnegative_float(max_seconds, "max_seconds", positive=True)
+    if not isinstance(random_state, (np.random.Generator, np.random.RandomState)):
+        as_generator(random_state)  # None or an int >= 0
+    return ratio, n_factors, max_candidates, ridge, max_batches, max_seconds
 
 
 def _families(methods: Any, n_factors: int) -> tuple[tuple[str, int], ...]:
@@ -586,30 +643,75 @@ def _macs_after(new: nn.Module, in_shape: tuple[int, ...] | None) -> int:
     return new.structure.ranks[0] * new.embedding_dim
 
 
-def _compress_one(
-    model: nn.Module,
-    name: str,
-    mod: nn.Module,
-    kind: str,
-    in_shape: tuple[int, ...] | None,
-    families: tuple[tuple[str, int], ...],
-    opts: dict[str, Any],
-    gram: np.ndarray | None,
-    ridge: float,
-) -> LayerReport:
+@dataclass(frozen=True)
+class LayerJob:
+    """One eligible layer to fit, with everything its fit reads (it pickles).
+
+    ``blas_threads``: the BLAS thread count to fit under (None: as it is). Reductions in
+    BLAS (dot products, norms) round differently with other thread counts, so a worker
+    fits under the caller's count to reproduce the caller's bits.
+    """
+
+    name: str
+    mod: nn.Module
+    kind: str
+    in_shape: tuple[int, ...] | None
+    families: tuple[tuple[str, int], ...]
+    opts: dict[str, Any]
+    gram: np.ndarray | None
+    ridge: float
+    blas_threads: int | None = None
+
+
+def _skipped(model: nn.Module, job: LayerJob) -> LayerReport | None:
+    """The report of a layer left dense (ineligible, or its weight tied), else None."""
+    mod, kind = job.mod, job.kind
+    tie = _tied(model, job.name, mod)
+    reason = _ineligible(mod, kind) or (
+        None if tie is None else f"weight tied to {tie!r}: left dense to keep the tie"
+    )
+    if reason is None:
+        return None
+    before = sum(p.numel() for p in mod.parameters())
+    macs_before = _dense_macs(mod, kind, job.in_shape)
+    shape = tuple(mod.weight.shape)  # type: ignore[union-attr, arg-type]
+    return LayerReport(
+        job.name, kind, None, before, before, macs_before, macs_before, None, reason, shape
+    )
+
+
+def _compress_one(model: nn.Module, job: LayerJob) -> LayerReport:
+    rec = _skipped(model, job)
+    if rec is not None:
+        return rec
+    new, rec = _fit_layer(job)
+    _install(model, job, new)
+    return rec
+
+
+def _install(model: nn.Module, job: LayerJob, new: nn.Module | None) -> None:
+    """Put a fitted layer in the model, in the mode (train/eval) of the one it replaces."""
+    if new is not None:
+        new.train(job.mod.training)
+        _set_module(model, job.name, new)
+
+
+def _fit_layer(job: LayerJob) -> tuple[nn.Module | None, LayerReport]:
+    """The fit of one eligible layer: its SeKron counterpart (None: kept dense) and report.
+
+    A pure function of ``job`` (module level, so that a cluster's workers run it too).
+    """
+    if job.blas_threads is not None:
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+        with threadpool_limits(job.blas_threads, user_api="blas"):
+            return _fit_layer(replace(job, blas_threads=None))
+    name, mod, kind, in_shape = job.name, job.mod, job.kind, job.in_shape
+    families, opts, gram, ridge = job.families, job.opts, job.gram, job.ridge
     before = sum(p.numel() for p in mod.parameters())
     macs_before = _dense_macs(mod, kind, in_shape)
     weight = mod.weight
     assert isinstance(weight, torch.Tensor)
-    tie = _tied(model, name, mod)
-    reason = _ineligible(mod, kind) or (
-        None if tie is None else f"weight tied to {tie!r}: left dense to keep the tie"
-    )
-    if reason is not None:
-        shape = tuple(weight.shape)
-        return LayerReport(
-            name, kind, None, before, before, macs_before, macs_before, None, reason, shape
-        )
     built: dict[bool, SeKronLinear | SeKronConv2d | KroneckerEmbedding] = {}
 
     def choose(W: Any, gram: Any = None) -> Selection:
@@ -622,7 +724,7 @@ def _compress_one(
     W = weight.detach().to(torch.float64).cpu().numpy()
     sel, rec = compress_weight(W, choose, name=name, kind=kind, gram=gram)
     if sel is None:
-        return replace(
+        return None, replace(
             rec,
             params_before=before,
             params_after=before,
@@ -630,9 +732,7 @@ def _compress_one(
             macs_after=macs_before,
         )
     new = built[gram is not None]
-    new.train(mod.training)
-    _set_module(model, name, new)
-    return replace(
+    return new, replace(
         rec,
         params_after=sum(p.numel() for p in new.parameters()),
         macs_after=_macs_after(new, in_shape),
