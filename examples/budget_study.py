@@ -8,7 +8,7 @@ embedding to the original's on held-out sentences, before any distillation:
 
 * ``svd``: the plain truncated SVD of W, the same rank in every layer (uniform);
 * ``whitened``: the data-aware truncated SVD, this script's own prototype: with
-  ``C = Σ x xᵀ`` the layer's input Gram (from :func:`sekron.torch.calibrate.calibrate`) and
+  ``C = Σ x xᵀ`` the layer's input Gram (from :func:`sekron.torch.calibrate`) and
   ``L Lᵀ = C + λ tr(C)/n I``, ``Ŵ = U_r U_rᵀ W`` where ``U_r`` holds the top-r left
   singular vectors of ``W L``; uniform ranks;
 * ``whitened-seq``: the same, but the layers are calibrated in order, each Gram taken on
@@ -60,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compress_minilm import LINEARS, batches, embed, load_encoder, similarity_scores
 
 from sekron.data.text import python_doc_sentences
-from sekron.torch.calibrate import calibrate
+from sekron.torch.calibration import calibrate
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "img"
 

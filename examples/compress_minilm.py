@@ -648,7 +648,7 @@ def layer_grams(
     model: SentenceEncoder, names: Sequence[str], data: list[dict[str, torch.Tensor]]
 ) -> dict[str, np.ndarray]:
     """Mean second moment of each named layer's inputs on ``data`` (sekron.torch.calibrate)."""
-    from sekron.torch.calibrate import calibrate
+    from sekron.torch.calibration import calibrate
 
     found = calibrate(model, data, include=list(names), progress=False)
     return {k: g.gram / g.n_samples for k, g in found.items()}

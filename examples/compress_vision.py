@@ -362,7 +362,7 @@ def layer_grams(
     model: nn.Module, names: Sequence[str], batches: list[torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """Mean second moment of each named conv's im2col patches (sekron.torch.calibrate)."""
-    from sekron.torch.calibrate import calibrate
+    from sekron.torch.calibration import calibrate
 
     found = calibrate(model, batches, include=list(names), progress=False)
     return {k: torch.from_numpy(g.gram / g.n_samples) for k, g in found.items()}

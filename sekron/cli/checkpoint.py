@@ -690,7 +690,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _read_grams(path: str) -> dict[str, np.ndarray]:
     """Mean second moments (Gram / samples) by layer name from a ``save_grams`` file."""
-    from ..torch.calibrate import load_grams  # torch only when a Grams file is given
+    from ..torch.calibration import load_grams  # torch only when a Grams file is given
 
     return {k: g.gram / max(g.n_samples, 1) for k, g in load_grams(path).items()}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from . import adapters
 from ._contract import linear_macs
 from ._conv import TorchBackend
+from .calibration import InputGram, calibrate, load_grams, save_grams
 from .compression import CompressionReport, LayerReport, compress
 from .distillation import Capture, attention_loss, distill, hidden_loss, logit_loss
 from .int_model import integerize
@@ -22,6 +23,7 @@ from .state_dict import read_state_dict
 __all__ = [
     "Capture",
     "CompressionReport",
+    "InputGram",
     "IntConv2d",
     "IntEmbedding",
     "IntLayerNorm",
@@ -36,11 +38,14 @@ __all__ = [
     "TorchBackend",
     "adapters",
     "attention_loss",
+    "calibrate",
     "compress",
     "distill",
     "hidden_loss",
     "integerize",
     "linear_macs",
+    "load_grams",
     "logit_loss",
     "read_state_dict",
+    "save_grams",
 ]

@@ -34,7 +34,7 @@ from ..allocation import WhitenedSpectrum
 from ..errors import ArgumentError, ArgumentTypeError, SekronError, ShapeError
 from ..selection import Selection, WeightReport, compress_weight, fit_error
 from ._budget import sensitivities, split_budget, uniform_ranks
-from .calibrate import calibrate
+from .calibration import calibrate
 from .layers import KroneckerEmbedding, SeKronConv2d, SeKronLinear
 
 __all__ = ["METHODS", "CompressionReport", "LayerReport", "compress"]

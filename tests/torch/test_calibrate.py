@@ -17,7 +17,7 @@ from hypothesis import strategies as st  # noqa: E402
 from torch import nn  # noqa: E402
 
 from sekron.errors import FormatError, ShapeError  # noqa: E402
-from sekron.torch.calibrate import InputGram, calibrate, load_grams, save_grams  # noqa: E402
+from sekron.torch.calibration import InputGram, calibrate, load_grams, save_grams  # noqa: E402
 
 EPS = np.finfo(np.float64).eps
 

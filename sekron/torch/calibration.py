@@ -229,7 +229,7 @@ def calibrate(
     Examples
     --------
     >>> import torch
-    >>> from sekron.torch.calibrate import calibrate
+    >>> from sekron.torch.calibration import calibrate
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
     >>> data = [torch.randn(8, 3) for _ in range(5)]
     >>> grams = calibrate(net, data, progress=False)
@@ -310,7 +310,7 @@ def save_grams(path: str | os.PathLike[str], grams: Mapping[str, InputGram]) -> 
     Examples
     --------
     >>> import os, tempfile, torch
-    >>> from sekron.torch.calibrate import calibrate, load_grams, save_grams
+    >>> from sekron.torch.calibration import calibrate, load_grams, save_grams
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 2))
     >>> grams = calibrate(net, [torch.randn(4, 3)], progress=False)
     >>> with tempfile.TemporaryDirectory() as d:
@@ -356,7 +356,7 @@ def load_grams(path: str | os.PathLike[str]) -> dict[str, InputGram]:
     Examples
     --------
     >>> import os, tempfile, numpy as np
-    >>> from sekron.torch.calibrate import InputGram, load_grams, save_grams
+    >>> from sekron.torch.calibration import InputGram, load_grams, save_grams
     >>> g = {"fc": InputGram(np.eye(3), 10, "Linear")}
     >>> with tempfile.TemporaryDirectory() as d:
     ...     back = load_grams(save_grams(os.path.join(d, "g.npz"), g))
