@@ -164,7 +164,8 @@ class FixedTensor:
         facts are checked (a signed integer ndarray wide enough for ``bits``, ``bits`` an
         int in 2..63, an int or integer-array exponent); the magnitude bound
         ``|mantissa| <= 2**(bits-1) - 1`` and the exponent's broadcasting are the
-        caller's contract, unchecked. The mantissa is kept, not copied.
+        caller's contract, unchecked. The mantissa is kept, not copied (through a
+        read-only view).
 
         Parameters
         ----------
@@ -219,9 +220,16 @@ class FixedTensor:
 
     @classmethod
     def _trusted(cls, mantissa: np.ndarray, exponent: Exponent, bits: int) -> FixedTensor:
-        """Build without checks (for results whose invariants the engine proved)."""
+        """Build without checks (for results whose invariants the engine proved).
+
+        The mantissa is kept through a read-only view, as the constructor keeps its copy:
+        a later write could break the bound the accumulators were chosen for, and the
+        view leaves the array it was given (and its flags) as it was.
+        """
         t = object.__new__(cls)
-        t.mantissa = mantissa
+        view = np.asarray(mantissa).view()  # a 0-d result may come as a numpy scalar
+        view.flags.writeable = False
+        t.mantissa = view
         if type(exponent) is int:
             t.exponent = exponent
             t.bits = int(bits)

@@ -306,7 +306,11 @@ def test_align_to_rejects_bad_input():
 def test_trusted_keeps_the_array_and_checks_only_o1_facts():
     q = np.array([3, -5], dtype=np.int8)
     t = fixed.FixedTensor.trusted(q, np.array([-2]), 4)
-    assert t.mantissa is q and t.exponent == -2 and t.per_tensor and t.bits == 4
+    # kept (a read-only view of the same memory), not copied
+    assert (
+        t.mantissa.base is q and np.shares_memory(t.mantissa, q) and not t.mantissa.flags.writeable
+    )
+    assert t.exponent == -2 and t.per_tensor and t.bits == 4
     np.testing.assert_array_equal(t.to_float(), [0.75, -1.25])
     with pytest.raises(DTypeError, match="mantissa"):
         fixed.FixedTensor.trusted(q.astype(np.float32), 0, 4)

@@ -211,6 +211,23 @@ def test_fixed_tensor_is_immutable_after_validation_and_leaves_its_input_alone()
     assert t.mantissa[0] == 127
 
 
+def test_results_of_the_engine_are_read_only_too():
+    # to_fixed and every op build their results without a second validation pass;
+    # those mantissas may not be written either, and trusted() leaves its input writable
+    x = np.array([[0.5, -1.0], [2.0, 0.25]])
+    t = to_fixed(x, 8, rounding="nearest")
+    with pytest.raises(ValueError):
+        t.mantissa[0, 0] = -128
+    with pytest.raises(ValueError):
+        requantize(t, 4).mantissa[0, 0] = 7
+    q = np.array([3, -5], dtype=np.int8)
+    u = FixedTensor.trusted(q, -2, 4)
+    with pytest.raises(ValueError):
+        u.mantissa[0] = 7
+    q[0] = 1
+    assert q.flags.writeable and u.mantissa[0] == 1  # kept, not copied
+
+
 @pytest.mark.parametrize("exponent", [2**80, -(2**80), 2**15])
 def test_fixed_tensor_refuses_exponents_out_of_range(exponent):
     with pytest.raises(OverflowRiskError, match="exponent"):
