@@ -15,8 +15,9 @@ runs, ``integerize(top, bits)`` makes every linear (Q, K, V, attention output, b
 matrices, the head), both layer norms (16 bits, the engine's default ``norm_bits``) and
 attention's two batched products (``Q K^T``, ``P V``) integer, forward and backward;
 softmax, GELU, the mean pooling and the loss stay float. The weight update is
-:func:`sekron.fixed.sgd_step` (momentum, every product an integer product of
-``bits``-bit operands, float master weights). The float32 runs use ``torch.optim.SGD``
+:class:`sekron.torch.integer.IntSGD`, i.e. :func:`sekron.fixed.sgd_step`
+(momentum, every product an integer product of ``bits``-bit operands, float master
+weights). The float32 runs use ``torch.optim.SGD``
 with the same momentum and the same schedule (batch 32, linear warm-up then linear
 decay), same data order, same head initialization.
 
@@ -27,16 +28,10 @@ Writes docs/img/int_finetune_bert.json and docs/img/int_finetune_bert.png.
 
 from __future__ import annotations
 
-import os
-
-# one BLAS thread (before numpy loads): the integer products run on numpy's float BLAS
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import argparse
 import copy
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -46,10 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sekron import fixed
 from sekron.data.text import TOPIC_CLASSES, python_doc_topics
 from sekron.torch import integerize
+from sekron.torch.integer import IntSGD
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 #: The paper's drops (Tayaranian et al.): 16 bits match float, 10 lose 0.5, 8 lose 1.7.
 PAPER_DROP = {16: 0.0, 12: None, 10: -0.5, 8: -1.7}
@@ -76,7 +72,9 @@ def additive_mask(mask: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def frozen_features(bert: nn.Module, tok: Any, sentences: list[str], top: int, max_len: int):
     """Hidden states entering the top ``top`` layers (float32, computed once) and the masks."""
-    enc = tok(sentences, padding="max_length", truncation=True, max_length=max_len, return_tensors="pt")
+    enc = tok(
+        sentences, padding="max_length", truncation=True, max_length=max_len, return_tensors="pt"
+    )
     h = bert.embeddings(input_ids=enc["input_ids"], token_type_ids=enc["token_type_ids"])
     m = additive_mask(enc["attention_mask"])
     for layer in bert.encoder.layer[: len(bert.encoder.layer) - top]:
@@ -109,33 +107,6 @@ class Top(nn.Module):
 
 
 # ------------------------------------------------------------------- optimization
-class IntegerSGD:
-    """Momentum SGD whose every step is :func:`sekron.fixed.sgd_step` (float master weights)."""
-
-    def __init__(self, params: list[nn.Parameter], bits: int, momentum: float, seed: int):
-        self.params, self.bits, self.momentum = params, bits, momentum
-        self.state: list[Any] = [None] * len(params)
-        self.seed, self.t = seed, 0
-
-    def step(self, lr: float) -> None:
-        """Update every parameter with gradient in place (integer products, ``bits`` bits)."""
-        for i, p in enumerate(self.params):
-            if p.grad is None:
-                continue
-            w, self.state[i] = fixed.sgd_step(
-                p.detach().numpy(),
-                p.grad.numpy(),
-                self.state[i],
-                lr=lr,
-                momentum=self.momentum,
-                bits=self.bits,
-                seed=fixed.call_key(self.seed + 7919 * i, self.t),
-            )
-            with torch.no_grad():
-                p.copy_(torch.from_numpy(np.asarray(w, dtype=np.float32)))
-        self.t += 1
-
-
 def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
     """Linear warm-up over ``warmup`` steps, then linear decay to 0 at ``steps``."""
     if step < warmup:
@@ -144,10 +115,14 @@ def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, h: torch.Tensor, mask: torch.Tensor, y: torch.Tensor, batch: int = 64) -> float:
+def accuracy(
+    model: nn.Module, h: torch.Tensor, mask: torch.Tensor, y: torch.Tensor, batch: int = 64
+) -> float:
     """Accuracy in % (the model in eval mode: dropout off, integer arithmetic still on)."""
     model.eval()
-    pred = torch.cat([model(h[i : i + batch], mask[i : i + batch]).argmax(1) for i in range(0, len(y), batch)])
+    pred = torch.cat(
+        [model(h[i : i + batch], mask[i : i + batch]).argmax(1) for i in range(0, len(y), batch)]
+    )
     model.train()
     return 100.0 * float((pred == y).float().mean())
 
@@ -163,10 +138,14 @@ def finetune(base: Top, bits: int | None, seed: int, data: dict, cfg: dict) -> d
     if bits is None:
         opt: Any = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"])
     else:
-        opt = IntegerSGD(params, bits, cfg["momentum"], seed=77_777 * seed + bits)
+        opt = IntSGD(
+            params, lr=cfg["lr"], momentum=cfg["momentum"], bits=bits, seed=77_777 * seed + bits
+        )
     htr, mtr, ytr = data["train"]
     order = np.random.default_rng(seed).permutation
-    perm = np.concatenate([order(len(ytr)) for _ in range(cfg["steps"] * cfg["batch"] // len(ytr) + 1)])
+    perm = np.concatenate(
+        [order(len(ytr)) for _ in range(cfg["steps"] * cfg["batch"] // len(ytr) + 1)]
+    )
     losses = []
     t0 = time.perf_counter()
     for step in range(cfg["steps"]):
@@ -175,13 +154,9 @@ def finetune(base: Top, bits: int | None, seed: int, data: dict, cfg: dict) -> d
         for p in params:
             p.grad = None
         loss.backward()
-        lr = lr_at(step, cfg["steps"], cfg["lr"], cfg["warmup"])
-        if bits is None:
-            for group in opt.param_groups:
-                group["lr"] = lr
-            opt.step()
-        else:
-            opt.step(lr)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg["steps"], cfg["lr"], cfg["warmup"])
+        opt.step()
         losses.append(float(loss.detach()))
     seconds = time.perf_counter() - t0
     return {
@@ -231,7 +206,11 @@ def table(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        paper = "—" if r["bits"] is None else ("n/a" if r["paper_drop"] is None else f"{r['paper_drop']:+.1f}")
+        paper = (
+            "—"
+            if r["bits"] is None
+            else ("n/a" if r["paper_drop"] is None else f"{r['paper_drop']:+.1f}")
+        )
         drop = "—" if r["bits"] is None else f"{r['drop']:+.2f}"
         out.append(
             f"| {r['width']} | {r['test_mean']:.2f} ± {r['test_std']:.2f} ({r['test_spread']:.2f}) | "
@@ -281,7 +260,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "img")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    cfg = {"steps": args.steps, "batch": args.batch, "lr": args.lr, "momentum": 0.9, "warmup": args.steps // 10}
+    from threadpoolctl import threadpool_limits
+
+    # one BLAS thread: the integer products run on numpy's float BLAS
+    threadpool_limits(1)
+    cfg = {
+        "steps": args.steps,
+        "batch": args.batch,
+        "lr": args.lr,
+        "momentum": 0.9,
+        "warmup": args.steps // 10,
+    }
     seeds, widths = args.seeds, args.widths
     limit = None
     if args.quick:
@@ -310,9 +299,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(table(rows))
     if not args.quick:
         args.out.mkdir(parents=True, exist_ok=True)
-        meta = {"config": cfg, "layers": args.layers, "max_len": args.max_len, "n": {k: len(v[2]) for k, v in data.items()}}
-        (args.out / "int_finetune_bert.json").write_text(json.dumps({"meta": meta, "rows": rows, "runs": runs}, indent=1))
-        plot(runs, args.out / "int_finetune_bert.png", f"MiniLM, top {args.layers} layers + head, python_doc_topics")
+        meta = {
+            "config": cfg,
+            "layers": args.layers,
+            "max_len": args.max_len,
+            "n": {k: len(v[2]) for k, v in data.items()},
+        }
+        (args.out / "int_finetune_bert.json").write_text(
+            json.dumps({"meta": meta, "rows": rows, "runs": runs}, indent=1)
+        )
+        plot(
+            runs,
+            args.out / "int_finetune_bert.png",
+            f"MiniLM, top {args.layers} layers + head, python_doc_topics",
+        )
     return rows
 
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .. import fixed
+from .._validation import check_bits
 from ..errors import ShapeError
 from ..fixed import STREAM_BIAS, STREAM_INPUT, STREAM_WEIGHT
 from ._convert import to_numpy, to_torch
@@ -676,3 +677,85 @@ def integer_attention(
     weights = nn.functional.dropout(weights, p=dropout, training=module.training)
     out = product(weights, value)
     return out.transpose(1, 2).contiguous(), weights
+
+
+class IntSGD(torch.optim.Optimizer):
+    """Momentum SGD whose every step is :func:`sekron.fixed.sgd_step` (integer products).
+
+    ``g' = g + wd w``, ``v = mu v + g'``, ``w = w - lr v`` with the gradient, weight,
+    velocity and the scalars mapped to ``bits`` bits and multiplied as integers; the
+    parameter stays a float master copy (``mode="master"``: a ``bits``-bit master would
+    lose small updates). The learning rate is read from ``param_groups`` at each step,
+    so torch's schedulers work.
+
+    Parameters
+    ----------
+    params : iterable of Tensor or dicts
+        CPU float parameters.
+    lr : float
+    momentum : float in [0, 1), default 0
+    weight_decay : float >= 0, default 0
+    bits : int in 2..16, default 16
+    rounding : {"stochastic", "nearest"}, default "stochastic"
+    seed : int, default 0
+        Parameter ``i`` (in the order of ``params``) at step ``t`` draws with key
+        ``call_key(seed + 7919 * i, t)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sekron.torch.integer import IntSGD
+    >>> w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    >>> opt = IntSGD([w], lr=0.5, bits=16, rounding="nearest")
+    >>> w.grad = torch.tensor([0.5, 0.25])
+    >>> opt.step()
+    >>> w.detach()
+    tensor([ 0.7500, -2.1250])
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        *,
+        bits: int = 16,
+        rounding: str = "stochastic",
+        seed: int = 0,
+    ):
+        defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
+        super().__init__(params, defaults)
+        self.bits = check_bits(bits)
+        if rounding not in ("stochastic", "nearest"):
+            raise ValueError(f"rounding: expected 'stochastic' or 'nearest', got {rounding!r}")
+        self.rounding: Any = rounding
+        self.seed, self.t = int(seed), 0
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        """Update every parameter that has a gradient; ``closure`` as in torch."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        i = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    st = self.state[p]
+                    w, st["fixed"] = fixed.sgd_step(
+                        numpy_view(p),
+                        numpy_view(p.grad),
+                        st.get("fixed"),
+                        lr=float(group["lr"]),
+                        momentum=float(group["momentum"]),
+                        weight_decay=float(group["weight_decay"]),
+                        bits=self.bits,
+                        rounding=self.rounding,
+                        seed=fixed.call_key(self.seed + 7919 * i, self.t),
+                    )
+                    p.copy_(to_torch(np.asarray(w), like=p, copy=False))
+                i += 1
+        self.t += 1
+        return loss
