@@ -12,7 +12,7 @@ from that checkpoint, for each seed: float32 with ``torch.optim.SGD`` and, at ea
 ``integerize(model, bits)`` (the patch convolution, every linear, the layer norms at 16
 bits and attention's two batched products in integers, forward and backward; softmax,
 GELU and the loss in float) with :class:`sekron.torch.integer.IntSGD` -- same momentum,
-same schedule, same batches.
+same schedule (linear warm-up over 10 % of the steps, then linear decay), same batches.
 
 Run:  python examples/integer_vit.py           (3 seeds x 5 widths, a few minutes)
       python examples/integer_vit.py --quick   (smoke test)
@@ -131,8 +131,11 @@ def finetune(base: nn.Module, bits: int | None, seed: int, data: dict, cfg: dict
     losses = []
     t0 = time.perf_counter()
     for step, idx in enumerate(batches):
-        for group in opt.param_groups:  # linear decay to 0
-            group["lr"] = cfg["lr"] * (1 - step / len(batches))
+        warm = max(1, len(batches) // 10)
+        for group in opt.param_groups:  # linear warm-up over 10 %, then linear decay to 0
+            group["lr"] = cfg["lr"] * min(
+                (step + 1) / warm, (len(batches) - step) / (len(batches) - warm)
+            )
         loss = F.cross_entropy(logits(model, x[idx]), y[idx])
         opt.zero_grad()
         loss.backward()
@@ -225,7 +228,7 @@ def main(argv: list[str] | None = None) -> tuple[list[dict], float]:
     ap.add_argument("--widths", type=int, nargs="*", default=list(WIDTHS))
     ap.add_argument("--pretrain-epochs", type=int, default=30)
     ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--lr", type=float, default=0.005)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "img")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
