@@ -63,6 +63,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(1)
     threadpool_limits(1)
+    import numba
+
+    # numba's own worker threads too: left at the core count they oversubscribe the CPU
+    # and slow every later step, float ones included (measured: 0.7 s -> 5 s)
+    numba.set_num_threads(1)
     bert, tok = load_minilm()
     s, y = python_doc_topics("train")
     s, y = s[: args.batch], torch.tensor(y[: args.batch])
@@ -123,6 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
                 times[k].append(time.perf_counter() - t)
         la1 = loadavg()
         med = {k: float(np.median(v)) for k, v in times.items()}
+        print(f"{setting}: every timed step (s): {times}", flush=True)
         for b in args.bits:
             rows.append(
                 {
