@@ -106,3 +106,36 @@ def test_import_is_light():
         env={"PYTHONPATH": ":".join(sys.path)},
     ).stdout
     assert out.strip() == "False"
+
+
+def test_topics_task_is_labelled_disjoint_and_covers_every_class():
+    from pydoc_data.topics import topics
+
+    from sekron.data.text import TOPIC_CLASSES, python_doc_topics
+
+    # every topic of this Python is in exactly one class
+    listed = [t for ts in TOPIC_CLASSES.values() for t in ts]
+    assert len(listed) == len(set(listed))
+    assert set(topics) <= set(listed)
+    everything, labels = python_doc_topics()
+    assert len(everything) == len(labels) >= 1500
+    assert set(everything) <= set(python_doc_sentences(sources=["topics"]))
+    k = len(TOPIC_CLASSES)
+    parts = {name: python_doc_topics(name) for name in SPLITS}
+    for name, (s, y) in parts.items():
+        assert all(text._bucket(x) in SPLITS[name] for x in s)
+        counts = [y.count(c) for c in range(k)]
+        assert min(counts) >= 10, (name, counts)  # every class in every split
+        assert max(counts) / len(y) < 0.45, (name, counts)  # no class dominates
+    sets = [set(s) for s, _ in parts.values()]
+    assert not sets[0] & sets[1] and not sets[0] & sets[2] and not sets[1] & sets[2]
+    assert sum(len(x) for x in sets) == len(everything)
+    # a label is the class of a topic the sentence is printed under
+    cls = list(TOPIC_CLASSES.values())
+    for s, y in list(zip(everything, labels, strict=True))[::50]:
+        assert any(s.split()[0] in topics[t] for t in cls[y])
+    assert python_doc_topics("held_out") == python_doc_topics("held_out")
+    with pytest.raises(ShapeError):
+        python_doc_topics("test")  # type: ignore[arg-type]
+    with pytest.raises(ShapeError):
+        python_doc_topics(min_words=0)

@@ -44,7 +44,7 @@ from typing import Literal
 
 from sekron.errors import ShapeError
 
-__all__ = ["SPLITS", "python_doc_sentences"]
+__all__ = ["SPLITS", "TOPIC_CLASSES", "python_doc_sentences", "python_doc_topics"]
 
 Split = Literal["train", "calibration", "held_out", "all"]
 Source = Literal["topics", "docstrings"]
@@ -250,3 +250,125 @@ def python_doc_sentences(
         return list(sentences)
     buckets = SPLITS[split]
     return [s for s in sentences if _bucket(s) in buckets]
+
+
+#: The labelled task of :func:`python_doc_topics`: each class is a chapter of Python's
+#: documentation, made of the :mod:`pydoc_data.topics` entries that come from it (the
+#: language reference's chapters 3-8 and the library's "Built-in Types" and ``pdb``).
+#: Every one of the 79 topics of CPython 3.11 belongs to exactly one class.
+TOPIC_CLASSES: dict[str, tuple[str, ...]] = {
+    "data model": (
+        "objects", "types", "specialnames", "customization", "attribute-access",
+        "callable-types", "sequence-types", "numeric-types", "context-managers",
+        "specialattrs",
+    ),
+    "built-in types": (
+        "truth", "typesseq", "typesseq-mutable", "string-methods", "typesmapping",
+        "typesmodules", "typesfunctions", "typesmethods", "bltin-code-objects",
+        "bltin-type-objects", "bltin-null-object", "bltin-ellipsis-object", "formatstrings",
+    ),
+    "execution model and lexical analysis": (
+        "execmodel", "naming", "dynamic-features", "exceptions", "identifiers",
+        "id-classes", "strings", "numbers", "integers", "floating", "imaginary",
+    ),
+    "expressions": (
+        "atom-identifiers", "atom-literals", "lists", "dict", "attribute-references",
+        "subscriptions", "slicings", "calls", "await", "power", "unary", "binary",
+        "shifting", "bitwise", "comparisons", "in", "booleans", "lambda", "exprlists",
+        "conversions", "operator-summary",
+    ),
+    "simple statements": (
+        "assignment", "augassign", "assert", "pass", "del", "return", "yield", "raise",
+        "break", "continue", "import", "global", "nonlocal",
+    ),
+    "compound statements": (
+        "compound", "if", "else", "while", "for", "try", "with", "function", "class",
+        "async",
+    ),
+    "debugger": ("debugger",),
+}  # fmt: skip
+
+
+@lru_cache(maxsize=8)
+def _labelled_topics(min_words: int, max_words: int) -> tuple[tuple[str, int], ...]:
+    from pydoc_data.topics import topics
+
+    label_of = {t: c for c, ts in enumerate(TOPIC_CLASSES.values()) for t in ts}
+    found: dict[str, tuple[str, set[int]]] = {}  # normalized -> (first text, classes)
+    for key in sorted(topics):
+        if key not in label_of:  # a topic of a newer Python: not in the task
+            continue
+        for paragraph in _paragraphs(topics[key]):
+            for s in _split_sentences(paragraph):
+                if _keep(s, min_words, max_words):
+                    found.setdefault(_normalize(s), (s, set()))[1].add(label_of[key])
+    # a sentence printed under topics of two classes has no single label: dropped
+    return tuple((s, next(iter(c))) for s, c in found.values() if len(c) == 1)
+
+
+def python_doc_topics(
+    split: Split = "all", *, min_words: int = 6, max_words: int = 40
+) -> tuple[list[str], list[int]]:
+    """Sentences of Python's language documentation labelled by the chapter they come from.
+
+    A real text-classification task that needs no download: the sentences of
+    :mod:`pydoc_data.topics` (cleaned as in :func:`python_doc_sentences`), each
+    labelled with the class of :data:`TOPIC_CLASSES` its topic belongs to (7 classes:
+    data model, built-in types, execution model and lexical analysis, expressions, simple
+    statements, compound statements, debugger). Sentences are deduplicated; one found
+    under topics of two different classes is dropped. The split is the hash rule of the
+    module docstring (70 % train, 15 % calibration used as validation, 15 % held-out
+    used as test), so it never changes with the seed of a run.
+
+    On CPython 3.11.7: 1,862 sentences (none is shared by two classes), 1,322 train,
+    255 calibration, 285 held-out. Per class (all splits): 547 data model, 392 built-in
+    types, 128 execution model and lexical analysis, 242 expressions, 155 simple
+    statements, 244 compound statements, 154 debugger; on the held-out set always
+    answering "data model" scores 93 / 285 = 32.6 %.
+
+    Parameters
+    ----------
+    split : {"all", "train", "calibration", "held_out"}, default "all"
+    min_words, max_words : int, default 6 and 40
+        Length bounds of a kept sentence, in words.
+
+    Returns
+    -------
+    sentences : list of str
+        In a fixed order (topics sorted by name, then text order).
+    labels : list of int
+        Index of each sentence's class in ``list(TOPIC_CLASSES)``.
+
+    Raises
+    ------
+    ShapeError
+        If ``split`` is not one of the names above or the word bounds are not integers
+        with ``1 <= min_words <= max_words``.
+
+    Examples
+    --------
+    >>> from sekron.data.text import TOPIC_CLASSES, python_doc_topics
+    >>> train, y_train = python_doc_topics("train")
+    >>> test, y_test = python_doc_topics("held_out")
+    >>> len(train) == len(y_train) > 1000 and not set(train) & set(test)
+    True
+    >>> sorted(set(y_test)) == list(range(len(TOPIC_CLASSES)))
+    True
+    """
+    if split != "all" and split not in SPLITS:
+        raise ShapeError(
+            f"split: expected one of 'all', {', '.join(map(repr, SPLITS))}, got {split!r}"
+        )
+    if (
+        not isinstance(min_words, int)
+        or not isinstance(max_words, int)
+        or not 1 <= min_words <= max_words
+    ):
+        raise ShapeError(
+            "min_words, max_words: expected integers with 1 <= min_words <= max_words, "
+            f"got {min_words!r} and {max_words!r}"
+        )
+    pairs = _labelled_topics(min_words, max_words)
+    if split != "all":
+        pairs = tuple(p for p in pairs if _bucket(p[0]) in SPLITS[split])
+    return [s for s, _ in pairs], [y for _, y in pairs]

@@ -14,7 +14,14 @@ from torch import nn
 from .._validation import as_positive_int, check_bits, check_instance, check_rounding
 from ._int_base import CheckedBits
 from .int_sekron import IntSeKronConv2d, IntSeKronLinear
-from .integer import IntConv2d, IntEmbedding, IntLayerNorm, IntLinear
+from .integer import (
+    IntConv2d,
+    IntEmbedding,
+    IntLayerNorm,
+    IntLinear,
+    IntMatmul,
+    integer_attention,
+)
 from .layers import SeKronConv2d, SeKronLinear
 
 __all__ = ["integerize"]
@@ -44,6 +51,44 @@ def _integer_twin(mod: nn.Module, bits: int, kw: dict[str, Any]) -> nn.Module | 
     return None
 
 
+#: The name :func:`integerize` registers :func:`~sekron.torch.integer.integer_attention`
+#: under in ``transformers``' attention (and mask) interfaces.
+ATTENTION_NAME = "sekron_integer"
+
+
+def _route_attention(target: nn.Module, bits: int, rounding: str, seed: int) -> int:
+    """Give a ``transformers`` model's attention modules integer batched products.
+
+    The model's config selects :func:`integer_attention` (registered once in
+    ``AttentionInterface``, with the eager additive mask in ``AttentionMaskInterface``),
+    and every module that calls the attention interface (it has ``config``, ``scaling``
+    and ``is_causal``, as ``transformers``' attention modules do) gets an ``int_matmul``
+    child. Returns the number of such modules; 0 (and nothing changed) for a model
+    without a ``transformers`` config or when ``transformers`` is not installed.
+    """
+    config = getattr(target, "config", None)
+    if config is None or not hasattr(config, "_attn_implementation"):
+        return 0
+    try:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    except ImportError:  # pragma: no cover - a config-like attribute without transformers
+        return 0
+    mods = [
+        m
+        for m in target.modules()
+        if hasattr(m, "config") and hasattr(m, "scaling") and hasattr(m, "is_causal")
+    ]
+    if not mods:
+        return 0
+    AttentionInterface.register(ATTENTION_NAME, integer_attention)
+    AttentionMaskInterface.register(ATTENTION_NAME, eager_mask)
+    config._attn_implementation = ATTENTION_NAME
+    for j, m in enumerate(mods):
+        m.int_matmul = IntMatmul(bits=bits, rounding=rounding, seed=seed + j)
+    return len(mods)
+
+
 def integerize(
     model: nn.Module,
     bits: int = 8,
@@ -51,6 +96,7 @@ def integerize(
     rounding: str = "stochastic",
     seed: int = 0,
     norm_bits: int | None = 16,
+    attention: bool = True,
     inplace: bool = False,
 ) -> nn.Module:
     """Replace ``nn.Linear``, ``nn.Conv2d``, ``nn.LayerNorm``, ``nn.Embedding`` and SeKron layers by integer layers.
@@ -66,6 +112,13 @@ def integerize(
     norm_bits : int or None, default 16
         Bit-width of the layer norms (None: ``bits``); normalization is the most
         precision-hungry layer.
+    attention : bool, default True
+        For a Hugging Face ``transformers`` model, also run attention's two batched
+        products (``Q K^T`` and ``P V``) in ``bits``-bit integers: the model's config
+        selects :func:`sekron.torch.integer.integer_attention` (registered as
+        ``"sekron_integer"``) and each attention module gets an
+        :class:`~sekron.torch.integer.IntMatmul` child ``int_matmul``. Softmax and the
+        mask stay in float.
     inplace : bool, default False
         Modify ``model``; by default a deep copy is converted.
 
@@ -110,4 +163,6 @@ def integerize(
         parent_name, _, attr = name.rpartition(".")
         parent = target.get_submodule(parent_name) if parent_name else target
         setattr(parent, attr, twin)
+    if attention:
+        _route_attention(target, b, rounding, int(seed) + 1_000_003)
     return target

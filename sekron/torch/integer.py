@@ -20,13 +20,20 @@ import torch
 from torch import nn
 
 from .. import fixed
-from .._validation import check_instance
-from ..errors import ArgumentError
+from .._validation import check_bits, check_instance
+from ..errors import ArgumentError, ShapeError
 from ..fixed import STREAM_BIAS, STREAM_INPUT, STREAM_WEIGHT
 from ._convert import to_numpy, to_torch
 from ._int_base import IntModule, dequant, numpy_view, quantize, scaled
 
-__all__ = ["IntConv2d", "IntEmbedding", "IntLayerNorm", "IntLinear"]
+__all__ = [
+    "IntConv2d",
+    "IntEmbedding",
+    "IntLayerNorm",
+    "IntLinear",
+    "IntMatmul",
+    "integer_attention",
+]
 
 
 def int_linear_forward(
@@ -507,3 +514,249 @@ class IntEmbedding(IntModule):
     def extra_repr(self) -> str:
         """The module's settings for its printed form."""
         return f"{self.num_embeddings}, {self.embedding_dim}, {self._int_repr()}"
+
+
+def _stacked_product(a: Any, b: Any, bits_a: int, bits_b: int) -> np.ndarray:
+    """Exact ``a @ b`` of two stacks of mantissas (same leading shape), as integers in floats.
+
+    Float BLAS while the bound allows it (:func:`sekron.fixed.exact_float_matmul`), else
+    the engine's :func:`sekron.fixed.batched_matmul` (int64 accumulators).
+    """
+    k = a.shape[-1]
+    acc = fixed.exact_float_matmul(a, b, fixed.accumulator_bound(k, bits_a, bits_b))
+    if acc is not None:
+        return acc
+    lead = a.shape[:-2]
+    a3 = fixed.FixedTensor(np.ascontiguousarray(a).reshape(-1, *a.shape[-2:]), 0, bits_a)
+    b3 = fixed.FixedTensor(np.ascontiguousarray(b).reshape(-1, *b.shape[-2:]), 0, bits_b)
+    out = fixed.batched_matmul(a3, b3).mantissa
+    return out.reshape(*lead, *out.shape[-2:])
+
+
+def int_matmul_forward(
+    a: torch.Tensor, b: torch.Tensor, bits: int, rounding: Any, fwd: int
+) -> tuple[torch.Tensor, Any]:
+    """``deq(Q(a) @ Q(b))`` for stacks ``(..., M, K) @ (..., K, N)``, and the operands.
+
+    Each operand is mapped with one exponent over the whole stack, so every slice's
+    product is an exact integer GEMM with exponent ``e_a + e_b``.
+    """
+    if a.dim() < 2 or a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]:
+        raise ShapeError(
+            f"b: expected shape (*{tuple(a.shape[:-2])}, {a.shape[-1]}, N) for a of shape "
+            f"{tuple(a.shape)} (no broadcasting), got {tuple(b.shape)}"
+        )
+    aq = quantize(a, bits, rounding, fwd, STREAM_INPUT)
+    bq = quantize(b, bits, rounding, fwd, STREAM_WEIGHT)
+    acc = _stacked_product(aq.mantissa, bq.mantissa, aq.bits, bq.bits)
+    return scaled(acc, int(aq.exponent) + int(bq.exponent), a), (aq, bq)  # type: ignore[call-overload]
+
+
+def int_matmul_backward(
+    g: torch.Tensor, aq: Any, bq: Any, bits: int, rounding: Any, bwd: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``da = deq(Q(g) @ Q(b)^T)`` and ``db = deq(Q(a)^T @ Q'(g))``, ``Q``, ``Q'`` independent."""
+    g1 = quantize(g, bits, rounding, bwd, 1)
+    g2 = quantize(g, bits, rounding, bwd, 2)
+    da = _stacked_product(g1.mantissa, np.swapaxes(bq.mantissa, -1, -2), g1.bits, bq.bits)
+    db = _stacked_product(np.swapaxes(aq.mantissa, -1, -2), g2.mantissa, aq.bits, g2.bits)
+    return (
+        scaled(da, int(g1.exponent) + int(bq.exponent), g),  # type: ignore[call-overload]
+        scaled(db, int(aq.exponent) + int(g2.exponent), g),  # type: ignore[call-overload]
+    )
+
+
+class _MatmulFn(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any, a: torch.Tensor, b: torch.Tensor, bits: int, rounding: Any, seed: int
+    ) -> torch.Tensor:  # type: ignore[override]
+        fwd, bwd = fixed.forward_backward_keys(seed)
+        y, (aq, bq) = int_matmul_forward(a, b, bits, rounding, fwd)
+        ctx.saved = (aq, bq, bits, rounding, bwd)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        aq, bq, bits, rounding, bwd = ctx.saved
+        da, db = int_matmul_backward(g.contiguous(), aq, bq, bits, rounding, bwd)
+        return da, db, None, None, None
+
+
+class IntMatmul(IntModule):
+    """``a @ b`` of two activation stacks (attention's scores and context) in integers.
+
+    Both operands are mapped to ``bits`` bits, one exponent per tensor; the product of
+    every slice is an exact integer GEMM (float BLAS while exact, else the engine's
+    int64 :func:`sekron.fixed.batched_matmul`). The backward maps the incoming gradient
+    twice with independent draws: ``da = deq(Q(g) Q(b)^T)``, ``db = deq(Q(a)^T Q'(g))``.
+    Leading dimensions must be equal (no broadcasting). Parameters ``bits``,
+    ``rounding`` and ``seed`` as in :class:`IntLinear`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sekron.torch.integer import IntMatmul
+    >>> mm = IntMatmul(bits=8, rounding="nearest")
+    >>> a, b = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 5, 6)
+    >>> y = mm(a, b)
+    >>> y.shape, bool((y - a @ b).abs().max() < 0.2)
+    (torch.Size([2, 3, 4, 6]), True)
+    """
+
+    def __init__(self, *, bits: int = 8, rounding: str = "stochastic", seed: int = 0):
+        super().__init__()
+        self._init_int(bits, rounding, seed)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """The integer product ``a @ b`` of stacks ``(..., M, K)`` and ``(..., K, N)``."""
+        return _MatmulFn.apply(a, b, self.bits, self.rounding, self.next_seed())
+
+    def extra_repr(self) -> str:
+        """The module's settings for its printed form."""
+        return self._int_repr()
+
+
+def integer_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager attention whose two batched products run on ``module.int_matmul``.
+
+    The signature is the attention-function interface of Hugging Face ``transformers``
+    (``AttentionInterface``); :func:`sekron.torch.integerize` registers it under the
+    name ``"sekron_integer"`` and gives every self-attention module an
+    :class:`IntMatmul`. ``Q K^T`` and ``P V`` are integer products; the scaling, the
+    additive mask, softmax and dropout stay in float (as in integer fine-tuning). A
+    module without ``int_matmul`` gets the float products (same arithmetic as eager).
+
+    Parameters
+    ----------
+    module : nn.Module
+        The attention module; its ``int_matmul`` (if any) does the products.
+    query, key, value : Tensor, shape (batch, heads, seq, head_dim)
+    attention_mask : Tensor or None
+        Additive mask broadcastable to (batch, heads, seq_q, seq_k).
+    scaling : float or None
+        Factor of the scores (default ``head_dim ** -0.5``).
+    dropout : float
+        Dropout probability on the attention weights (only in training mode).
+    **kwargs
+        Ignored (the interface passes model-specific flags).
+
+    Returns
+    -------
+    output : Tensor, shape (batch, seq, heads, head_dim)
+    weights : Tensor, shape (batch, heads, seq_q, seq_k)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from sekron.torch.integer import IntMatmul, integer_attention
+    >>> m = nn.Module()
+    >>> m.int_matmul = IntMatmul(bits=16, rounding="nearest")
+    >>> q, k, v = torch.randn(3, 1, 2, 4, 8).unbind(0)
+    >>> out, w = integer_attention(m, q, k, v, None)
+    >>> ref = torch.softmax(q @ k.transpose(2, 3) / 8**0.5, -1) @ v
+    >>> bool((out.transpose(1, 2) - ref).abs().max() < 1e-3)
+    True
+    """
+    mm = getattr(module, "int_matmul", None)
+    product = mm if isinstance(mm, IntMatmul) else torch.matmul
+    scale = query.size(-1) ** -0.5 if scaling is None else scaling
+    scores = product(query, key.transpose(2, 3)) * scale
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = nn.functional.softmax(scores, dim=-1)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    out = product(weights, value)
+    return out.transpose(1, 2).contiguous(), weights
+
+
+class IntSGD(torch.optim.Optimizer):
+    """Momentum SGD whose every step is :func:`sekron.fixed.sgd_step` (integer products).
+
+    ``g' = g + wd w``, ``v = mu v + g'``, ``w = w - lr v`` with the gradient, weight,
+    velocity and the scalars mapped to ``bits`` bits and multiplied as integers; the
+    parameter stays a float master copy (``mode="master"``: a ``bits``-bit master would
+    lose small updates). The learning rate is read from ``param_groups`` at each step,
+    so torch's schedulers work.
+
+    Parameters
+    ----------
+    params : iterable of Tensor or dicts
+        CPU float parameters.
+    lr : float
+    momentum : float in [0, 1), default 0
+    weight_decay : float >= 0, default 0
+    bits : int in 2..16, default 16
+    rounding : {"stochastic", "nearest"}, default "stochastic"
+    seed : int, default 0
+        Parameter ``i`` (in the order of ``params``) at step ``t`` draws with key
+        ``call_key(seed + 7919 * i, t)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sekron.torch.integer import IntSGD
+    >>> w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    >>> opt = IntSGD([w], lr=0.5, bits=16, rounding="nearest")
+    >>> w.grad = torch.tensor([0.5, 0.25])
+    >>> opt.step()
+    >>> w.detach()
+    tensor([ 0.7500, -2.1250])
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        *,
+        bits: int = 16,
+        rounding: str = "stochastic",
+        seed: int = 0,
+    ):
+        defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
+        super().__init__(params, defaults)
+        self.bits = check_bits(bits)
+        if rounding not in ("stochastic", "nearest"):
+            raise ValueError(f"rounding: expected 'stochastic' or 'nearest', got {rounding!r}")
+        self.rounding: Any = rounding
+        self.seed, self.t = int(seed), 0
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        """Update every parameter that has a gradient; ``closure`` as in torch."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        i = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    st = self.state[p]
+                    w, st["fixed"] = fixed.sgd_step(
+                        numpy_view(p),
+                        numpy_view(p.grad),
+                        st.get("fixed"),
+                        lr=float(group["lr"]),
+                        momentum=float(group["momentum"]),
+                        weight_decay=float(group["weight_decay"]),
+                        bits=self.bits,
+                        rounding=self.rounding,
+                        seed=fixed.call_key(self.seed + 7919 * i, self.t),
+                    )
+                    p.copy_(to_torch(np.asarray(w), like=p, copy=False))
+                i += 1
+        self.t += 1
+        return loss
