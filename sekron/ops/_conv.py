@@ -12,6 +12,7 @@ from .._cost import as_pair, conv_stages
 from .._validation import as_float_array
 from ..errors import ShapeError
 from ..tensor import SeKronTensor
+from ._dispatch import PathCost, blas_threads, cost_table, fit_path_cost
 from ._im2col import conv2d_regrouped, conv2d_valid, pad2d
 from ._plan import (
     ConvPlan,
@@ -41,6 +42,8 @@ def conv2d(
     padding: Any = 0,
     dilation: Any = 1,
     bias: Any = None,
+    *,
+    path: str = "auto",
 ) -> np.ndarray:
     """2-D cross-correlation of an NCHW batch with a SeKron or dense kernel.
 
@@ -55,6 +58,12 @@ def conv2d(
         PyTorch semantics (``torch.nn.functional.conv2d``): stride and dilation >= 1,
         zero padding >= 0 on both sides of each spatial axis.
     bias : array_like of shape (F,), optional
+    path : {"auto", "staged", "dense"}, default "auto"
+        For a SeKron kernel: ``"staged"`` runs the plan, ``"dense"`` builds the dense
+        kernel and runs im2col + GEMM, ``"auto"`` runs whichever this machine's cost
+        table predicts faster for this call's shape (:class:`sekron.ops.CostTable`; a
+        new geometry is timed once, about 10-200 ms, and remembered). Ignored for a
+        dense kernel.
 
     Returns
     -------
@@ -68,7 +77,8 @@ def conv2d(
         If ``x`` or the kernel is not 4-D, the channel counts differ, ``bias`` is not
         ``(F,)``, or the kernel does not fit the padded input.
     ValueError, TypeError
-        For a stride or dilation < 1, a negative padding, or non-integer values.
+        For a stride or dilation < 1, a negative padding, non-integer values, or an
+        unknown ``path``.
     NonFiniteError
         If ``x`` or ``bias`` holds NaN or infinity.
 
@@ -92,6 +102,8 @@ def conv2d(
     >>> np.allclose(y, sk.conv2d(x, k.to_dense(), stride=2, padding=1))
     True
     """
+    if path not in _PATHS:
+        raise ValueError(f"path: expected one of {_PATHS}, got {path!r}")
     xa = as_float_array(x, "x", ndim=4)
     if isinstance(kernel, SeKronTensor):
         if kernel.ndim != 4:
@@ -121,12 +133,60 @@ def conv2d(
     if isinstance(kernel, SeKronTensor):
         plan = conv2d_plan(kernel.structure, xa.shape[2:], st, pd, dl)
         factors = [f.astype(dtype, copy=False) for f in kernel.factors]
-        y = run_plan(plan, xa, factors)
+        if path == "auto":
+            path = "staged" if _staged_wins(plan, kernel, factors, xa.shape, dtype) else "dense"
+        if path == "staged":
+            y = run_plan(plan, xa, factors)
+        else:
+            y = _dense_conv(xa, kernel.to_dense().astype(dtype, copy=False), st, pd, dl)
     else:
         y = _dense_conv(xa, kernel.astype(dtype, copy=False), st, pd, dl)
     if b is not None:
         y += b.astype(dtype, copy=False)[:, None, None]
     return y
+
+
+_PATHS = ("auto", "staged", "dense")
+
+
+def _staged_wins(
+    plan: ConvPlan,
+    kernel: SeKronTensor,
+    factors: list[np.ndarray],
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+) -> bool:
+    """The cost table's choice for this call (timing both paths on a new geometry)."""
+    s = plan.structure
+    key = (
+        "conv2d",
+        "numpy",
+        tuple(tuple(f) for f in s.shapes),
+        tuple(s.ranks),
+        tuple(shape[1:]),
+        plan.stride,
+        plan.padding,
+        plan.dilation,
+        np.dtype(dtype).name,
+        blas_threads(),
+    )
+
+    def measure() -> PathCost:
+        C, H, W = shape[1:]
+        per_image = max(C * H * W, _peak_elements(plan)) * np.dtype(dtype).itemsize
+        big = int(min(16, max(2, _BATCH_BYTES // per_image)))
+        xs = {n: np.zeros((n, C, H, W), dtype=dtype) for n in (1, big)}
+
+        def run(which: str, n: int) -> None:
+            if which == "staged":
+                run_plan(plan, xs[n], factors)
+            else:
+                w = kernel.to_dense().astype(dtype, copy=False)
+                _dense_conv(xs[n], w, plan.stride, plan.padding, plan.dilation)
+
+        return fit_path_cost(run, (1, big))
+
+    return cost_table().staged_wins(key, int(shape[0]), measure)
 
 
 def _dense_conv(
