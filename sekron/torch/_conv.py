@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..ops import conv2d_plan, execute_plan
 from ..structure import Structure
 
-__all__ = ["TorchBackend", "same_padding", "sekron_conv2d"]
+__all__ = ["TorchBackend", "constant_at_trace", "same_padding", "sekron_conv2d"]
 
 
 class TorchBackend:
@@ -96,6 +96,29 @@ class TorchBackend:
 _BACKEND = TorchBackend()
 
 
+def constant_at_trace(fn: Any) -> Any:
+    """Mark ``fn`` to be run at trace time, its result baked into the graph.
+
+    What ``torch.compiler.assume_constant_result`` does (``torch.compile`` and
+    ``torch.export`` call ``fn`` on the trace's static values instead of tracing into it),
+    without that function's import of ``torch._dynamo`` (3.7 s) at ``import sekron.torch``.
+    For plans and path choices: pure functions of shapes, kept out of the traced graph.
+    """
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@constant_at_trace
+def _plan_for(
+    structure: Structure,
+    hw: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> Any:
+    return conv2d_plan(structure, hw, stride, padding, dilation)
+
+
 def same_padding(kernel: tuple[int, int], dilation: tuple[int, int]) -> tuple[int, int, int, int]:
     """``(top, bottom, left, right)`` of torch's ``padding="same"`` (extra on the far side)."""
     th, tw = (d * (k - 1) for d, k in zip(dilation, kernel, strict=True))
@@ -118,7 +141,7 @@ def sekron_conv2d(
     top, bottom, left, right = pads
     ph, pw = min(top, bottom), min(left, right)
     x = _BACKEND.pad(x, (top - ph, bottom - ph, left - pw, right - pw))
-    plan = conv2d_plan(structure, (int(x.shape[-2]), int(x.shape[-1])), stride, (ph, pw), dilation)
+    plan = _plan_for(structure, (int(x.shape[-2]), int(x.shape[-1])), stride, (ph, pw), dilation)
     return execute_plan(plan, x, list(factors), _BACKEND)
 
 
