@@ -2,7 +2,7 @@
 
 For each layer and batch size, ``sk.conv2d(x, kernel)`` (numpy, ``path="auto"``) is timed
 against ``sk.conv2d(x, dense_kernel)``, and ``SeKronConv2d(path="auto")`` against
-``torch.nn.functional.conv2d`` on the dense kernel (under ``no_grad``); the ratio
+the ``nn.Conv2d`` it stands for (``to_dense()``, under ``no_grad``); the ratio
 auto / dense should stay <= 1.05 everywhere (and fall well below 1 where the staged path
 pays). The cost table is the machine's (``sekron.ops.cost_table()``: a geometry not in
 its file is timed on first use, in the warm-up call). Interleaved rounds, minimum per
@@ -49,7 +49,6 @@ def interleaved(fns, clock, rounds):
 
 def run(threads, quick):
     import torch
-    import torch.nn.functional as tF
 
     from sekron.torch import SeKronConv2d
 
@@ -73,16 +72,16 @@ def run(threads, quick):
         with torch.no_grad():
             for p, f in zip(layer.factors, kernel.factors, strict=True):
                 p.copy_(torch.from_numpy(f))
-        wt = torch.from_numpy(dense)
+        dense_layer = layer.to_dense().eval()  # the nn.Conv2d it replaces
         for n in BATCHES:
             if n > top or (quick and n > 256):
                 continue
             x = rng.normal(size=(n, c, hw, hw)).astype(np.float32)
             xt = torch.from_numpy(x)
 
-            def t_dense(xt=xt, wt=wt):
+            def t_dense(xt=xt, dense_layer=dense_layer):
                 with torch.no_grad():
-                    tF.conv2d(xt, wt, padding=1)
+                    dense_layer(xt)
 
             def t_auto(xt=xt, layer=layer):
                 with torch.no_grad():

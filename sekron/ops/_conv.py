@@ -34,6 +34,11 @@ __all__ = ["conv2d", "execute_plan", "run_plan"]
 # the 2-core machines: 3-factor plan 26 ms unchunked, 8.7 ms in chunks of ~2-4 MiB.
 _BATCH_BYTES = 1 << 22
 
+# The larger calibration batch of the cost table fills this many bytes (4 to 256 images):
+# large enough that the per-image cost is the one of large batches (1-16 images
+# extrapolated badly to 4096), small enough that timing a new geometry stays under ~1 s
+_CALIBRATION_BYTES = 1 << 24
+
 
 def conv2d(
     x: Any,
@@ -131,14 +136,14 @@ def conv2d(
         dtype = np.result_type(dtype, b.dtype)
     xa = xa.astype(dtype, copy=False)
     if isinstance(kernel, SeKronTensor):
-        plan = conv2d_plan(kernel.structure, xa.shape[2:], st, pd, dl)
         factors = [f.astype(dtype, copy=False) for f in kernel.factors]
+        geometry = (xa.shape, st, pd, dl)
         if path == "auto":
-            path = "staged" if _staged_wins(plan, kernel, factors, xa.shape, dtype) else "dense"
+            path = "staged" if _staged_wins(kernel, factors, geometry, dtype) else "dense"
         if path == "staged":
-            y = run_plan(plan, xa, factors)
+            y = run_plan(conv2d_plan(kernel.structure, xa.shape[2:], st, pd, dl), xa, factors)
         else:
-            y = _dense_conv(xa, kernel.to_dense().astype(dtype, copy=False), st, pd, dl)
+            y = _dense_conv(xa, _dense_kernel(kernel, dtype), st, pd, dl)
     else:
         y = _dense_conv(xa, kernel.astype(dtype, copy=False), st, pd, dl)
     if b is not None:
@@ -149,40 +154,59 @@ def conv2d(
 _PATHS = ("auto", "staged", "dense")
 
 
+# dense kernels of recent SeKron kernels (their factors are read-only, so a kernel's
+# dense form never changes; the factor tuple held here detects a reused id)
+_DENSE: dict[tuple[int, str], tuple[tuple[np.ndarray, ...], np.ndarray]] = {}
+_DENSE_MAX = 16
+
+
+def _dense_kernel(kernel: SeKronTensor, dtype: np.dtype) -> np.ndarray:
+    """``kernel.to_dense()`` in ``dtype``, remembered for the last few kernels."""
+    key = (id(kernel), np.dtype(dtype).str)
+    hit = _DENSE.get(key)
+    if hit is not None and hit[0] is kernel.factors:
+        return hit[1]
+    dense = kernel.to_dense().astype(dtype, copy=False)
+    if len(_DENSE) >= _DENSE_MAX:
+        _DENSE.pop(next(iter(_DENSE)))
+    _DENSE[key] = (kernel.factors, dense)
+    return dense
+
+
 def _staged_wins(
-    plan: ConvPlan,
     kernel: SeKronTensor,
     factors: list[np.ndarray],
-    shape: tuple[int, ...],
+    geometry: tuple[tuple[int, ...], tuple[int, int], tuple[int, int], tuple[int, int]],
     dtype: np.dtype,
 ) -> bool:
     """The cost table's choice for this call (timing both paths on a new geometry)."""
-    s = plan.structure
+    shape, st, pd, dl = geometry
+    s = kernel.structure
     key = (
         "conv2d",
         "numpy",
-        tuple(tuple(f) for f in s.shapes),
-        tuple(s.ranks),
+        s.shapes,
+        s.ranks,
         tuple(shape[1:]),
-        plan.stride,
-        plan.padding,
-        plan.dilation,
+        st,
+        pd,
+        dl,
         np.dtype(dtype).name,
         blas_threads(),
     )
 
     def measure() -> PathCost:
         C, H, W = shape[1:]
+        plan = conv2d_plan(s, (H, W), st, pd, dl)
         per_image = max(C * H * W, _peak_elements(plan)) * np.dtype(dtype).itemsize
-        big = int(min(16, max(2, _BATCH_BYTES // per_image)))
+        big = int(min(256, max(4, _CALIBRATION_BYTES // per_image)))
         xs = {n: np.zeros((n, C, H, W), dtype=dtype) for n in (1, big)}
 
         def run(which: str, n: int) -> None:
             if which == "staged":
                 run_plan(plan, xs[n], factors)
             else:
-                w = kernel.to_dense().astype(dtype, copy=False)
-                _dense_conv(xs[n], w, plan.stride, plan.padding, plan.dilation)
+                _dense_conv(xs[n], _dense_kernel(kernel, dtype), st, pd, dl)
 
         return fit_path_cost(run, (1, big))
 

@@ -36,13 +36,13 @@ AUTO_MIN_MAC_RATIO = 2.0
 AUTO_MIN_PIXELS = 100
 
 
-#: Bytes of input a calibration batch fills (a cache-sized chunk, as the executors use)
-_CALIBRATION_BYTES = 1 << 22
+#: Bytes of input the larger calibration batch fills (timings at 1-16 images extrapolated
+#: badly to thousands; this keeps timing a new geometry under about a second)
+_CALIBRATION_BYTES = 1 << 24
 
 
 def _linear_key(structure: Structure, dtype: Any, device: Any) -> tuple[Any, ...]:
-    st = tuple(tuple(int(v) for v in f) for f in structure.shapes)
-    return ("linear", "torch", st, tuple(structure.ranks), str(dtype), str(device))
+    return ("linear", "torch", structure.shapes, structure.ranks, str(dtype), str(device))
 
 
 def _conv_key(
@@ -54,9 +54,8 @@ def _conv_key(
     dtype: Any,
     device: Any,
 ) -> tuple[Any, ...]:
-    st = tuple(tuple(int(v) for v in f) for f in structure.shapes)
-    geom = (tuple(chw), tuple(stride), tuple(pads), tuple(dilation))
-    return ("conv2d", "torch", st, tuple(structure.ranks), geom, str(dtype), str(device))
+    geom = (chw, stride, pads, dilation)  # tuples of ints (the layer's normalized settings)
+    return ("conv2d", "torch", structure.shapes, structure.ranks, geom, str(dtype), str(device))
 
 
 def _mac_rule_conv(
@@ -311,7 +310,7 @@ class SeKronLinear(_SeKronModule):
     def _measure(self) -> PathCost:
         """Time the structured and the dense product on this machine (two batch sizes)."""
         w = self.factors[0]
-        big = int(min(256, max(8, _CALIBRATION_BYTES // (self.in_features * w.element_size()))))
+        big = int(min(1024, max(8, _CALIBRATION_BYTES // (self.in_features * w.element_size()))))
         xs = {n: torch.zeros(n, self.in_features, dtype=w.dtype, device=w.device) for n in (1, big)}
 
         def run(path: str, n: int) -> None:
@@ -587,19 +586,28 @@ class SeKronConv2d(_SeKronModule):
                     w.device,
                 )
             )
-        key = (
-            *_conv_key(
-                self.structure, chw, self.stride, self._pads, self.dilation, w.dtype, w.device
-            ),
-            torch.get_num_threads(),
-        )
-        return cost_table().staged_wins(key, int(batch), lambda: self._measure(hw))
+        table, threads = cost_table(), torch.get_num_threads()
+        memo = self.__dict__.setdefault("_path_memo", {})
+        small = (hw, int(batch), w.dtype, w.device, threads, id(table))
+        hit = memo.get(small)
+        if hit is None:
+            key = (
+                *_conv_key(
+                    self.structure, chw, self.stride, self._pads, self.dilation, w.dtype, w.device
+                ),
+                threads,
+            )
+            hit = table.staged_wins(key, int(batch), lambda: self._measure(hw))
+            if len(memo) > 1024:
+                memo.clear()
+            memo[small] = hit
+        return hit
 
     def _measure(self, hw: tuple[int, int]) -> PathCost:
         """Time the staged and the dense convolution on this machine (two batch sizes)."""
         w = self.factors[0]
         per_image = self.in_channels * (hw[0] + 2) * (hw[1] + 2) * w.element_size()
-        big = int(min(16, max(2, _CALIBRATION_BYTES // per_image)))
+        big = int(min(256, max(4, _CALIBRATION_BYTES // per_image)))
         shape = (self.in_channels, *hw)
         xs = {n: torch.zeros(n, *shape, dtype=w.dtype, device=w.device) for n in (1, big)}
         factors = list(self.factors)
