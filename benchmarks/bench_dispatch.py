@@ -98,17 +98,9 @@ def run(threads, quick):
             r_np = best["np auto"] / best["np dense"]
             r_t = best["torch auto"] / best["torch dense"]
             worst["numpy"], worst["torch"] = max(worst["numpy"], r_np), max(worst["torch"], r_t)
-            p_np = (
-                "staged"
-                if sk.ops._conv._staged_wins(
-                    sk.ops.conv2d_plan(st, (hw, hw), 1, 1, 1),
-                    kernel,
-                    list(kernel.factors),
-                    x.shape,
-                    np.dtype(np.float32),
-                )
-                else "dense"
-            )
+            geometry = (x.shape, (1, 1), (1, 1), (1, 1))
+            staged = sk.ops._conv._staged_wins(kernel, list(kernel.factors), geometry, x.dtype)
+            p_np = "staged" if staged else "dense"
             p_t = "staged" if layer.uses_structured_path((hw, hw), n) else "dense"
             ratio = macs["dense"] / macs["sekron"]
             print(
