@@ -14,32 +14,33 @@ Layout: ``xbuf`` is a flat view of the input buffer; ``koff[q, k]`` is the eleme
 in ``xbuf`` where reduction ``k = (c, u, v)`` of plane ``q = (image, group)`` starts, so
 position ``p`` of that column is ``xbuf[koff[q, k] + p]``; ``w`` is ``(G, Og, K)``;
 output row ``(q, o)`` starts at ``ooff[q Og + o]`` in the flat ``out`` and its first
-``n_pos`` entries are written (rows never overlap). The kernel is self-contained (``cache=True``) and has a
-parallel twin over the planes (``prange``) for large stages.
+``n_pos`` entries are written (rows never overlap). The kernel is self-contained (``cache=True``) and releases the GIL, so
+threads can share the planes of a large stage.
 """
 
 from __future__ import annotations
 
-import types
-from typing import Any
-
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-__all__ = ["conv_flat", "conv_flat_parallel", "conv_flat_reference"]
+__all__ = ["conv_flat", "conv_flat_reference"]
 
 _TILE = 1024  # positions per tile: 4 output rows × 1024 × 8 bytes stay in the L1 cache (48 KiB);
 # 1024-2048 measured 20-30 % faster than 128-512 (fewer loop set-ups per multiply-add)
 
 
-def _conv_flat(xbuf, koff, w, out, ooff, n_pos):  # pragma: no cover - compiled
-    """``out[ooff[q Og + o] + p] = sum_k w[q % G, o, k] xbuf[koff[q, k] + p]``, ``p < n_pos``."""
+def _conv_flat(xbuf, koff, w, out, ooff, n_pos, q0):  # pragma: no cover - compiled
+    """``out[ooff[q Og + o] + p] = sum_k w[(q0 + q) % G, o, k] xbuf[koff[q, k] + p]``.
+
+    For ``p < n_pos``; ``q0`` is the index of ``koff``'s first plane in the whole stage
+    (a thread's share of the planes starts there).
+    """
     n_planes, K = koff.shape
     G, Og = w.shape[0], w.shape[1]
     Og4 = Og - Og % 4
     K4 = K - K % 4
-    for q in prange(n_planes):
-        g = q % G
+    for q in range(n_planes):
+        g = (q0 + q) % G
         ko = koff[q]
         for p0 in range(0, n_pos, _TILE):
             n = min(n_pos, p0 + _TILE) - p0
@@ -111,20 +112,11 @@ def _conv_flat(xbuf, koff, w, out, ooff, n_pos):  # pragma: no cover - compiled
                         a0[p] += w00 * x0[p]
 
 
-def _renamed(fn: Any, suffix: str) -> Any:
-    """A copy of ``fn`` under another name (numba's cache keys on the qualified name)."""
-    twin = types.FunctionType(
-        fn.__code__, fn.__globals__, fn.__name__ + suffix, fn.__defaults__, fn.__closure__
-    )
-    twin.__qualname__ = fn.__qualname__ + suffix
-    twin.__doc__ = fn.__doc__
-    return twin
-
-
 # fastmath: the reduction may be reassociated (vectorized); error bounds are those of
-# any summation order, as for a BLAS GEMM
-conv_flat = njit(cache=True, fastmath=True, boundscheck=False)(_renamed(_conv_flat, "_serial"))
-conv_flat_parallel = njit(cache=True, fastmath=True, boundscheck=False, parallel=True)(_conv_flat)
+# any summation order, as for a BLAS GEMM. nogil: threads share a stage's planes (Python
+# threads, not numba's OpenMP pool, whose spinning workers slowed the BLAS threads of the
+# dense convolutions that run next by up to 2x)
+conv_flat = njit(cache=True, fastmath=True, boundscheck=False, nogil=True)(_conv_flat)
 
 
 def conv_flat_reference(
@@ -134,12 +126,13 @@ def conv_flat_reference(
     out: np.ndarray,
     ooff: np.ndarray,
     n_pos: int,
+    q0: int = 0,
 ) -> None:
     """The numpy twin of :data:`conv_flat`: the same sums, one GEMM per plane."""
     n_planes = koff.shape[0]
     G, Og = w.shape[0], w.shape[1]
     cols = xbuf[koff[:, :, None] + np.arange(n_pos)]  # (planes, K, n_pos)
     for q in range(n_planes):
-        y = w[q % G] @ cols[q]
+        y = w[(q0 + q) % G] @ cols[q]
         for o in range(Og):
             out[ooff[q * Og + o] : ooff[q * Og + o] + n_pos] = y[o]

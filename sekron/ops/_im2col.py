@@ -19,7 +19,9 @@ buffer, which the next stage reads as it is (its rows are then ``row`` apart).
 
 from __future__ import annotations
 
+import itertools
 import math
+from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -37,7 +39,7 @@ _CHUNK_BYTES = 1 << 22
 #: of dense convolutions)
 THIN = 32
 
-# below this many multiply-adds the parallel kernel's start-up (tens of us) does not pay
+# below this many multiply-adds handing planes to threads (tens of us) does not pay
 _PARALLEL_MACS = 1 << 21
 
 
@@ -286,6 +288,18 @@ def _kernel_ok(*parts: Axes) -> bool:
     return all(st >= 0 for axes in parts for _, st in axes)
 
 
+_POOLS: dict[int, Any] = {}
+
+
+def _pool(threads: int) -> Any:
+    """A thread pool of ``threads`` workers (the kernel releases the GIL)."""
+    if threads not in _POOLS:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="sekron-conv")
+    return _POOLS[threads]
+
+
 def _row_axes(a: np.ndarray) -> Axes:
     """Every axis of ``a`` but the last (the rows' index), as (length, byte stride)."""
     return list(zip(a.shape[:-1], a.strides[:-1], strict=True))
@@ -337,14 +351,20 @@ def _conv_thin(
         target = into[1]  # (*images, g, Og, Ho*Wo), rows contiguous
         rows = _offsets(_row_axes(target)) // it
     obuf = as_strided(target, (int(rows.max()) + P,), (it,))
-    threads = blas_threads() or 1
-    if threads > 1 and koff.shape[0] > 1 and B * g * Og * K * P >= _PARALLEL_MACS:
-        import numba
-
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
-        kern.conv_flat_parallel(xbuf, koff, wg, obuf, rows, P)
+    n_planes = koff.shape[0]
+    threads = min(blas_threads() or 1, n_planes)
+    if threads > 1 and B * g * Og * K * P >= _PARALLEL_MACS:
+        cuts = [n_planes * t // threads for t in range(threads + 1)]
+        jobs = [
+            _pool(threads).submit(
+                kern.conv_flat, xbuf, koff[a:b], wg, obuf, rows[a * Og : b * Og], P, a
+            )
+            for a, b in itertools.pairwise(cuts)
+        ]
+        for job in jobs:
+            job.result()
     else:
-        kern.conv_flat(xbuf, koff, wg, obuf, rows, P)
+        kern.conv_flat(xbuf, koff, wg, obuf, rows, P, 0)
     if into is not None:
         return None
     return res.reshape(B, g * Og, Ho, row)[..., :Wo]

@@ -44,7 +44,12 @@ def test_kernel_equals_numpy_twin(n_planes, G, Og, K, n_pos, dtype, parallel, se
     size = n_planes * Og * stride
     got = np.full(size, np.nan, dtype=dtype)
     want = np.full(size, np.nan, dtype=dtype)
-    (kern.conv_flat_parallel if parallel else kern.conv_flat)(xbuf, koff, w, got, ooff, n_pos)
+    if parallel:  # two shares of the planes, as two threads run them
+        h = n_planes // 2
+        kern.conv_flat(xbuf, koff[:h], w, got, ooff[: h * Og], n_pos, 0)
+        kern.conv_flat(xbuf, koff[h:], w, got, ooff[h * Og :], n_pos, h)
+    else:
+        kern.conv_flat(xbuf, koff, w, got, ooff, n_pos, 0)
     kern.conv_flat_reference(xbuf, koff, w, want, ooff, n_pos)
     written = ~np.isnan(want)
     assert np.array_equal(written, ~np.isnan(got))  # the same entries, and only those
@@ -111,3 +116,16 @@ def test_thin_stage_writes_into_a_callers_rows():
     assert res is dest and not np.isnan(dest).any()
     want = sum(np.einsum("fc,bchw->bfhw", w[:, :, u, 0], x[:, :, u : u + 5, :]) for u in range(3))
     assert np.allclose(dest, want, rtol=0, atol=1e-12 * np.abs(want).max())
+
+
+def test_threads_share_the_planes(monkeypatch):
+    from sekron.ops import _dispatch as dispatch_mod
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(3, 12, 9, 8))
+    w = rng.normal(size=(6, 4, 3, 1))  # 3 groups of 4 channels, 2 outputs each
+    one = conv2d_valid(x, w, (1, 1), (1, 1), 3)
+    monkeypatch.setattr(dispatch_mod, "blas_threads", lambda: 2)
+    monkeypatch.setattr(im2col_mod, "_PARALLEL_MACS", 0)
+    two = conv2d_valid(x, w, (1, 1), (1, 1), 3)
+    assert np.array_equal(one, two)  # each plane is summed the same way by any thread
