@@ -9,6 +9,8 @@ batch 1 and 32. For each case:
   kernel (im2col + GEMM, the same executor);
 * torch: ``SeKronConv2d(path="structured")`` against ``torch.nn.functional.conv2d`` on
   the dense kernel, under ``no_grad``;
+* im2col: the same staged plan with every stage on im2col + GEMM (the fused thin-stage
+  kernel switched off), in the same rounds;
 * fraction = speed-up / MAC ratio (1 = every multiply-add saved turned into time saved;
   the target is 0.5).
 
@@ -31,6 +33,7 @@ import time
 import numpy as np
 
 import sekron as sk
+from sekron.ops import _im2col as im2col_mod
 
 STRUCTURES = [
     ([(8, 8, 3, 1), (8, 8, 1, 3)], 1),  # spatially separable GKPD
@@ -130,24 +133,40 @@ def run(threads, rounds):
             with torch.no_grad():
                 layer(xt)
 
-        fns = {
-            "np dense": lambda x=x, d=dense: sk.conv2d(x, d, padding=1),
-            "np staged": lambda x=x, k=kernel: sk.conv2d(x, k, padding=1, path="staged"),
-            "torch dense": torch_dense,
-            "torch staged": torch_staged,
-        }
-        best = interleaved(fns, clock, rounds if n > 1 else 3 * rounds)
+        def np_im2col(x=x, k=kernel):  # the stages on im2col + GEMM (before the kernel)
+            thin, im2col_mod.THIN = im2col_mod.THIN, 0
+            try:
+                sk.conv2d(x, k, padding=1, path="staged")
+            finally:
+                im2col_mod.THIN = thin
+
+        # numpy and torch in separate rounds: torch's OpenMP workers spin after each op
+        # and would slow the BLAS threads of the numpy calls interleaved with them
+        rr = rounds if n > 1 else 3 * rounds
+        best = interleaved(
+            {
+                "np dense": lambda x=x, d=dense: sk.conv2d(x, d, padding=1),
+                "np staged": lambda x=x, k=kernel: sk.conv2d(x, k, padding=1, path="staged"),
+                "np im2col": np_im2col,
+            },
+            clock,
+            rr,
+        )
+        best |= interleaved({"torch dense": torch_dense, "torch staged": torch_staged}, clock, rr)
         ratio = macs["dense"] / macs["sekron"]
         rows.append((label, n, str(st), ratio, best, rel))
     print(
         f"{'layer':15s} {'N':>3s} {'structure':44s} {'MACs':>5s} | {'numpy':>6s} {'frac':>5s}"
+        f" {'im2col':>6s}"
         f" | {'torch':>6s} {'frac':>5s} | dense ms np/torch"
     )
     for label, n, name, ratio, best, rel in rows:
         s_np = best["np dense"] / best["np staged"]
         s_t = best["torch dense"] / best["torch staged"]
+        s_old = best["np dense"] / best["np im2col"]
         print(
             f"{label:15s} {n:3d} {name:44s} {ratio:5.1f} | {s_np:5.2f}x {s_np / ratio:5.2f}"
+            f" {s_old:5.2f}x"
             f" | {s_t:5.2f}x {s_t / ratio:5.2f} | {best['np dense'] * 1e3:.2f}/"
             f"{best['torch dense'] * 1e3:.2f}   (max rel diff {rel:.1e})"
         )
