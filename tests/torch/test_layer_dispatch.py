@@ -73,6 +73,7 @@ def test_unknown_geometry_is_timed_once(monkeypatch):
     with torch.no_grad():
         for n in (1, 2, 1):
             layer(torch.randn(n, 16, 10, 10))
-    assert calls == [(10, 10)] and len(table._entries) == 1
+    assert calls == [(10, 10)], calls
+    assert len(table._entries) == 1, table._entries
     (cost,) = table._entries.values()
-    assert min(*cost.dense, *cost.staged) >= 0 and cost.dense[1] > 0 and cost.staged[1] > 0
+    assert min(*cost.dense, *cost.staged) >= 0 and min(cost.predict(2)) > 0
