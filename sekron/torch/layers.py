@@ -158,6 +158,17 @@ class _SeKronModule(nn.Module):
         self.fit_relative_error = None if rel is None else float(rel)
         self.selection = selection
 
+    def _training_step(self) -> bool:
+        """Whether gradients are recorded for the factors (eager, not traced).
+
+        The cost table times inference, so such calls keep the multiply-add rule.
+        """
+        return (
+            not torch.compiler.is_compiling()
+            and torch.is_grad_enabled()
+            and any(p.requires_grad for p in self.factors)
+        )
+
     def dense_weight(self) -> torch.Tensor:
         """The dense weight built from the factors (differentiable)."""
         return dense_from_factors(list(self.factors), self.structure)
@@ -293,14 +304,14 @@ class SeKronLinear(_SeKronModule):
         With ``path="auto"``: for a batch of ``n_rows`` rows, the choice of this
         machine's cost table (:class:`sekron.ops.CostTable`; both paths are timed once
         per structure, dtype, device and thread count, and the structured path runs only
-        when predicted clearly faster). Without ``n_rows`` (or while tracing a geometry
-        not yet measured): whether it needs fewer multiply-adds
-        (``Structure.macs_matmul``).
+        when predicted clearly faster). Without ``n_rows``, while gradients are recorded
+        for the factors, or while tracing a geometry not yet measured: whether it needs
+        fewer multiply-adds (``Structure.macs_matmul``).
         """
         if self.path != "auto":
             return self.path == "structured"
         w = self.factors[0]
-        if n_rows is None:
+        if n_rows is None or self._training_step():
             return _mac_rule_linear(self.structure)
         if torch.compiler.is_compiling():
             return bool(_traced_linear_choice(self.structure, int(n_rows), w.dtype, w.device))
@@ -559,7 +570,9 @@ class SeKronConv2d(_SeKronModule):
         choice is made at trace time from the static shapes (the table if it holds the
         geometry, else the rule below) and is not part of the graph.
 
-        Without ``batch``: the multiply-add rule. Stage only when that saves at least
+        Without ``batch``, or while gradients are recorded for the factors (the table
+        times inference, where the staged plan runs on the numpy executor): the
+        multiply-add rule. Stage only when that saves at least
         half the multiply-adds (:data:`AUTO_MIN_MAC_RATIO`) on outputs of at least
         :data:`AUTO_MIN_PIXELS` pixels: on the CPU each stage is a small convolution (few
         channels, many groups) that torch runs far below its dense throughput, and on tiny
@@ -569,7 +582,7 @@ class SeKronConv2d(_SeKronModule):
         if self.path != "auto":
             return self.path == "structured"
         hw = (int(in_hw[0]), int(in_hw[1]))
-        if batch is None:
+        if batch is None or self._training_step():
             return _mac_rule_conv(self.structure, hw, self.stride, self._pads, self.dilation)
         w = self.factors[0]
         chw = (self.in_channels, *hw)

@@ -36,8 +36,8 @@ def test_conv_auto_follows_the_table(monkeypatch, staged):
     s = sk.Structure([(4, 2, 3, 1), (2, 4, 1, 3)], ranks=2)
     layer = SeKronConv2d(s, padding=1, stride=2, dtype=torch.float64)
     x = torch.randn(3, 8, 9, 9, dtype=torch.float64)
-    assert layer.uses_structured_path((9, 9), 3) is staged
     with torch.no_grad():
+        assert layer.uses_structured_path((9, 9), 3) is staged
         y = layer(x)
         want = tF.conv2d(x, layer.dense_weight(), layer.bias, stride=2, padding=1)
     assert bool(ran) is staged
@@ -54,8 +54,8 @@ def test_linear_auto_follows_the_table(monkeypatch, staged):
     torch.manual_seed(0)
     layer = SeKronLinear(sk.Structure([(4, 8), (4, 8)], ranks=2), dtype=torch.float64)
     x = torch.randn(5, 64, dtype=torch.float64)
-    assert layer.uses_structured_path(5) is staged
     with torch.no_grad():
+        assert layer.uses_structured_path(5) is staged
         y = layer(x)
         want = tF.linear(x, layer.dense_weight(), layer.bias)
     assert bool(ran) is staged
@@ -77,3 +77,18 @@ def test_unknown_geometry_is_timed_once(monkeypatch):
     assert len(table._entries) == 1, table._entries
     (cost,) = table._entries.values()
     assert min(*cost.dense, *cost.staged) >= 0 and min(cost.predict(2)) > 0
+
+
+def test_training_steps_keep_the_multiply_add_rule(monkeypatch):
+    # the table times inference; with gradients recorded the layer keeps the MAC rule
+    monkeypatch.setattr(dispatch_mod, "_TABLE", _table(10.0))  # the table says dense
+    s = sk.Structure([(8, 8, 3, 1), (8, 8, 1, 3)], ranks=1)
+    conv = SeKronConv2d(s, padding=1)
+    assert conv.uses_structured_path((32, 32)) is True  # MAC rule: 11.6x fewer MACs
+    assert conv.uses_structured_path((32, 32), 2) is True
+    with torch.no_grad():
+        assert conv.uses_structured_path((32, 32), 2) is False
+    lin = SeKronLinear(sk.Structure([(16, 16), (16, 16)], ranks=1))
+    assert lin.uses_structured_path(3) is True
+    with torch.no_grad():
+        assert lin.uses_structured_path(3) is False
