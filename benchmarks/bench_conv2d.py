@@ -1,25 +1,39 @@
-"""SeKron convolution on a ResNet-like layer: batch 32, 64 -> 64 channels, 32×32, 3×3, pad 1.
+"""Staged SeKron convolution vs the dense one: speed-up and fraction of MAC savings reached.
 
-For several structures (MAC ratio dense/SeKron printed for each) the staged plan is timed
-against the dense path of the same numpy executor (im2col + GEMM on the dense kernel), and
-against torch.nn.functional.conv2d on the dense kernel when torch is installed (for
-scale only). Warm-up first, then rounds that time every case once (interleaved, in
-alternating order, so load changes on the shared machine hit all cases alike), minimum
-per case, of the wall time and (one BLAS thread) of this thread's CPU time, which
-excludes the time other jobs held the core; ratios within this process; nothing asserts
-a time. Runs with 1 then 2 BLAS threads unless ``--threads N``.
+Cases: the six structures of the ResNet-like layer (batch 32, 64 -> 64 channels, 32×32,
+3×3, padding 1), and ResNet-like layers (64 -> 64 at 32×32, 256 -> 256 at 14×14) at
+batch 1 and 32. For each case:
 
-Run: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_conv2d.py [--threads N]
+* MAC ratio: dense / staged multiply-adds (``Structure.macs_conv2d``);
+* numpy: ``sk.conv2d(x, kernel, path="staged")`` against ``sk.conv2d`` on the dense
+  kernel (im2col + GEMM, the same executor);
+* torch: ``SeKronConv2d(path="structured")`` against ``torch.nn.functional.conv2d`` on
+  the dense kernel, under ``no_grad``;
+* im2col: the same staged plan with every stage on im2col + GEMM (the fused thin-stage
+  kernel switched off), in the same rounds;
+* fraction = speed-up / MAC ratio (1 = every multiply-add saved turned into time saved;
+  the target is 0.5).
+
+Warm-up first, then rounds that time every case once, in alternating order, so load
+changes on the shared machine hit all cases alike; the minimum per case is kept. With
+one thread the clock is this thread's CPU time (it excludes the time other jobs held
+the core; the machine is shared), with two threads the wall time. Nothing asserts a
+time. Runs with 1 then 2 threads (BLAS, numba and torch) unless ``--threads N``;
+``--quick`` runs fewer rounds.
+
+Run: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_conv2d.py
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import numpy as np
 
 import sekron as sk
+from sekron.ops import _im2col as im2col_mod
 
 STRUCTURES = [
     ([(8, 8, 3, 1), (8, 8, 1, 3)], 1),  # spatially separable GKPD
@@ -31,32 +45,40 @@ STRUCTURES = [
     ([(64, 1, 1, 1), (1, 64, 3, 3)], 4),
 ]
 
+# ResNet-like layers: (label, channels, image size, structure, ranks)
+RESNET = [
+    ("64->64 32x32", 64, 32, [(8, 8, 3, 1), (8, 8, 1, 3)], 2),
+    ("256->256 14x14", 256, 14, [(16, 16, 3, 1), (16, 16, 1, 3)], 2),
+    ("256->256 14x14", 256, 14, [(256, 1, 1, 1), (1, 256, 3, 3)], 16),
+    ("256->256 14x14", 256, 14, [(16, 16, 3, 3), (16, 16, 1, 1)], 1),
+]
 
-def interleaved(fns, rounds=25):
-    """Minimum wall time and minimum CPU time (this thread) of each function over
-    ``rounds`` rounds that call every function once, in alternating order (after one
-    warm-up call each), so that load changes hit all of them alike. With one BLAS thread
-    the CPU time is the wall time minus the time other jobs held the core."""
+
+def cases():
+    """(label, batch, channels, hw, structure) of every benchmarked convolution."""
+    out = [("64->64 32x32", 32, 64, 32, sk.Structure(s, r)) for s, r in STRUCTURES]
+    for label, c, hw, shapes, ranks in RESNET:
+        for n in (1, 32):
+            st = sk.Structure(shapes, ranks)
+            if n == 32 and any(o[4] == st and o[1] == 32 and o[3] == hw for o in out):
+                continue
+            out.append((label, n, c, hw, st))
+    return out
+
+
+def interleaved(fns, clock, rounds):
+    """Minimum time of each function over ``rounds`` rounds calling every function once
+    (alternating order), after one warm-up call each."""
     for fn in fns.values():
-        fn()  # warm-up
-    wall = dict.fromkeys(fns, float("inf"))
-    cpu = dict.fromkeys(fns, float("inf"))
+        fn()
+    best = dict.fromkeys(fns, float("inf"))
     names = list(fns)
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
-            t0, c0 = time.perf_counter(), time.thread_time()
+            t0 = clock()
             fns[name]()
-            cpu[name] = min(cpu[name], time.thread_time() - c0)
-            wall[name] = min(wall[name], time.perf_counter() - t0)
-    return wall, cpu
-
-
-def _blas_info():
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return []
-    return [i for i in threadpool_info() if i.get("user_api") == "blas"]
+            best[name] = min(best[name], clock() - t0)
+    return best
 
 
 def threads_summary():
@@ -71,72 +93,91 @@ def threads_summary():
     )
 
 
-def main():
-    print("threadpools:", threads_summary())
+def run(threads, rounds):
+    import torch
+    import torch.nn.functional as tF
+
+    from sekron.torch import SeKronConv2d
+
+    torch.set_num_threads(threads)
+    print(f"\n=== {threads} thread(s) ===")
+    print("threadpools:", threads_summary(), f"; torch threads={torch.get_num_threads()}")
     print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    clock = time.thread_time if threads == 1 else time.perf_counter
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(32, 64, 32, 32)).astype(np.float32)
-    dense_kernel = rng.normal(size=(64, 64, 3, 3)).astype(np.float32)
-    fns = {"dense": lambda: sk.conv2d(x, dense_kernel, padding=1)}
-    try:
-        import torch
-        import torch.nn.functional as tF
+    rows = []
+    for label, n, c, hw, st in cases():
+        x = rng.normal(size=(n, c, hw, hw)).astype(np.float32)
+        kernel = sk.SeKronTensor([rng.normal(size=s).astype(np.float32) for s in st.factor_shapes])
+        dense = kernel.to_dense()
+        macs = st.macs_conv2d(hw, hw, padding=1)
+        layer = SeKronConv2d(st, padding=1, bias=False, path="structured").eval()
+        with torch.no_grad():
+            for p, f in zip(layer.factors, kernel.factors, strict=True):
+                p.copy_(torch.from_numpy(f))
+        xt, wt = torch.from_numpy(x), torch.from_numpy(dense)
+        y = sk.conv2d(x, kernel, padding=1, path="staged")
+        ref = sk.conv2d(x, dense, padding=1)
+        with torch.no_grad():
+            yt = layer(xt).numpy()
+        rel = max(
+            float(np.max(np.abs(y - ref)) / np.max(np.abs(ref))),
+            float(np.max(np.abs(yt - ref)) / np.max(np.abs(ref))),
+        )
 
-        xt, wt = torch.from_numpy(x), torch.from_numpy(dense_kernel)
-
-        def torch_dense():
+        def torch_dense(xt=xt, wt=wt):
             with torch.no_grad():
                 tF.conv2d(xt, wt, padding=1)
 
-        fns["torch"] = torch_dense
-    except ImportError:
-        pass
-    rows = []
-    for shapes, ranks in STRUCTURES:
-        st = sk.Structure(shapes, ranks)
-        kernel = sk.SeKronTensor([rng.normal(size=s).astype(np.float32) for s in st.factor_shapes])
-        c = st.macs_conv2d(32, 32, padding=1)
-        ratio = c["dense"] / c["sekron"]
-        y = sk.conv2d(x, kernel, padding=1)
-        ref = sk.conv2d(x, kernel.to_dense(), padding=1)
-        rel = float(np.max(np.abs(y - ref)) / np.max(np.abs(ref)))
-        fns[str(st)] = lambda kernel=kernel: sk.conv2d(x, kernel, padding=1)
-        rows.append((str(st), ratio, rel))
-    wall, cpu = interleaved(fns)
-    single = all(i.get("num_threads") == 1 for i in _blas_info())
-    clocks = [("wall", wall), ("cpu", cpu)] if single else [("wall", wall)]
-    for label, best in clocks:
-        t_dense = best["dense"]
-        print(
-            f"[{label} time] dense im2col + GEMM (numpy executor): {t_dense * 1e3:.1f} ms"
-            + (
-                f"; torch conv2d, dense kernel (scale only): {best['torch'] * 1e3:.1f} ms"
-                if "torch" in best
-                else ""
-            )
+        def torch_staged(xt=xt, layer=layer):
+            with torch.no_grad():
+                layer(xt)
+
+        def np_im2col(x=x, k=kernel):  # the stages on im2col + GEMM (before the kernel)
+            thin, im2col_mod.THIN = im2col_mod.THIN, 0
+            try:
+                sk.conv2d(x, k, padding=1, path="staged")
+            finally:
+                im2col_mod.THIN = thin
+
+        # numpy and torch in separate rounds: torch's OpenMP workers spin after each op
+        # and would slow the BLAS threads of the numpy calls interleaved with them
+        rr = rounds if n > 1 else 3 * rounds
+        best = interleaved(
+            {
+                "np dense": lambda x=x, d=dense: sk.conv2d(x, d, padding=1),
+                "np staged": lambda x=x, k=kernel: sk.conv2d(x, k, padding=1, path="staged"),
+                "np im2col": np_im2col,
+            },
+            clock,
+            rr,
         )
+        best |= interleaved({"torch dense": torch_dense, "torch staged": torch_staged}, clock, rr)
+        ratio = macs["dense"] / macs["sekron"]
+        rows.append((label, n, str(st), ratio, best, rel))
+    print(
+        f"{'layer':15s} {'N':>3s} {'structure':44s} {'MACs':>5s} | {'numpy':>6s} {'frac':>5s}"
+        f" {'im2col':>6s}"
+        f" | {'torch':>6s} {'frac':>5s} | dense ms np/torch"
+    )
+    for label, n, name, ratio, best, rel in rows:
+        s_np = best["np dense"] / best["np staged"]
+        s_t = best["torch dense"] / best["torch staged"]
+        s_old = best["np dense"] / best["np im2col"]
         print(
-            f"{'structure':44s} {'MAC ratio':>9s} {'sekron ms':>10s} {'speed-up':>9s} {'target':>7s}"
+            f"{label:15s} {n:3d} {name:44s} {ratio:5.1f} | {s_np:5.2f}x {s_np / ratio:5.2f}"
+            f" {s_old:5.2f}x"
+            f" | {s_t:5.2f}x {s_t / ratio:5.2f} | {best['np dense'] * 1e3:.2f}/"
+            f"{best['torch dense'] * 1e3:.2f}   (max rel diff {rel:.1e})"
         )
-        for name, ratio, rel in rows:
-            t = best[name]
-            print(
-                f"{name:44s} {ratio:9.2f} {t * 1e3:10.2f} {t_dense / t:8.2f}x {ratio / 2:6.2f}x"
-                f"   (max rel diff {rel:.1e})"
-            )
     print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
 
 if __name__ == "__main__":
-    import sys
-
     from threadpoolctl import threadpool_limits
 
-    # --threads N: one BLAS thread count; by default 1 then 2 (1 is steadier when shared)
-    if "--threads" in sys.argv:
-        counts = [int(sys.argv[sys.argv.index("--threads") + 1])]
-    else:
-        counts = [1, 2]
-    for n in counts:
-        with threadpool_limits(n):
-            main()
+    counts = [int(sys.argv[sys.argv.index("--threads") + 1])] if "--threads" in sys.argv else [1, 2]
+    rounds = 5 if "--quick" in sys.argv else 15
+    for k in counts:
+        with threadpool_limits(k):
+            run(k, rounds)

@@ -10,6 +10,10 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+# the staged/dense cost table (sekron.ops.cost_table) stays in memory during tests: no
+# file is written under the user's cache directory
+os.environ["SEKRON_COST_CACHE"] = "off"
+
 settings.register_profile(
     "dev",
     max_examples=25,

@@ -6,6 +6,8 @@
   through a staged plan, or with a dense kernel through im2col + GEMM.
 * :func:`conv2d_plan` / :class:`ConvPlan` / :func:`execute_plan`: the staged convolution
   as data, so another array library can run it.
+* :class:`CostTable` / :func:`cost_table`: per-machine measured costs that pick the staged
+  or the dense path per call shape (``conv2d(..., path="auto")`` and the torch layers).
 
 Running a plan with another array library
 -----------------------------------------
@@ -61,6 +63,7 @@ True
 from __future__ import annotations
 
 from ._conv import conv2d, execute_plan
+from ._dispatch import MARGIN, CostTable, PathCost, blas_threads, cost_table, fit_path_cost
 from ._im2col import conv2d_valid
 from ._matmul import matmul, rmatmul
 from ._plan import (
@@ -78,7 +81,13 @@ from ._plan import (
 )
 
 __all__ = [
+    "MARGIN",
     "Backend",
+    "CostTable",
+    "PathCost",
+    "blas_threads",
+    "cost_table",
+    "fit_path_cost",
     "ConvPlan",
     "ConvStep",
     "NumpyBackend",

@@ -12,6 +12,7 @@ from .._cost import as_pair, conv_stages
 from .._validation import as_float_array
 from ..errors import ShapeError
 from ..tensor import SeKronTensor
+from ._dispatch import PathCost, blas_threads, cost_table, fit_path_cost
 from ._im2col import conv2d_regrouped, conv2d_valid, pad2d
 from ._plan import (
     ConvPlan,
@@ -33,6 +34,11 @@ __all__ = ["conv2d", "execute_plan", "run_plan"]
 # the 2-core machines: 3-factor plan 26 ms unchunked, 8.7 ms in chunks of ~2-4 MiB.
 _BATCH_BYTES = 1 << 22
 
+# The larger calibration batch of the cost table fills this many bytes (4 to 256 images):
+# large enough that the per-image cost is the one of large batches (1-16 images
+# extrapolated badly to 4096), small enough that timing a new geometry stays under ~1 s
+_CALIBRATION_BYTES = 1 << 24
+
 
 def conv2d(
     x: Any,
@@ -41,6 +47,8 @@ def conv2d(
     padding: Any = 0,
     dilation: Any = 1,
     bias: Any = None,
+    *,
+    path: str = "auto",
 ) -> np.ndarray:
     """2-D cross-correlation of an NCHW batch with a SeKron or dense kernel.
 
@@ -55,6 +63,12 @@ def conv2d(
         PyTorch semantics (``torch.nn.functional.conv2d``): stride and dilation >= 1,
         zero padding >= 0 on both sides of each spatial axis.
     bias : array_like of shape (F,), optional
+    path : {"auto", "staged", "dense"}, default "auto"
+        For a SeKron kernel: ``"staged"`` runs the plan, ``"dense"`` builds the dense
+        kernel and runs im2col + GEMM, ``"auto"`` runs whichever this machine's cost
+        table predicts faster for this call's shape (:class:`sekron.ops.CostTable`; a
+        new geometry is timed once, about 10-200 ms, and remembered). Ignored for a
+        dense kernel.
 
     Returns
     -------
@@ -68,7 +82,8 @@ def conv2d(
         If ``x`` or the kernel is not 4-D, the channel counts differ, ``bias`` is not
         ``(F,)``, or the kernel does not fit the padded input.
     ValueError, TypeError
-        For a stride or dilation < 1, a negative padding, or non-integer values.
+        For a stride or dilation < 1, a negative padding, non-integer values, or an
+        unknown ``path``.
     NonFiniteError
         If ``x`` or ``bias`` holds NaN or infinity.
 
@@ -92,6 +107,8 @@ def conv2d(
     >>> np.allclose(y, sk.conv2d(x, k.to_dense(), stride=2, padding=1))
     True
     """
+    if path not in _PATHS:
+        raise ValueError(f"path: expected one of {_PATHS}, got {path!r}")
     xa = as_float_array(x, "x", ndim=4)
     if isinstance(kernel, SeKronTensor):
         if kernel.ndim != 4:
@@ -119,14 +136,81 @@ def conv2d(
         dtype = np.result_type(dtype, b.dtype)
     xa = xa.astype(dtype, copy=False)
     if isinstance(kernel, SeKronTensor):
-        plan = conv2d_plan(kernel.structure, xa.shape[2:], st, pd, dl)
         factors = [f.astype(dtype, copy=False) for f in kernel.factors]
-        y = run_plan(plan, xa, factors)
+        geometry = (xa.shape, st, pd, dl)
+        if path == "auto":
+            path = "staged" if _staged_wins(kernel, factors, geometry, dtype) else "dense"
+        if path == "staged":
+            y = run_plan(conv2d_plan(kernel.structure, xa.shape[2:], st, pd, dl), xa, factors)
+        else:
+            y = _dense_conv(xa, _dense_kernel(kernel, dtype), st, pd, dl)
     else:
         y = _dense_conv(xa, kernel.astype(dtype, copy=False), st, pd, dl)
     if b is not None:
         y += b.astype(dtype, copy=False)[:, None, None]
     return y
+
+
+_PATHS = ("auto", "staged", "dense")
+
+
+# dense kernels of recent SeKron kernels (their factors are read-only, so a kernel's
+# dense form never changes; the factor tuple held here detects a reused id)
+_DENSE: dict[tuple[int, str], tuple[tuple[np.ndarray, ...], np.ndarray]] = {}
+_DENSE_MAX = 16
+
+
+def _dense_kernel(kernel: SeKronTensor, dtype: np.dtype) -> np.ndarray:
+    """``kernel.to_dense()`` in ``dtype``, remembered for the last few kernels."""
+    key = (id(kernel), np.dtype(dtype).str)
+    hit = _DENSE.get(key)
+    if hit is not None and hit[0] is kernel.factors:
+        return hit[1]
+    dense = kernel.to_dense().astype(dtype, copy=False)
+    if len(_DENSE) >= _DENSE_MAX:
+        _DENSE.pop(next(iter(_DENSE)))
+    _DENSE[key] = (kernel.factors, dense)
+    return dense
+
+
+def _staged_wins(
+    kernel: SeKronTensor,
+    factors: list[np.ndarray],
+    geometry: tuple[tuple[int, ...], tuple[int, int], tuple[int, int], tuple[int, int]],
+    dtype: np.dtype,
+) -> bool:
+    """The cost table's choice for this call (timing both paths on a new geometry)."""
+    shape, st, pd, dl = geometry
+    s = kernel.structure
+    key = (
+        "conv2d",
+        "numpy",
+        s.shapes,
+        s.ranks,
+        tuple(shape[1:]),
+        st,
+        pd,
+        dl,
+        np.dtype(dtype).name,
+        blas_threads(),
+    )
+
+    def measure() -> PathCost:
+        C, H, W = shape[1:]
+        plan = conv2d_plan(s, (H, W), st, pd, dl)
+        per_image = max(C * H * W, _peak_elements(plan)) * np.dtype(dtype).itemsize
+        big = int(min(256, max(4, _CALIBRATION_BYTES // per_image)))
+        xs = {n: np.zeros((n, C, H, W), dtype=dtype) for n in (1, big)}
+
+        def run(which: str, n: int) -> None:
+            if which == "staged":
+                run_plan(plan, xs[n], factors)
+            else:
+                _dense_conv(xs[n], _dense_kernel(kernel, dtype), st, pd, dl)
+
+        return fit_path_cost(run, (1, big))
+
+    return cost_table().staged_wins(key, int(shape[0]), measure)
 
 
 def _dense_conv(

@@ -28,7 +28,7 @@ from .._validation import check_instance
 from ..contraction import LinearPlan, execute_linear, linear_plan
 from ..errors import ArgumentError
 from ..structure import Structure
-from ._conv import TorchBackend
+from ._conv import TorchBackend, constant_at_trace
 
 __all__ = ["dense_from_factors", "linear_macs", "sekron_linear"]
 
@@ -82,6 +82,7 @@ def linear_macs(structure: Structure) -> dict[str, int]:
 _ORDERS = {"auto": "auto", "right": "inner", "left": "outer"}
 
 
+@constant_at_trace  # compile/export: the plan is worked out at trace time, not traced
 def _plan(structure: Structure, order: str) -> LinearPlan:
     if order not in _ORDERS:
         raise ArgumentError(f"order: expected one of {tuple(_ORDERS)}, got {order!r}")

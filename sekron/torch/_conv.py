@@ -4,6 +4,8 @@ The staging (pad once, innermost factor first, outer factors as dilated grouped
 convolutions, DESIGN.md 2.6) is derived in one place, :func:`sekron.ops.conv2d_plan`;
 this module only supplies :class:`TorchBackend`, the primitive operations the plan is
 executed with, so the torch layer is differentiable and runs on torch's convolutions.
+Where nothing is differentiated or traced (inference on the CPU) the same plan runs on
+the core's numpy executor instead, on zero-copy views of the tensors.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 from ..ops import conv2d_plan, execute_plan
 from ..structure import Structure
 
-__all__ = ["TorchBackend", "same_padding", "sekron_conv2d"]
+__all__ = ["TorchBackend", "constant_at_trace", "same_padding", "sekron_conv2d"]
 
 
 class TorchBackend:
@@ -96,6 +98,29 @@ class TorchBackend:
 _BACKEND = TorchBackend()
 
 
+def constant_at_trace(fn: Any) -> Any:
+    """Mark ``fn`` to be run at trace time, its result baked into the graph.
+
+    What ``torch.compiler.assume_constant_result`` does (``torch.compile`` and
+    ``torch.export`` call ``fn`` on the trace's static values instead of tracing into it),
+    without that function's import of ``torch._dynamo`` (3.7 s) at ``import sekron.torch``.
+    For plans and path choices: pure functions of shapes, kept out of the traced graph.
+    """
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@constant_at_trace
+def _plan_for(
+    structure: Structure,
+    hw: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> Any:
+    return conv2d_plan(structure, hw, stride, padding, dilation)
+
+
 def same_padding(kernel: tuple[int, int], dilation: tuple[int, int]) -> tuple[int, int, int, int]:
     """``(top, bottom, left, right)`` of torch's ``padding="same"`` (extra on the far side)."""
     th, tw = (d * (k - 1) for d, k in zip(dilation, kernel, strict=True))
@@ -118,8 +143,25 @@ def sekron_conv2d(
     top, bottom, left, right = pads
     ph, pw = min(top, bottom), min(left, right)
     x = _BACKEND.pad(x, (top - ph, bottom - ph, left - pw, right - pw))
-    plan = conv2d_plan(structure, (int(x.shape[-2]), int(x.shape[-1])), stride, (ph, pw), dilation)
+    plan = _plan_for(structure, (int(x.shape[-2]), int(x.shape[-1])), stride, (ph, pw), dilation)
+    if _numpy_engine_applies(x, factors):
+        # inference on the CPU: the core's executor (fused thin-stage kernels), zero-copy;
+        # torch's CPU convolutions ran the plan's few-channel stages 3-20x slower
+        xs = x.detach().numpy()
+        fs = [f.detach().numpy() for f in factors]
+        return torch.from_numpy(execute_plan(plan, xs, fs))
     return execute_plan(plan, x, list(factors), _BACKEND)
+
+
+def _numpy_engine_applies(x: torch.Tensor, factors: Sequence[torch.Tensor]) -> bool:
+    """No gradient to record, not tracing, CPU float32/float64 throughout."""
+    if torch.compiler.is_compiling() or x.device.type != "cpu":
+        return False
+    if x.dtype not in (torch.float32, torch.float64):
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or any(f.requires_grad for f in factors)):
+        return False
+    return all(f.device.type == "cpu" and f.dtype == x.dtype for f in factors)
 
 
 def conv_cost(

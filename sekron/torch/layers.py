@@ -18,11 +18,12 @@ from torch import nn
 
 from .._validation import as_pair, check_has_data
 from ..errors import ArgumentError, ArgumentTypeError, ShapeError
+from ..ops import PathCost, cost_table, fit_path_cost
 from ..selection import Selection, select
 from ..structure import Structure
 from ..tensor import SeKronTensor
 from ._contract import dense_from_factors, sekron_linear
-from ._conv import conv_cost, same_padding, sekron_conv2d
+from ._conv import constant_at_trace, conv_cost, same_padding, sekron_conv2d
 from ._convert import structure_from_state, structure_state, to_numpy, to_torch
 
 __all__ = ["KroneckerEmbedding", "SeKronConv2d", "SeKronLinear"]
@@ -34,6 +35,87 @@ AUTO_MIN_MAC_RATIO = 2.0
 #: ... and only on outputs of at least this many pixels (measured on a 2-core CPU:
 #: at 8×8 and 4×4 a 4× MAC reduction ran 0.7-1.05× the dense speed, at 14×14 1.9-12×)
 AUTO_MIN_PIXELS = 100
+
+
+#: Bytes of input the larger calibration batch fills (timings at 1-16 images extrapolated
+#: badly to thousands; this keeps timing a new geometry under about a second)
+_CALIBRATION_BYTES = 1 << 24
+
+
+def _linear_key(structure: Structure, dtype: Any, device: Any) -> tuple[Any, ...]:
+    return ("linear", "torch", structure.shapes, structure.ranks, str(dtype), str(device))
+
+
+def _conv_key(
+    structure: Structure,
+    chw: tuple[int, int, int],
+    stride: Any,
+    pads: Any,
+    dilation: Any,
+    dtype: Any,
+    device: Any,
+) -> tuple[Any, ...]:
+    geom = (chw, stride, pads, dilation)  # tuples of ints (the layer's normalized settings)
+    return ("conv2d", "torch", structure.shapes, structure.ranks, geom, str(dtype), str(device))
+
+
+def _mac_rule_conv(
+    structure: Structure, in_hw: tuple[int, int], stride: Any, pads: Any, dilation: Any
+) -> bool:
+    """The multiply-add rule (no measurement): what ``uses_structured_path(in_hw)`` says."""
+    c = conv_cost(structure, in_hw, stride, pads, dilation)
+    top, bottom, left, right = pads
+    kh, kw = structure.shape[2:]
+    ho = (in_hw[0] + top + bottom - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (in_hw[1] + left + right - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    return c["sekron"] * AUTO_MIN_MAC_RATIO <= c["dense"] and ho * wo >= AUTO_MIN_PIXELS
+
+
+def _mac_rule_linear(structure: Structure) -> bool:
+    c = structure.macs_matmul(1)
+    return bool(c["sekron"] < c["dense"])
+
+
+@constant_at_trace
+def _traced_conv_choice(
+    structure: Structure,
+    chw: tuple[int, int, int],
+    stride: Any,
+    pads: Any,
+    dilation: Any,
+    n: int,
+    dtype: Any,
+    device: Any,
+) -> bool:
+    """At trace time (compile, export): the table's choice if measured, else the MAC rule."""
+    key = (
+        *_conv_key(structure, chw, stride, pads, dilation, dtype, device),
+        torch.get_num_threads(),
+    )
+    cost = cost_table().get(key)
+    if cost is None:
+        return _mac_rule_conv(structure, chw[1:], stride, pads, dilation)
+    return cost.staged_wins(n)
+
+
+@constant_at_trace
+def _traced_linear_choice(structure: Structure, n: int, dtype: Any, device: Any) -> bool:
+    """At trace time: the table's choice if measured, else the MAC rule."""
+    key = (*_linear_key(structure, dtype, device), torch.get_num_threads())
+    cost = cost_table().get(key)
+    return _mac_rule_linear(structure) if cost is None else cost.staged_wins(n)
+
+
+def _timed(run: Any, device: Any) -> Any:
+    """``run`` under ``no_grad``, waiting for the device (CUDA runs asynchronously)."""
+
+    def timed(path: str, n: int) -> None:
+        with torch.no_grad():
+            run(path, n)
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return timed
 
 
 def _as_structure(structure: Any, ndim: int, name: str = "structure") -> Structure:
@@ -79,6 +161,17 @@ class _SeKronModule(nn.Module):
         self.fit_relative_error = None if rel is None else float(rel)
         self.selection = selection
 
+    def _training_step(self) -> bool:
+        """Whether gradients are recorded for the factors (eager, not traced).
+
+        The cost table times inference, so such calls keep the multiply-add rule.
+        """
+        return (
+            not torch.compiler.is_compiling()
+            and torch.is_grad_enabled()
+            and any(p.requires_grad for p in self.factors)
+        )
+
     def dense_weight(self) -> torch.Tensor:
         """The dense weight built from the factors (differentiable)."""
         return dense_from_factors(list(self.factors), self.structure)
@@ -90,8 +183,10 @@ class _SeKronModule(nn.Module):
         changed (keyed by each parameter's version counter and storage), which saved
         0.3-0.6 ms per call of a small convolution.
         """
-        if torch.is_grad_enabled() and any(p.requires_grad for p in self.factors):
-            return self.dense_weight()
+        if torch.compiler.is_compiling() or (
+            torch.is_grad_enabled() and any(p.requires_grad for p in self.factors)
+        ):
+            return self.dense_weight()  # traced: the graph builds W (no Python-side cache)
         key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in self.factors)
         cached = self.__dict__.get("_weight_cache")
         if cached is None or cached[0] != key:
@@ -136,8 +231,9 @@ class SeKronLinear(_SeKronModule):
         = (prod m_k, prod n_k)``, as ``nn.Linear.weight``.
     bias : bool, default True
     path : {"auto", "structured", "dense"}, default "auto"
-        ``"auto"`` contracts level by level when that needs fewer multiply-adds than the
-        dense product (``Structure.macs_matmul``), and otherwise builds ``W``.
+        ``"auto"`` contracts level by level when this machine's cost table predicts that
+        faster for the batch than the dense product (:meth:`uses_structured_path`), and
+        otherwise builds ``W``.
     device, dtype : optional
         As for ``nn.Linear``.
 
@@ -205,12 +301,39 @@ class SeKronLinear(_SeKronModule):
         c = self.structure.macs_matmul(1)
         return {"sekron": c["sekron"] * n_rows, "dense": c["dense"] * n_rows}
 
-    def uses_structured_path(self) -> bool:
-        """Whether :meth:`forward` contracts the factors instead of building ``W``."""
+    def uses_structured_path(self, n_rows: int | None = None) -> bool:
+        """Whether :meth:`forward` contracts the factors instead of building ``W``.
+
+        With ``path="auto"``: for a batch of ``n_rows`` rows, the choice of this
+        machine's cost table (:class:`sekron.ops.CostTable`; both paths are timed once
+        per structure, dtype, device and thread count, and the structured path runs only
+        when predicted clearly faster). Without ``n_rows``, while gradients are recorded
+        for the factors, or while tracing a geometry not yet measured: whether it needs
+        fewer multiply-adds (``Structure.macs_matmul``).
+        """
         if self.path != "auto":
             return self.path == "structured"
-        c = self.structure.macs_matmul(1)
-        return c["sekron"] < c["dense"]
+        w = self.factors[0]
+        if n_rows is None or self._training_step():
+            return _mac_rule_linear(self.structure)
+        if torch.compiler.is_compiling():
+            return bool(_traced_linear_choice(self.structure, int(n_rows), w.dtype, w.device))
+        key = (*_linear_key(self.structure, w.dtype, w.device), torch.get_num_threads())
+        return cost_table().staged_wins(key, int(n_rows), self._measure)
+
+    def _measure(self) -> PathCost:
+        """Time the structured and the dense product on this machine (two batch sizes)."""
+        w = self.factors[0]
+        big = int(min(1024, max(8, _CALIBRATION_BYTES // (self.in_features * w.element_size()))))
+        xs = {n: torch.zeros(n, self.in_features, dtype=w.dtype, device=w.device) for n in (1, big)}
+
+        def run(path: str, n: int) -> None:
+            if path == "staged":
+                sekron_linear(xs[n], list(self.factors), self.structure)
+            else:
+                F.linear(xs[n], self._forward_weight())
+
+        return fit_path_cost(_timed(run, w.device), (1, big))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the layer to ``x`` (last axis ``in_features``)."""
@@ -220,7 +343,7 @@ class SeKronLinear(_SeKronModule):
             )
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        if self.uses_structured_path():
+        if self.uses_structured_path(int(x2.shape[0])):
             y = sekron_linear(x2, list(self.factors), self.structure)
             if self.bias is not None:
                 y = y + self.bias
@@ -358,8 +481,8 @@ class SeKronConv2d(_SeKronModule):
         As ``nn.Conv2d``; ``padding`` may also be ``"same"`` or ``"valid"``. Zero padding.
     bias : bool, default True
     path : {"auto", "structured", "dense"}, default "auto"
-        ``"auto"`` runs the staged convolution when it needs fewer multiply-adds than the
-        dense one for the input's size (:meth:`sekron.Structure.macs_conv2d`).
+        ``"auto"`` runs the staged convolution when this machine's cost table predicts it
+        faster than the dense one for the call's shape (:meth:`uses_structured_path`).
     device, dtype : optional
 
     Notes
@@ -440,23 +563,83 @@ class SeKronConv2d(_SeKronModule):
         """Multiply-adds per image of size ``in_hw``: ``"sekron"`` (staged) and ``"dense"``."""
         return conv_cost(self.structure, in_hw, self.stride, self._pads, self.dilation)
 
-    def uses_structured_path(self, in_hw: tuple[int, int]) -> bool:
+    def uses_structured_path(self, in_hw: tuple[int, int], batch: int | None = None) -> bool:
         """Whether :meth:`forward` runs the staged convolution for images of size ``in_hw``.
 
-        ``"auto"`` stages only when that saves at least half the multiply-adds
-        (:data:`AUTO_MIN_MAC_RATIO`) on outputs of at least :data:`AUTO_MIN_PIXELS`
-        pixels: on the CPU each stage is a small convolution (few channels, many groups)
-        that torch runs far below its dense throughput, and on tiny images (8×8, 4×4) the
-        dense convolution was faster even at a 4× MAC reduction (docs/torch.md).
+        With ``path="auto"`` and a ``batch`` size: the choice of this machine's cost
+        table (:class:`sekron.ops.CostTable`): both paths are timed once per geometry
+        (structure, image size, stride, padding, dilation, dtype, device, thread count)
+        at two batch sizes, and the staged one runs only when predicted at least 10 %
+        faster for ``batch``. While ``torch.compile`` or ``torch.export`` traces, the
+        choice is made at trace time from the static shapes (the table if it holds the
+        geometry, else the rule below) and is not part of the graph.
+
+        Without ``batch``, or while gradients are recorded for the factors (the table
+        times inference, where the staged plan runs on the numpy executor): the
+        multiply-add rule. Stage only when that saves at least
+        half the multiply-adds (:data:`AUTO_MIN_MAC_RATIO`) on outputs of at least
+        :data:`AUTO_MIN_PIXELS` pixels: on the CPU each stage is a small convolution (few
+        channels, many groups) that torch runs far below its dense throughput, and on tiny
+        images (8×8, 4×4) the dense convolution was faster even at a 4× MAC reduction
+        (docs/torch.md).
         """
         if self.path != "auto":
             return self.path == "structured"
-        c = self.macs(in_hw)
-        top, bottom, left, right = self._pads
-        kh, kw = self.kernel_size
-        ho = (in_hw[0] + top + bottom - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-        wo = (in_hw[1] + left + right - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
-        return c["sekron"] * AUTO_MIN_MAC_RATIO <= c["dense"] and ho * wo >= AUTO_MIN_PIXELS
+        hw = (int(in_hw[0]), int(in_hw[1]))
+        if batch is None or self._training_step():
+            return _mac_rule_conv(self.structure, hw, self.stride, self._pads, self.dilation)
+        w = self.factors[0]
+        chw = (self.in_channels, *hw)
+        if torch.compiler.is_compiling():
+            return bool(
+                _traced_conv_choice(
+                    self.structure,
+                    chw,
+                    self.stride,
+                    self._pads,
+                    self.dilation,
+                    int(batch),
+                    w.dtype,
+                    w.device,
+                )
+            )
+        table, threads = cost_table(), torch.get_num_threads()
+        memo = self.__dict__.setdefault("_path_memo", {})
+        small = (hw, int(batch), w.dtype, w.device, threads, id(table))
+        hit = memo.get(small)
+        if hit is None:
+            key = (
+                *_conv_key(
+                    self.structure, chw, self.stride, self._pads, self.dilation, w.dtype, w.device
+                ),
+                threads,
+            )
+            hit = table.staged_wins(key, int(batch), lambda: self._measure(hw))
+            if len(memo) > 1024:
+                memo.clear()
+            memo[small] = hit
+        return hit
+
+    def _measure(self, hw: tuple[int, int]) -> PathCost:
+        """Time the staged and the dense convolution on this machine (two batch sizes)."""
+        w = self.factors[0]
+        per_image = self.in_channels * (hw[0] + 2) * (hw[1] + 2) * w.element_size()
+        big = int(min(256, max(4, _CALIBRATION_BYTES // per_image)))
+        shape = (self.in_channels, *hw)
+        xs = {n: torch.zeros(n, *shape, dtype=w.dtype, device=w.device) for n in (1, big)}
+        factors = list(self.factors)
+
+        def run(path: str, n: int) -> None:
+            if path == "staged":
+                sekron_conv2d(
+                    xs[n], factors, self.structure, self.stride, self._pads, self.dilation
+                )
+            else:
+                F.conv2d(
+                    xs[n], self._forward_weight(), None, self.stride, self.padding, self.dilation
+                )
+
+        return fit_path_cost(_timed(run, w.device), (1, big))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the layer to ``x`` of shape ``(n, in_channels, H, W)``."""
@@ -464,7 +647,7 @@ class SeKronConv2d(_SeKronModule):
             raise ShapeError(
                 f"x: expected shape (n, {self.in_channels}, H, W), got {tuple(x.shape)}"
             )
-        if self.uses_structured_path((int(x.shape[-2]), int(x.shape[-1]))):
+        if self.uses_structured_path((int(x.shape[-2]), int(x.shape[-1])), int(x.shape[0])):
             y = sekron_conv2d(
                 x, list(self.factors), self.structure, self.stride, self._pads, self.dilation
             )

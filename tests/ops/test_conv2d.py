@@ -102,14 +102,15 @@ def test_sekron_conv_equals_dense(struct, n, h, w, stride, padding, dilation, dt
     rng = np.random.default_rng(seed)
     kernel = random_sekron(struct, rng, dtype)
     x = rng.normal(size=(n, C, h, w)).astype(dtype)
-    got = conv2d(x, kernel, stride=stride, padding=padding, dilation=dilation)
-    assert got.dtype == dtype
     W64, x64 = kernel.astype(np.float64).to_dense(), x.astype(np.float64)
     want = direct_conv(x64, W64, s, p, d)
     Wabs = sk.SeKronTensor([np.abs(f.astype(np.float64)) for f in kernel.factors]).to_dense()
     scale = direct_conv(np.abs(x64), Wabs, s, p, d)
     K = C * Kh * Kw * math.prod(struct.ranks)
-    check_close(got, want, scale, dtype, K)
+    for path in ("staged", "dense", "auto"):  # both paths, and the cost table's choice
+        got = conv2d(x, kernel, stride=stride, padding=padding, dilation=dilation, path=path)
+        assert got.dtype == dtype
+        check_close(got, want, scale, dtype, K)
     # the dense path (im2col + GEMM) on the densified kernel agrees too
     check_close(
         conv2d(x, kernel.to_dense(), stride=stride, padding=padding, dilation=dilation),

@@ -1,0 +1,272 @@
+"""Staged or dense: a per-machine cost table that picks the faster path per call shape.
+
+A structured path (the staged SeKron convolution, the level-by-level matmul) needs
+fewer multiply-adds than the dense one, but its thin GEMMs run far below the dense
+GEMM's throughput, and on small batches or images the dense path can win. Counting
+multiply-adds cannot tell; measuring can. For each *geometry* (everything about a call
+but its batch size: structure, image size, stride, padding, dilation, dtype, backend,
+thread count) both paths are timed once on this machine at two batch sizes, and each
+path's time is modelled as ``t(n) = t0 + n t1`` (a fixed cost plus a cost per image,
+the batch being run in cache-sized chunks). A call then runs the path with the smaller
+predicted time for its batch ``n``; the staged path must win by :data:`MARGIN` so that
+measurement noise can only pick the dense path, never a slower staged one.
+
+The table lives in memory and in one JSON file per machine under the user cache
+directory (``$XDG_CACHE_HOME/sekron/path_costs.json``, else ``~/.cache/sekron/``);
+``SEKRON_COST_CACHE`` names another file, or ``off`` (also ``0``, ``none``) keeps the
+table in memory only. Nothing here imports torch; the torch layers pass their own
+measuring function.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "MARGIN",
+    "CostTable",
+    "PathCost",
+    "blas_threads",
+    "cost_table",
+    "fit_path_cost",
+]
+
+#: The staged path runs only when its predicted time is at most this fraction of the
+#: dense one (a 10 % noise allowance: the chosen path stays within 1.05x of dense even
+#: when one calibration run was 15 % off)
+MARGIN = 0.9
+
+_OFF = ("off", "0", "none", "")
+
+
+@dataclass(frozen=True)
+class PathCost:
+    """Measured times of the two paths of one geometry: ``t(n) = t0 + n t1`` seconds.
+
+    Attributes
+    ----------
+    dense, staged : pair of floats
+        ``(t0, t1)`` of each path.
+    """
+
+    dense: tuple[float, float]
+    staged: tuple[float, float]
+
+    def predict(self, n: int) -> tuple[float, float]:
+        """Predicted ``(dense, staged)`` seconds for a batch of ``n``."""
+        return (
+            self.dense[0] + n * self.dense[1],
+            self.staged[0] + n * self.staged[1],
+        )
+
+    def staged_wins(self, n: int) -> bool:
+        """Whether a batch of ``n`` runs the staged path (by :data:`MARGIN`)."""
+        dense, staged = self.predict(n)
+        return staged <= MARGIN * dense
+
+
+def _line(n1: int, t1: float, n2: int, t2: float) -> tuple[float, float]:
+    """The line through ``(n1, t1)`` and ``(n2, t2)``; slope and intercept kept >= 0."""
+    slope = max(0.0, (t2 - t1) / (n2 - n1)) if n2 != n1 else t2 / max(n2, 1)
+    return max(0.0, t1 - n1 * slope), slope
+
+
+def fit_path_cost(
+    run: Callable[[str, int], Any], sizes: tuple[int, int] = (1, 8), repeats: int = 3
+) -> PathCost:
+    """Time both paths at two batch sizes and fit ``t(n) = t0 + n t1`` to each.
+
+    Parameters
+    ----------
+    run : callable
+        ``run(path, n)`` runs ``path`` (``"dense"`` or ``"staged"``) once on a batch of
+        ``n`` (and waits for the result).
+    sizes : pair of ints, default (1, 8)
+        The two batch sizes; the larger one should fill a cache-sized chunk.
+    repeats : int, default 3
+        Timed runs per path and size after one warm-up run; the minimum is kept. The
+        runs of the two paths alternate, so load changes hit both alike.
+
+    Returns
+    -------
+    PathCost
+
+    Examples
+    --------
+    >>> from sekron.ops import fit_path_cost
+    >>> cost = fit_path_cost(lambda path, n: sum(range(n * (1000 if path == "dense" else 10))))
+    >>> cost.staged_wins(1000)
+    True
+    """
+    best: dict[tuple[str, int], float] = {}
+    for n in sizes:
+        for path in ("dense", "staged"):
+            run(path, n)  # warm-up (and first-call allocations)
+        for r in range(max(1, repeats)):
+            for path in ("dense", "staged") if r % 2 == 0 else ("staged", "dense"):
+                t = time.perf_counter()
+                run(path, n)
+                t = time.perf_counter() - t
+                best[path, n] = min(best.get((path, n), math.inf), t)
+    n1, n2 = sizes
+    return PathCost(
+        dense=_line(n1, best["dense", n1], n2, best["dense", n2]),
+        staged=_line(n1, best["staged", n1], n2, best["staged", n2]),
+    )
+
+
+def _default_path() -> Path | None:
+    env = os.environ.get("SEKRON_COST_CACHE")
+    if env is not None:
+        return None if env.strip().lower() in _OFF else Path(env)
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "sekron" / "path_costs.json"
+
+
+class CostTable:
+    """Measured :class:`PathCost` per geometry, kept in memory and (optionally) a file.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        The JSON file to read and extend; None keeps the table in memory.
+    entries : mapping, optional
+        Known costs ``{key: PathCost}`` (a test injects its own).
+
+    Notes
+    -----
+    Keys are tuples of str/int/float; the file stores them as their ``repr``. A file
+    that cannot be read or written is ignored (the table still works in memory). Every
+    new entry rewrites the file atomically (write then rename).
+
+    Examples
+    --------
+    >>> from sekron.ops import CostTable, PathCost
+    >>> table = CostTable(entries={("conv", 1): PathCost(dense=(0.0, 1.0), staged=(5.0, 0.25))})
+    >>> [table.staged_wins(("conv", 1), n, measure=None) for n in (1, 4, 16)]
+    [False, False, True]
+    """
+
+    def __init__(self, path: str | Path | None = None, entries: Any = None):
+        self.path = None if path is None else Path(path)
+        self._entries: dict[Hashable, PathCost] = dict(entries or {})
+        self._lock = threading.Lock()
+        self._loaded = self.path is None
+        self._decisions: dict[tuple[Hashable, int], bool] = {}
+
+    def _load(self) -> None:
+        self._loaded = True
+        if self.path is None:
+            return
+        try:
+            raw = json.loads(self.path.read_text())
+            for k, v in raw.items():
+                self._entries.setdefault(_parse_key(k), PathCost(tuple(v[0]), tuple(v[1])))  # type: ignore[arg-type]
+        except (OSError, ValueError, TypeError, IndexError, SyntaxError):
+            pass
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            data = {repr(k): [list(c.dense), list(c.staged)] for k, c in self._entries.items()}
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data, indent=0, sort_keys=True))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass
+
+    def get(self, key: Hashable) -> PathCost | None:
+        """The stored cost of ``key``, or None."""
+        if not self._loaded:
+            with self._lock:
+                if not self._loaded:
+                    self._load()
+        return self._entries.get(key)
+
+    def put(self, key: Hashable, cost: PathCost) -> None:
+        """Store ``cost`` for ``key`` (and write the file)."""
+        with self._lock:
+            self._entries[key] = cost
+            self._decisions = {k: v for k, v in self._decisions.items() if k[0] != key}
+            self._save()
+
+    def staged_wins(self, key: Hashable, n: int, measure: Callable[[], PathCost] | None) -> bool:
+        """Whether a batch of ``n`` of geometry ``key`` runs the staged path.
+
+        An unknown ``key`` is measured with ``measure()`` and stored; with ``measure``
+        None it runs the dense path. Decisions are memoised per ``(key, n)``.
+        """
+        hit = self._decisions.get((key, n))
+        if hit is not None:
+            return hit
+        cost = self.get(key)
+        if cost is None:
+            if measure is None:
+                return False
+            cost = measure()
+            self.put(key, cost)
+        wins = cost.staged_wins(n)
+        if len(self._decisions) > 4096:
+            self._decisions.clear()
+        self._decisions[key, n] = wins
+        return wins
+
+
+def _parse_key(text: str) -> Hashable:
+    import ast
+
+    return ast.literal_eval(text)  # type: ignore[no-any-return]
+
+
+_TABLE: CostTable | None = None
+
+
+def cost_table() -> CostTable:
+    """The process-wide table, backed by the per-machine file (see the module notes).
+
+    Examples
+    --------
+    >>> from sekron.ops import CostTable, cost_table
+    >>> isinstance(cost_table(), CostTable)
+    True
+    """
+    global _TABLE
+    if _TABLE is None:
+        _TABLE = CostTable(_default_path())
+    return _TABLE
+
+
+_BLAS: Any = None
+
+
+def blas_threads() -> int | None:
+    """The BLAS thread count of numpy now (threadpoolctl, if installed), part of a cost key.
+
+    Examples
+    --------
+    >>> from sekron.ops import blas_threads
+    >>> n = blas_threads()
+    >>> n is None or n >= 1
+    True
+    """
+    global _BLAS
+    if _BLAS is None:
+        try:
+            from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped]
+        except ImportError:
+            _BLAS = ()
+        else:
+            _BLAS = tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
+    if not _BLAS:
+        return None
+    return max(int(c.num_threads) for c in _BLAS)

@@ -1,0 +1,136 @@
+"""The staged/dense cost table: decisions from injected costs, the fit, the cache file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import sekron as sk
+from sekron.ops import MARGIN, CostTable, PathCost, fit_path_cost
+from sekron.ops import _conv as conv_mod
+from sekron.ops import _dispatch as dispatch_mod
+
+try:
+    import torch
+    import torch.nn.functional as tF
+except ImportError:  # pragma: no cover
+    torch = None
+
+
+def test_decision_follows_the_injected_costs():
+    # dense 1 s per image; staged 10 s fixed + 0.25 s per image: staged wins from n
+    # with 10 + 0.25 n <= 0.9 n, i.e. n >= 15.38...
+    cost = PathCost(dense=(0.0, 1.0), staged=(10.0, 0.25))
+    table = CostTable(entries={"k": cost})
+    got = [n for n in range(1, 40) if table.staged_wins("k", n, measure=None)]
+    assert got == list(range(16, 40))
+    assert cost.predict(16) == (16.0, 14.0)
+
+
+def test_margin_needs_a_clear_win():
+    # staged predicted 5 % faster is not enough (noise could make it slower than dense)
+    close = PathCost(dense=(0.0, 1.0), staged=(0.0, 0.95))
+    assert MARGIN < 0.95 and not close.staged_wins(100)
+    assert PathCost(dense=(0.0, 1.0), staged=(0.0, MARGIN)).staged_wins(100)
+
+
+def test_unknown_geometry_is_measured_once_and_remembered():
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return PathCost(dense=(0.0, 1.0), staged=(0.0, 0.1))
+
+    table = CostTable()
+    assert [table.staged_wins(("g", 1), n, measure) for n in (1, 2, 1, 3)] == [True] * 4
+    assert len(calls) == 1
+    # without a way to measure, an unknown geometry runs dense
+    assert table.staged_wins(("g", 2), 5, measure=None) is False
+    # a new cost replaces the memoised decisions
+    table.put(("g", 1), PathCost(dense=(0.0, 1.0), staged=(0.0, 2.0)))
+    assert table.staged_wins(("g", 1), 1, measure) is False and len(calls) == 1
+
+
+def test_cost_file_round_trip_and_bad_files(tmp_path):
+    path = tmp_path / "sub" / "costs.json"
+    key = ("conv2d", "numpy", ((8, 8, 3, 1), (8, 8, 1, 3)), (1,), (64, 32, 32), "float32", 1)
+    cost = PathCost(dense=(1e-4, 2e-3), staged=(3e-4, 5e-4))
+    CostTable(path).put(key, cost)
+    assert CostTable(path).get(key) == cost
+    assert json.loads(path.read_text())  # one readable JSON object
+    path.write_text("not json {")
+    table = CostTable(path)
+    assert table.get(key) is None  # an unreadable file is ignored...
+    table.put(key, cost)  # ...and replaced
+    assert CostTable(path).get(key) == cost
+
+
+def test_cache_location_and_switch(monkeypatch, tmp_path):
+    monkeypatch.setenv("SEKRON_COST_CACHE", "off")
+    assert dispatch_mod._default_path() is None
+    monkeypatch.setenv("SEKRON_COST_CACHE", str(tmp_path / "c.json"))
+    assert dispatch_mod._default_path() == tmp_path / "c.json"
+    monkeypatch.delenv("SEKRON_COST_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert dispatch_mod._default_path() == tmp_path / "sekron" / "path_costs.json"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert dispatch_mod._default_path() == tmp_path / ".cache" / "sekron" / "path_costs.json"
+
+
+def test_fit_recovers_a_linear_cost(monkeypatch):
+    # a fake clock: dense costs 1 + 2n, staged 5 + 0.5n; the fit must recover both lines
+    clock = [0.0]
+    monkeypatch.setattr(dispatch_mod.time, "perf_counter", lambda: clock[0])
+
+    def run(path, n):
+        clock[0] += (1 + 2 * n) if path == "dense" else (5 + 0.5 * n)
+
+    cost = fit_path_cost(run, (1, 9))
+    assert cost.dense == pytest.approx((1.0, 2.0)) and cost.staged == pytest.approx((5.0, 0.5))
+    # a noisy first run (the warm-up) is not measured; a slower repeat loses to the minimum
+    extra = iter([100.0] + [0.0] * 100)
+
+    def noisy(path, n):
+        clock[0] += (1 + 2 * n) + next(extra)
+
+    assert fit_path_cost(noisy, (1, 9)).dense == pytest.approx((1.0, 2.0))
+
+
+@pytest.mark.parametrize("forced", ["staged", "dense"])
+def test_conv2d_auto_runs_the_table_s_choice(monkeypatch, forced):
+    rng = np.random.default_rng(5)
+    struct = sk.Structure([(4, 2, 3, 1), (2, 4, 1, 3)], 2)
+    kernel = sk.SeKronTensor([rng.normal(size=s) for s in struct.factor_shapes])
+    x = rng.normal(size=(3, 8, 9, 9))
+    staged = (0.0, 0.1) if forced == "staged" else (0.0, 10.0)
+    entry = PathCost(dense=(0.0, 1.0), staged=staged)
+
+    class Always(CostTable):  # every geometry has the injected cost
+        def get(self, key):
+            return entry
+
+    monkeypatch.setattr(dispatch_mod, "_TABLE", Always())
+    ran = []
+    real_plan, real_dense = conv_mod.run_plan, conv_mod._dense_conv
+    monkeypatch.setattr(conv_mod, "run_plan", lambda *a: ran.append("staged") or real_plan(*a))
+    monkeypatch.setattr(conv_mod, "_dense_conv", lambda *a: ran.append("dense") or real_dense(*a))
+    y = sk.conv2d(x, kernel, stride=2, padding=1)
+    assert ran == [forced]
+    want = sk.conv2d(x, kernel.to_dense(), stride=2, padding=1)
+    tol = 64 * np.finfo(np.float64).eps * np.max(np.abs(want))
+    np.testing.assert_allclose(y, want, rtol=0, atol=tol)
+    if torch is not None:
+        ref = tF.conv2d(
+            torch.from_numpy(x), torch.from_numpy(kernel.to_dense()), stride=2, padding=1
+        ).numpy()
+        np.testing.assert_allclose(y, ref, rtol=0, atol=tol)
+
+
+def test_conv2d_path_argument():
+    rng = np.random.default_rng(6)
+    kernel = sk.SeKronTensor([rng.normal(size=(1, 2, 2, 3, 3)), rng.normal(size=(1, 2, 2, 1, 1))])
+    with pytest.raises(ValueError, match="path"):
+        sk.conv2d(np.zeros((1, 4, 5, 5)), kernel, path="fast")
