@@ -16,7 +16,15 @@ from .compression import CompressionReport, LayerReport, compress
 from .distillation import Capture, attention_loss, distill, hidden_loss, logit_loss
 from .int_model import integerize
 from .int_sekron import IntSeKronConv2d, IntSeKronLinear, IntTorchBackend
-from .integer import IntConv2d, IntEmbedding, IntLayerNorm, IntLinear
+from .integer import (
+    IntConv2d,
+    IntEmbedding,
+    IntLayerNorm,
+    IntLinear,
+    IntMatmul,
+    IntSGD,
+    integer_attention,
+)
 from .layers import KroneckerEmbedding, SeKronConv2d, SeKronLinear
 from .state_dict import read_state_dict
 
@@ -28,6 +36,8 @@ __all__ = [
     "IntEmbedding",
     "IntLayerNorm",
     "IntLinear",
+    "IntMatmul",
+    "IntSGD",
     "IntSeKronConv2d",
     "IntSeKronLinear",
     "IntTorchBackend",
@@ -42,6 +52,7 @@ __all__ = [
     "compress",
     "distill",
     "hidden_loss",
+    "integer_attention",
     "integerize",
     "linear_macs",
     "load_grams",

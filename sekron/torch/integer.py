@@ -32,6 +32,7 @@ __all__ = [
     "IntLayerNorm",
     "IntLinear",
     "IntMatmul",
+    "IntSGD",
     "integer_attention",
 ]
 
