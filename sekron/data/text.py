@@ -40,7 +40,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
 from sekron.errors import ShapeError
 
@@ -182,6 +182,25 @@ def _all_sentences(sources: tuple[str, ...], min_words: int, max_words: int) -> 
     return tuple(out)
 
 
+def _check_split(split: Any) -> None:
+    if split != "all" and split not in SPLITS:
+        raise ShapeError(
+            f"split: expected one of 'all', {', '.join(map(repr, SPLITS))}, got {split!r}"
+        )
+
+
+def _check_word_range(min_words: Any, max_words: Any) -> None:
+    if (
+        not isinstance(min_words, int)
+        or not isinstance(max_words, int)
+        or not 1 <= min_words <= max_words
+    ):
+        raise ShapeError(
+            "min_words, max_words: expected integers with 1 <= min_words <= max_words, "
+            f"got {min_words!r} and {max_words!r}"
+        )
+
+
 def python_doc_sentences(
     split: Split = "all",
     *,
@@ -226,25 +245,14 @@ def python_doc_sentences(
     >>> all(s[0].isupper() and s[-1] in ".?!" for s in held)
     True
     """
-    if split != "all" and split not in SPLITS:
-        raise ShapeError(
-            f"split: expected one of 'all', {', '.join(map(repr, SPLITS))}, got {split!r}"
-        )
+    _check_split(split)
     srcs = (sources,) if isinstance(sources, str) else tuple(sources)
     if not srcs or any(src not in _SOURCES for src in srcs):
         raise ShapeError(
             f"sources: expected a non-empty sequence of {', '.join(map(repr, _SOURCES))}, "
             f"got {sources!r}"
         )
-    if (
-        not isinstance(min_words, int)
-        or not isinstance(max_words, int)
-        or not 1 <= min_words <= max_words
-    ):
-        raise ShapeError(
-            "min_words, max_words: expected integers with 1 <= min_words <= max_words, "
-            f"got {min_words!r} and {max_words!r}"
-        )
+    _check_word_range(min_words, max_words)
     sentences = _all_sentences(srcs, min_words, max_words)
     if split == "all":
         return list(sentences)
@@ -355,19 +363,8 @@ def python_doc_topics(
     >>> sorted(set(y_test)) == list(range(len(TOPIC_CLASSES)))
     True
     """
-    if split != "all" and split not in SPLITS:
-        raise ShapeError(
-            f"split: expected one of 'all', {', '.join(map(repr, SPLITS))}, got {split!r}"
-        )
-    if (
-        not isinstance(min_words, int)
-        or not isinstance(max_words, int)
-        or not 1 <= min_words <= max_words
-    ):
-        raise ShapeError(
-            "min_words, max_words: expected integers with 1 <= min_words <= max_words, "
-            f"got {min_words!r} and {max_words!r}"
-        )
+    _check_split(split)
+    _check_word_range(min_words, max_words)
     pairs = _labelled_topics(min_words, max_words)
     if split != "all":
         pairs = tuple(p for p in pairs if _bucket(p[0]) in SPLITS[split])

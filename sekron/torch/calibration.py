@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sekron.errors import FormatError, ShapeError
+from sekron.errors import ArgumentTypeError, FormatError, ShapeError
 from sekron.files import save_npz
 
 from .distillation import _call
@@ -159,7 +159,7 @@ def _patterns(p: Any, name: str) -> list[str] | None:
         return [p]
     if isinstance(p, Iterable) and all(isinstance(s, str) for s in p):
         return list(p)
-    raise ShapeError(f"{name}: expected a glob pattern or a list of them, got {p!r}")
+    raise ArgumentTypeError(f"{name}: expected a glob pattern or a list of them, got {p!r}")
 
 
 def _limit(value: Any, name: str, kind: type) -> Any:

@@ -34,7 +34,7 @@ from ..allocation import WhitenedSpectrum
 from ..errors import ArgumentError, ArgumentTypeError, SekronError, ShapeError
 from ..selection import Selection, WeightReport, compress_weight, fit_error
 from ._budget import sensitivities, split_budget, uniform_ranks
-from .calibration import calibrate
+from .calibration import _patterns, calibrate
 from .layers import KroneckerEmbedding, SeKronConv2d, SeKronLinear
 
 __all__ = ["METHODS", "CompressionReport", "LayerReport", "compress"]
@@ -97,16 +97,6 @@ class CompressionReport(list):
 
 def _num(x: float | None) -> str:
     return f"{'-':>8}" if x is None else f"{x:>8.4f}"
-
-
-def _patterns(p: Any, name: str) -> list[str] | None:
-    if p is None:
-        return None
-    if isinstance(p, str):
-        return [p]
-    if isinstance(p, Iterable) and all(isinstance(s, str) for s in p):
-        return list(p)
-    raise ArgumentTypeError(f"{name}: expected a glob pattern or a list of them, got {p!r}")
 
 
 def _kind(module: nn.Module, embeddings: bool) -> str | None:
