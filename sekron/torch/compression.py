@@ -657,8 +657,12 @@ def _skipped(model: nn.Module, job: LayerJob) -> LayerReport | None:
     """The report of a layer left dense (ineligible, or its weight tied), else None."""
     mod, kind = job.mod, job.kind
     tie = _tied(model, job.name, mod)
-    reason = _ineligible(mod, kind) or (
-        None if tie is None else f"weight tied to {tie!r}: left dense to keep the tie"
+    share = job.opts.get("ratio")
+    reason = (
+        _ineligible(mod, kind)
+        or (None if tie is None else f"weight tied to {tie!r}: left dense to keep the tie")
+        # a budget of the dense size buys nothing a fit could give: the dense layer is exact
+        or (None if share is None or share > 1.0 else "budget of its dense size: left dense")
     )
     if reason is None:
         return None

@@ -189,3 +189,15 @@ def test_compress_three_factors_params_within_budget(digits_cnn):
     assert r.skipped is None
     W = net[3].weight
     assert W.numel() / 8 <= small[3].structure.n_params <= W.numel() / 4
+
+
+def test_a_layer_whose_budget_is_its_dense_size_stays_dense_and_exact():
+    # ratio 1 (as the model-wide split gives a layer it does not compress at all): a
+    # lossy fit at the dense parameter count would only lose accuracy
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 8))
+    x = torch.randn(4, 16)
+    small, report = compress(net, ratio=1.0, progress=False)
+    assert all(r.skipped and "dense size" in r.skipped for r in report)
+    assert all(type(m) is nn.Linear for m in small if not isinstance(m, nn.ReLU))
+    assert torch.equal(small(x), net(x))
