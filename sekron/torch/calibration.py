@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sekron.errors import ArgumentTypeError, FormatError, ShapeError
-from sekron.files import save_npz
+from sekron.files import NpzReader, save_npz
 
 from .distillation import _call
 
@@ -364,13 +364,22 @@ def load_grams(path: str | os.PathLike[str]) -> dict[str, InputGram]:
     (10, (3, 3))
     """
     try:
-        with np.load(path, allow_pickle=False) as f:
-            fmt = [str(s) for s in f["format"]]
+        # headers first (sekron.files.NpzReader): a file claiming more than its size
+        # allows, or a non-square Gram, is refused before any member is decompressed
+        with NpzReader(path) as f:
+            for key in ("format", "names", "n_samples", "kinds"):
+                if key not in f.members:
+                    raise f.error(f"expected a {_FORMAT} file with a {key!r} member")
+            fmt = [str(s) for s in f.read("format")]
             if fmt[:1] != [_FORMAT]:
                 raise FormatError(f"path: expected a {_FORMAT} file, got format {fmt!r}")
-            names = [str(s) for s in f["names"]]
-            counts, kinds = f["n_samples"], [str(s) for s in f["kinds"]]
-            grams = [np.array(f[f"gram_{i}"], dtype=np.float64) for i in range(len(names))]
+            names = [str(s) for s in f.read("names")]
+            counts, kinds = f.read("n_samples"), [str(s) for s in f.read("kinds")]
+            for i, name in enumerate(names):
+                m = f.members.get(f"gram_{i}")
+                if m is None or len(m.shape) != 2 or m.shape[0] != m.shape[1]:
+                    raise f.error(f"expected the square Gram of {name!r}", f"gram_{i}")
+            grams = [np.array(f.read(f"gram_{i}"), dtype=np.float64) for i in range(len(names))]
     except FormatError:
         raise
     except (KeyError, ValueError, OSError) as exc:

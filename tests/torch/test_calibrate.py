@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 
@@ -224,3 +225,33 @@ def test_save_load_roundtrip_is_exact_atomic_and_pickle_free(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(FormatError, match="path"):
         load_grams(tmp_path / "junk.npz")
+
+
+def test_load_grams_checks_headers_before_reading(tmp_path):
+    # a Gram member whose header is not square is refused from the header alone, and a
+    # deflated member claiming far more than its size allows is refused unread
+    import zipfile
+
+    good = save_grams(tmp_path / "g.npz", {"fc": InputGram(np.eye(3), 5, "Linear")})
+    bad = tmp_path / "bad.npz"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(bad, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "gram_0.npy":
+                buf = io.BytesIO()
+                np.save(buf, np.zeros((3, 4)))
+                data = buf.getvalue()
+            dst.writestr(info.filename, data)
+    with pytest.raises(FormatError, match="square Gram"):
+        load_grams(bad)
+    bomb = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "gram_0.npy":
+                buf = io.BytesIO()
+                np.save(buf, np.zeros((2048, 2048)))  # 32 MiB of zeros, deflates ~1000x
+                data = buf.getvalue()
+            dst.writestr(info.filename, data)
+    with pytest.raises(FormatError, match="inflation"):
+        load_grams(bomb)
