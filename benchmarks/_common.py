@@ -45,3 +45,28 @@ def blas_report() -> str:
             )
     env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
     return "BLAS: " + "; ".join(parts) + f"; env {env}"
+
+
+def interleaved(
+    fns: dict[str, Callable[[], Any]],
+    rounds: int,
+    *,
+    clock: Callable[[], float] = time.perf_counter,
+    reduce: Callable[[list[float]], float] = statistics.median,
+) -> dict[str, float]:
+    """Each function's time over ``rounds`` rounds that call every function once.
+
+    One untimed warm-up call each first (JIT, caches, BLAS threads, a cost table's first
+    measurement); the order alternates from round to round, so that load changes and
+    cache effects hit every variant alike; ``reduce`` (median, or ``min``) summarizes.
+    """
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    names = list(fns)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            t0 = clock()
+            fns[name]()
+            times[name].append(clock() - t0)
+    return {k: float(reduce(v)) for k, v in times.items()}

@@ -32,6 +32,9 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import interleaved
+
 import sekron as sk
 from sekron.ops import _im2col as im2col_mod
 
@@ -64,21 +67,6 @@ def cases():
                 continue
             out.append((label, n, c, hw, st))
     return out
-
-
-def interleaved(fns, clock, rounds):
-    """Minimum time of each function over ``rounds`` rounds calling every function once
-    (alternating order), after one warm-up call each."""
-    for fn in fns.values():
-        fn()
-    best = dict.fromkeys(fns, float("inf"))
-    names = list(fns)
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            t0 = clock()
-            fns[name]()
-            best[name] = min(best[name], clock() - t0)
-    return best
 
 
 def threads_summary():
@@ -149,10 +137,13 @@ def run(threads, rounds):
                 "np staged": lambda x=x, k=kernel: sk.conv2d(x, k, padding=1, path="staged"),
                 "np im2col": np_im2col,
             },
-            clock,
             rr,
+            clock=clock,
+            reduce=min,
         )
-        best |= interleaved({"torch dense": torch_dense, "torch staged": torch_staged}, clock, rr)
+        best |= interleaved(
+            {"torch dense": torch_dense, "torch staged": torch_staged}, rr, clock=clock, reduce=min
+        )
         ratio = macs["dense"] / macs["sekron"]
         rows.append((label, n, str(st), ratio, best, rel))
     print(

@@ -21,6 +21,9 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import interleaved
+
 import sekron as sk
 
 # (label, channels, image size, shapes, ranks, largest batch)
@@ -32,19 +35,6 @@ LAYERS = [
     ("64->64 8x8", 64, 8, [(8, 8, 3, 1), (8, 8, 1, 3)], 2, 4096),
 ]
 BATCHES = (1, 4, 16, 64, 256, 1024, 4096)
-
-
-def interleaved(fns, clock, rounds):
-    for fn in fns.values():
-        fn()  # warm-up; the first auto call times a new geometry
-    best = dict.fromkeys(fns, float("inf"))
-    names = list(fns)
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            t0 = clock()
-            fns[name]()
-            best[name] = min(best[name], clock() - t0)
-    return best
 
 
 def run(threads, quick):
@@ -94,7 +84,7 @@ def run(threads, quick):
                 "torch auto": t_auto,
             }
             rounds = 3 if n >= 1024 else (5 if quick else 9)
-            best = interleaved(fns, clock, rounds)
+            best = interleaved(fns, rounds, clock=clock, reduce=min)
             r_np = best["np auto"] / best["np dense"]
             r_t = best["torch auto"] / best["torch dense"]
             worst["numpy"], worst["torch"] = max(worst["numpy"], r_np), max(worst["torch"], r_t)

@@ -21,26 +21,14 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import interleaved
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def interleaved(fns: dict, rounds: int) -> dict:
-    """Median seconds of each function, timed in interleaved rounds (one call of each per
-    round, after one warm-up call each) so that load changes hit every variant alike."""
-    for fn in fns.values():
-        fn()  # warm-up (numba compilation or cache load, BLAS thread start)
-    times: dict = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def gemm_section(n: int, rounds: int) -> list[dict]:

@@ -23,16 +23,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import blas_report
+from _common import blas_report, interleaved
 
 import sekron as sk
 
@@ -40,19 +38,6 @@ try:
     import pyfastkron.fastkronnumpy as fastkron
 except ImportError:  # pragma: no cover - depends on the environment
     fastkron = None
-
-
-def interleaved(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
-    """Median wall time of each function, one call of each per round, after a warm-up."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def operator(factors: list[np.ndarray]) -> sk.SeKronTensor:

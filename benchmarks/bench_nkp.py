@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -38,7 +37,7 @@ import numpy as np
 import scipy.sparse.linalg
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import blas_report
+from _common import blas_report, interleaved
 
 import sekron as sk
 import sekron.svd as sk_svd
@@ -64,19 +63,6 @@ def optimal_error(R: np.ndarray, exact: bool) -> float:
     else:
         s = np.sort(scipy.sparse.linalg.svds(R64, k=2 * RANK, tol=0, random_state=0)[1])[::-1]
     return math.sqrt(max(float(np.sum(R64**2)) - float(np.sum(s[:RANK] ** 2)), 0.0))
-
-
-def interleaved(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
-    """Median wall time of each function, one call of each per round, after a warm-up."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 class _Counter:
