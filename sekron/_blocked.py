@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from ._kron import _rearrange
-from .errors import ArgumentError, DTypeError, NonFiniteError, ShapeError
+from ._validation import working_dtype
+from .errors import ArgumentError, NonFiniteError, ShapeError
 from .svd import truncated_svd
 from .tensor import SeKronTensor
 from .typing import RandomState
@@ -52,19 +53,9 @@ def as_float_dask(W: Any, name: str) -> Any:
     Lazy: nothing is computed. Only matrices (2-d) and N-d tensors of at least one mode
     are accepted, as in memory.
     """
-    kind = W.dtype.kind
-    if kind == "f":
-        if W.dtype == np.float16:
-            W = W.astype(np.float32)
-        elif W.dtype not in (np.float32, np.float64):
-            W = W.astype(np.float64)
-    elif kind in "iub":
-        W = W.astype(np.float64)
-    else:
-        raise DTypeError(
-            f"{name}: expected a real numeric array (float32, float64 or integer), "
-            f"got dtype {W.dtype}"
-        )
+    target = working_dtype(W.dtype, name)
+    if W.dtype != target:
+        W = W.astype(target)
     if W.ndim < 1:
         raise ShapeError(
             f"{name}: expected an array with at least 1 dimensions, got shape {W.shape}"

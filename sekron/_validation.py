@@ -58,6 +58,29 @@ def _describe(x: Any) -> str:
     return f"{type(x).__name__} {x!r}"
 
 
+def working_dtype(dtype: Any, name: str) -> np.dtype:
+    """The float dtype an input of ``dtype`` is fitted in.
+
+    float32 and float64 stay, float16 becomes float32, integers, booleans and other
+    floats float64 (the one rule of :func:`as_float_array` and of dask inputs).
+
+    Raises
+    ------
+    DTypeError
+        For complex, object, string and other non-real dtypes.
+    """
+    dt = np.dtype(dtype)
+    if dt.kind == "f":
+        if dt == np.float16:
+            return np.dtype(np.float32)
+        return dt if dt in _FLOAT_DTYPES else np.dtype(np.float64)
+    if dt.kind in "iub":
+        return np.dtype(np.float64)
+    raise DTypeError(
+        f"{name}: expected a real numeric array (float32, float64 or integer), got dtype {dt}"
+    )
+
+
 def as_float_array(
     x: Any,
     name: str,
@@ -77,19 +100,9 @@ def as_float_array(
         arr = np.asarray(x)
     except Exception as exc:  # pragma: no cover - exotic array-likes
         raise DTypeError(f"{name}: expected a numeric array, got {_describe(x)}") from exc
-    kind = arr.dtype.kind
-    if kind == "f":
-        if arr.dtype == np.float16:
-            arr = arr.astype(np.float32)
-        elif arr.dtype not in _FLOAT_DTYPES:
-            arr = arr.astype(np.float64)
-    elif kind in "iub":
-        arr = arr.astype(np.float64)
-    else:
-        raise DTypeError(
-            f"{name}: expected a real numeric array (float32, float64 or integer), "
-            f"got dtype {arr.dtype}"
-        )
+    target = working_dtype(arr.dtype, name)
+    if arr.dtype != target:
+        arr = arr.astype(target)
     if ndim is not None and arr.ndim != ndim:
         raise ShapeError(f"{name}: expected a {ndim}-d array, got shape {arr.shape}")
     if min_ndim is not None and arr.ndim < min_ndim:
