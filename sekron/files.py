@@ -192,6 +192,18 @@ class NpyMember:
         Data bytes the header declares (``prod(shape) * itemsize``).
     file_size, compress_size : int
         Uncompressed and compressed sizes from the zip directory.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from sekron.files import NpzReader
+    >>> p = os.path.join(tempfile.mkdtemp(), "a.npz")
+    >>> np.savez(p, x=np.zeros((2, 3), np.float32))
+    >>> with NpzReader(p) as z:
+    ...     m = z.members["x"]
+    >>> m.key, m.shape, str(m.dtype), m.nbytes
+    ('x', (2, 3), 'float32', 24)
     """
 
     key: str

@@ -55,6 +55,13 @@ class PathCost:
     ----------
     dense, staged : pair of floats
         ``(t0, t1)`` of each path.
+
+    Examples
+    --------
+    >>> from sekron.ops import PathCost
+    >>> c = PathCost(dense=(1e-5, 2e-4), staged=(5e-4, 5e-5))  # staged: more overhead, cheaper per image
+    >>> c.staged_wins(1), c.staged_wins(64)
+    (False, True)
     """
 
     dense: tuple[float, float]
