@@ -604,4 +604,13 @@ gemm_acc64_serial = njit(cache=True)(_renamed(_gemm_acc64, "_serial"))
 # below these sizes the serial twin wins (measured on 2 cores: a parallel launch costs
 # about 50 us with the workqueue layer)
 PARALLEL_MIN_ELEMENTS = 1 << 17
+# The fused serial one-pass kernels (mapping, requantization, one-shift rounding, the SGD
+# step) run up to this size, past PARALLEL_MIN_ELEMENTS too: on large tensors the
+# unfused parallel chains are bound by their full-size float64/int64 temporaries and the
+# page faults of allocating them, not by arithmetic. Measured on the 11.7M-element
+# MiniLM embedding table: to_fixed 14-19 ms fused against 41-780 ms unfused, the SGD step
+# 0.22 s against 1.27 s (1 thread) and 0.28 s against 1.03 s (2 threads), the same bits.
+# The SGD kernel's int64 temporaries cost 32 bytes per element, hence the cap (2 GiB).
+# Tests set it to 0 to run the unfused paths.
+FUSED_MAX_ELEMENTS = 1 << 26
 PARALLEL_MIN_MACS = 1 << 22

@@ -32,6 +32,7 @@ Mode = Literal["master", "integer"]
 _NO_VELOCITY = np.zeros(1, dtype=np.int16)
 
 
+
 class SGDState(NamedTuple):
     """Optimizer state of one parameter: the fixed-point velocity and the step count."""
 
@@ -188,7 +189,7 @@ def sgd_step(  # noqa: C901
         and rounding_ == "stochastic"
         and type(weight) is np.ndarray
         and weight.dtype in _FLOATS
-        and weight.size < _kernels.PARALLEL_MIN_ELEMENTS
+        and weight.size < _kernels.FUSED_MAX_ELEMENTS
     ):
         gfix: FixedTensor | None = None
         if isinstance(grad, FixedTensor):

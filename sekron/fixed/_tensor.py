@@ -511,7 +511,7 @@ def to_fixed(
         axis is None
         and type(x) is np.ndarray
         and x.dtype in _FLOATS
-        and x.size < _kernels.PARALLEL_MIN_ELEMENTS
+        and x.size < _kernels.FUSED_MAX_ELEMENTS
     ):
         fast = _to_fixed_flat(x, b, rounding_ == "stochastic", seed, stream)
         if fast is not None:
@@ -621,7 +621,7 @@ def shift_round(
 ) -> np.ndarray:
     """``q / 2**shift`` rounded (int64), ``shift`` broadcast against ``q``; ``<= 0`` shifts left."""
     q64 = np.asarray(q, dtype=np.int64)
-    if np.size(shift) == 1 and q64.size < _kernels.PARALLEL_MIN_ELEMENTS:
+    if np.size(shift) == 1 and q64.size < _kernels.FUSED_MAX_ELEMENTS:
         s1 = int(np.asarray(shift).reshape(-1)[0])
         if -62 <= s1 <= 62:  # one shift for every element: one serial kernel, the same bits
             res = np.empty(q64.size, dtype=np.int64)
@@ -706,7 +706,7 @@ def requantize(
         raise ArgumentTypeError(f"t: expected a FixedTensor, got {_describe(t)}")
     b = check_bits(bits)
     rounding_ = check_rounding(rounding)
-    if t.per_tensor and t.mantissa.size < _kernels.PARALLEL_MIN_ELEMENTS:
+    if t.per_tensor and t.mantissa.size < _kernels.FUSED_MAX_ELEMENTS:
         return requantize_flat(t, b, rounding_ == "stochastic", seed, stream)
     q = t.mantissa.astype(np.int64)
     exp_shape = None if t.per_tensor else np.shape(t.exponent)

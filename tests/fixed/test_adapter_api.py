@@ -364,7 +364,13 @@ def test_adapter_keys_keep_their_formulas(seed, call, stage):
 
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_to_fixed_large_route_equals_reference(rounding, dtype):
+@pytest.mark.parametrize("fused", [True, False])
+def test_to_fixed_large_route_equals_reference(rounding, dtype, fused, monkeypatch):
+    # large arrays run the fused one-pass kernel, or (past FUSED_MAX_ELEMENTS) the scaled route
+    if not fused:
+        from sekron.fixed import _kernels
+
+        monkeypatch.setattr(_kernels, "FUSED_MAX_ELEMENTS", 0)
     rng = np.random.default_rng(5)
     base = rng.normal(size=(PARALLEL_MIN_ELEMENTS // 64 + 1, 64))
     for scale in (1e-300, 1e-30, 1.0, 1e30, 1e300):

@@ -1,7 +1,7 @@
 """Fused serial kernels: bit-identical to the unfused public ops and to numpy references.
 
-The fused paths run for tensors below ``_kernels.PARALLEL_MIN_ELEMENTS``; setting that
-threshold to 0 forces the general (unfused) paths, so each test runs the same public call
+The fused paths run for tensors below ``_kernels.PARALLEL_MIN_ELEMENTS`` (and, up to
+``_kernels.FUSED_MAX_ELEMENTS``, above it); setting those thresholds to 0 forces the general (unfused) paths, so each test runs the same public call
 both ways with the same seeds and compares every bit.
 """
 
@@ -34,6 +34,7 @@ seeds = st.integers(0, 2**64 - 1)
 def _unfused(fn):
     with pytest.MonkeyPatch.context() as m:
         m.setattr(K, "PARALLEL_MIN_ELEMENTS", 0)
+        m.setattr(K, "FUSED_MAX_ELEMENTS", 0)
         return fn()
 
 
@@ -225,6 +226,19 @@ def test_fused_sgd_is_bit_identical(bits, momentum, weight_decay, wdtype, fixed_
         assert (sf.velocity is None) == (ss.velocity is None)
         if sf.velocity is not None:
             _same(sf.velocity, ss.velocity)
+
+
+def test_fused_sgd_is_bit_identical_on_a_large_tensor():
+    # above the parallel threshold the unfused chain runs its prange kernels: same bits
+    rng = np.random.default_rng(5)
+    n = K.PARALLEL_MIN_ELEMENTS + 7
+    w0 = rng.normal(size=n).astype(np.float32)
+    grads = [rng.normal(size=n) * 10.0**-i for i in range(3)]
+    fast = _sgd_run(w0, grads, 16, 0.9, 1e-4, 11)
+    slow = _unfused(lambda: _sgd_run(w0, grads, 16, 0.9, 1e-4, 11))
+    for (wf, sf), (ws, ss) in zip(fast, slow, strict=True):
+        np.testing.assert_array_equal(wf, ws)
+        _same(sf.velocity, ss.velocity)
 
 
 def test_fused_sgd_falls_back_on_nonfinite_weights():

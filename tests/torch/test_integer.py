@@ -143,9 +143,15 @@ def test_integerize_and_train_step():
 
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_large_weight_mapping_equals_engine(rounding, dtype):
-    # large tensors take to_fixed's scaled route: its bits must be the reference mapping's
+@pytest.mark.parametrize("fused", [True, False])
+def test_large_weight_mapping_equals_engine(rounding, dtype, fused, monkeypatch):
+    # large tensors take the fused kernel or (past FUSED_MAX_ELEMENTS) to_fixed's scaled
+    # route: either way the bits must be the reference mapping's
+    from sekron.fixed import _kernels
     from sekron.fixed import _reference as R
+
+    if not fused:
+        monkeypatch.setattr(_kernels, "FUSED_MAX_ELEMENTS", 0)
     from sekron.fixed._kernels import PARALLEL_MIN_ELEMENTS
     from sekron.torch._int_base import quantize
 
