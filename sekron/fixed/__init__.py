@@ -14,7 +14,7 @@ This sub-package imports numba; ``import sekron`` does not import it until
 from __future__ import annotations
 
 from ._backward import linear, linear_backward, linear_relu, matmul_backward
-from ._conv import conv2d, conv2d_backward
+from ._conv import conv2d, conv2d_backward, conv2d_float
 from ._exact import (
     FLOAT32_EXACT,
     FLOAT64_EXACT,
@@ -67,6 +67,7 @@ __all__ = [
     "linear_backward",
     "conv2d",
     "conv2d_backward",
+    "conv2d_float",
     "add",
     "mul",
     "layer_norm",

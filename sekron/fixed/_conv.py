@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 
 from .._validation import as_pair, as_positive_int, check_bits
-from ..errors import ShapeError
+from ..errors import DTypeError, ShapeError
+from ._exact import accumulator_bound, exact_float_dtype
 from ._gemm import Method, check_operand, gemm_nt, plan_gemm, transposed
 from ._tensor import (
     FixedTensor,
@@ -20,7 +21,7 @@ from ._tensor import (
     resolve_seed,
 )
 
-__all__ = ["conv2d", "conv2d_backward"]
+__all__ = ["conv2d", "conv2d_backward", "conv2d_float"]
 
 
 def _pair(x: Any, name: str, minimum: int) -> tuple[int, int]:
@@ -206,12 +207,103 @@ def conv2d(
     )
     ex, ew = _per_tensor(x, "x"), _per_tensor(weight, "weight")
     n, c, _, _, f, kh, kw, ho, wo = _geometry(x.shape, weight.shape, st, pd, dl)
-    plan = plan_gemm(c * kh * kw, x.bits, weight.bits, method=method, acc_dtype=acc_dtype)
+    plan = plan_gemm(
+        c * kh * kw,
+        x.bits,
+        weight.bits,
+        method=method,
+        acc_dtype=acc_dtype,
+        macs=n * ho * wo * f * c * kh * kw,
+    )
     cols = im2col(x.mantissa, kh, kw, ho, wo, st, pd, dl)
     acc = gemm_nt(cols, weight.mantissa.reshape(f, -1), plan)
     out_q = np.ascontiguousarray(acc.reshape(n, ho, wo, f).transpose(0, 3, 1, 2))
     out = FixedTensor._trusted(out_q, ex + ew, bits_for_bound(plan.bound))
     return out if out_bits is None else requantize(out, out_bits, rounding, seed)
+
+
+def conv2d_float(
+    x: FixedTensor,
+    weight: FixedTensor,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    *,
+    dtype: Any = np.float64,
+    groups: int = 1,
+) -> np.ndarray:
+    """The exact convolution, scaled to float: bit for bit ``conv2d(...).to_float()`` cast to ``dtype``.
+
+    Inference needs the float output, not the integer accumulator. While every partial
+    sum fits a float's exact integers (``C*kh*kw * m_x * m_w <= 2**24`` for float32,
+    ``<= 2**53`` for float64) the GEMM runs on float BLAS, and the power-of-two scaling
+    and the NCHW transpose are one pass over the result; otherwise (and for ``groups >
+    1``) it is :func:`conv2d` followed by ``to_float``. Either way the values are those of
+    the exact integer result, rounded once to ``dtype``.
+
+    Parameters
+    ----------
+    x, weight, stride, padding, dilation, groups :
+        As in :func:`conv2d`.
+    dtype : float32 or float64, keyword-only
+        Result dtype.
+
+    Returns
+    -------
+    ndarray, shape (N, F, Ho, Wo)
+        A new C-contiguous array.
+
+    Raises
+    ------
+    ShapeError, TypeError, ValueError
+        As :func:`conv2d`.
+    DTypeError
+        If ``dtype`` is not float32 or float64.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sekron.fixed import to_fixed, conv2d_float
+    >>> x = to_fixed(np.arange(16.0).reshape(1, 1, 4, 4), bits=8, rounding="nearest")
+    >>> w = to_fixed(np.ones((1, 1, 2, 2)), bits=8, rounding="nearest")
+    >>> conv2d_float(x, w, stride=2, dtype=np.float32)
+    array([[[[10., 18.],
+             [42., 50.]]]], dtype=float32)
+    """
+    try:
+        target = np.dtype(dtype)
+    except TypeError:
+        target = None
+    if target is None or target not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise DTypeError(f"dtype: expected float32 or float64, got {dtype!r}")
+    x = check_operand(x, "x", 4)
+    weight = check_operand(weight, "weight", 4)
+    st, pd, dl = (
+        _pair(stride, "stride", 1),
+        _pair(padding, "padding", 0),
+        _pair(dilation, "dilation", 1),
+    )
+    ex, ew = _per_tensor(x, "x"), _per_tensor(weight, "weight")
+    e = ex + ew
+    ft = None
+    if groups == 1:
+        n, c, _, _, f, kh, kw, ho, wo = _geometry(x.shape, weight.shape, st, pd, dl)
+        ft = exact_float_dtype(accumulator_bound(c * kh * kw, x.bits, weight.bits))
+    # the fused scaling is exact only where the scaled result stays a normal float
+    if ft is None or not (-120 <= e <= 100 if ft == np.float32 else -960 <= e <= 960):
+        out = conv2d(x, weight, st, pd, dl, groups=groups).to_float()
+        return np.ascontiguousarray(out, dtype=target)
+    cols = im2col(x.mantissa, kh, kw, ho, wo, st, pd, dl).astype(ft)
+    prod = cols @ weight.mantissa.reshape(f, -1).astype(ft).T  # exact integers
+    out = np.empty((n, f, ho, wo), dtype=target)
+    # exact power-of-two scaling in ``ft``, then (float64 -> float32) one rounding
+    np.multiply(
+        prod.reshape(n, ho, wo, f).transpose(0, 3, 1, 2),
+        ft.type(2.0**e),
+        out=out,
+        casting="same_kind",
+    )
+    return out
 
 
 def conv2d_backward(

@@ -32,7 +32,6 @@ Mode = Literal["master", "integer"]
 _NO_VELOCITY = np.zeros(1, dtype=np.int16)
 
 
-
 class SGDState(NamedTuple):
     """Optimizer state of one parameter: the fixed-point velocity and the step count."""
 

@@ -25,7 +25,7 @@ from ..fixed import STREAM_INPUT, STREAM_WEIGHT
 from ..ops import conv2d_plan, execute_plan
 from ..structure import Structure
 from ._conv import TorchBackend
-from ._int_base import IntModule, numpy_view, quantize, scaled
+from ._int_base import IntModule, exact_conv2d, numpy_view, quantize, scaled
 from .layers import SeKronConv2d, SeKronLinear
 
 __all__ = [
@@ -232,10 +232,11 @@ def _tof(q: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
 class _GroupConvFn(torch.autograd.Function):
     """Grouped 'valid' convolution of the mapped operands, exact, as ``fixed.conv2d(groups=)``.
 
-    The mantissas run through torch's float convolution (im2col and GEMM, no
-    transform-based algorithm), exact while every partial sum is an integer below the
-    float's limit (:func:`sekron.fixed.exact_float_dtype`); past ``2**53`` the engine's
-    grouped integer convolution runs. Backward maps the gradient twice (streams 1 and 2
+    Forward is ``_int_base.exact_conv2d``: torch's direct float32 convolution of the
+    mantissas while every partial sum is an integer below ``2**24``, the engine's float64
+    route below ``2**53``, its grouped integer convolution past it. Backward runs torch's
+    float convolutions (no transform-based algorithm) on the mantissas under the same
+    rule (:func:`sekron.fixed.exact_float_dtype`). Backward maps the gradient twice (streams 1 and 2
     of the backward key, as :func:`sekron.fixed.conv2d_backward`) with one exponent over
     all groups.
     """
@@ -255,20 +256,7 @@ class _GroupConvFn(torch.autograd.Function):
         xq = quantize(x, bits, rounding, fwd, STREAM_INPUT)
         wq = quantize(w, bits, rounding, fwd, STREAM_WEIGHT)
         ctx.saved = (xq, wq, bits, rounding, bwd, geo)
-        bound = fixed.accumulator_bound(w.shape[1] * w.shape[2] * w.shape[3], bits)
-        if fixed.exact_float_dtype(bound) is None:
-            yq = fixed.conv2d(xq, wq, stride, 0, dilation, groups=groups)
-            return scaled(yq.mantissa, int(yq.exponent), x)  # type: ignore[call-overload]
-        ft = _exact_float(bound)
-        with torch.backends.nnpack.flags(enabled=False):  # no Winograd/FFT: exact sums only
-            y = F.conv2d(
-                _tof(xq.mantissa, ft),
-                _tof(wq.mantissa, ft),
-                stride=stride,
-                dilation=dilation,
-                groups=groups,
-            )
-        return scaled(y.numpy(), int(xq.exponent) + int(wq.exponent), x)  # type: ignore[call-overload]
+        return exact_conv2d(xq, wq, stride, 0, dilation, groups, x)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]

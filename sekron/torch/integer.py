@@ -24,7 +24,7 @@ from .._validation import check_bits, check_instance
 from ..errors import ArgumentError, ShapeError
 from ..fixed import STREAM_BIAS, STREAM_INPUT, STREAM_WEIGHT
 from ._convert import to_numpy, to_torch
-from ._int_base import IntModule, dequant, numpy_view, quantize, scaled
+from ._int_base import IntModule, dequant, exact_conv2d, numpy_view, quantize, scaled
 
 __all__ = [
     "IntConv2d",
@@ -205,11 +205,11 @@ class _Conv2dFn(torch.autograd.Function):
         geo: tuple[Any, Any, Any],
     ) -> torch.Tensor:  # type: ignore[override]
         fwd, bwd = fixed.forward_backward_keys(seed)
-        xq = fixed.to_fixed(to_numpy(x, np.float64), bits, rounding, fwd, stream=STREAM_INPUT)
-        wq = fixed.to_fixed(to_numpy(w, np.float64), bits, rounding, fwd, stream=STREAM_WEIGHT)
-        y = fixed.conv2d(xq, wq, *geo)
+        # the mapping reads float32/float64 views directly: the same bits as a float64 copy
+        xq = quantize(x, bits, rounding, fwd, STREAM_INPUT)
+        wq = quantize(w, bits, rounding, fwd, STREAM_WEIGHT)
         ctx.saved = (xq, wq, bits, rounding, bwd, geo)
-        return to_torch(y.to_float(), like=x, copy=False)
+        return exact_conv2d(xq, wq, *geo, 1, x)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
