@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             c = self.conv
-            n, _, h, w = x.shape
+            n, _, h, _ = x.shape
             cols = F.unfold(x, c.kernel_size, c.dilation, c.padding, c.stride)
             y = c.weight.reshape(c.out_channels, -1) @ cols
             ho = (h + 2 * c.padding[0] - c.dilation[0] * (c.kernel_size[0] - 1) - 1) // c.stride[
