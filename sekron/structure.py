@@ -84,13 +84,17 @@ class Structure:
     (224, 18.29)
     """
 
-    __slots__ = ("_ranks", "_shapes")
+    __slots__ = ("_ranks", "_shape", "_shapes")
     _shapes: tuple[tuple[int, ...], ...]
     _ranks: tuple[int, ...]
+    _shape: tuple[int, ...]
 
     def __init__(self, shapes: Sequence[Sequence[int]], ranks: Any = None, *, clip: bool = False):
         shapes_t = as_shapes(shapes, "shapes")
         object.__setattr__(self, "_shapes", shapes_t)
+        # the dense shape, once: every call of a layer or op reads it
+        shape = tuple(_prod([s[n] for s in shapes_t]) for n in range(len(shapes_t[0])))
+        object.__setattr__(self, "_shape", shape)
         object.__setattr__(self, "_ranks", self._normalize_ranks(ranks, clip))
 
     def _normalize_ranks(self, ranks: Any, clip: bool) -> tuple[int, ...]:
@@ -153,7 +157,7 @@ class Structure:
     @property
     def shape(self) -> tuple[int, ...]:
         """The dense tensor shape: per mode, the product of the factor extents in that mode."""
-        return tuple(_prod([s[n] for s in self._shapes]) for n in range(self.ndim))
+        return self._shape
 
     @property
     def sizes(self) -> tuple[int, ...]:
