@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compress_minilm import (  # noqa: E402
+from compress_minilm import (
     LINEARS,
     OUT,
     batches,
@@ -182,10 +182,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Compress, distill in every arm, score, write the results."""
     args = parse_args(argv)
     import numba
+    from threadpoolctl import threadpool_limits
 
     from sekron.data.text import python_doc_sentences
-
-    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(args.threads)
     numba.set_num_threads(args.threads)
