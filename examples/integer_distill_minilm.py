@@ -90,14 +90,21 @@ def distill_arm(
     student: torch.nn.Module,
     teacher: torch.nn.Module,
     data: list[dict[str, torch.Tensor]],
+    eval_b: list[dict[str, torch.Tensor]],
+    ref: torch.Tensor,
     args: argparse.Namespace,
-) -> tuple[torch.nn.Module, list[float], float]:
-    """One arm: a copy of ``student`` distilled ``args.steps`` steps; (model, losses, seconds)."""
+) -> tuple[torch.nn.Module, dict[str, float], list[float], float]:
+    """One arm: a copy of ``student`` distilled ``args.steps`` steps.
+
+    Returns the model, its held-out scores before distillation (in integers for the
+    integer arms), the losses and the seconds the distillation took.
+    """
     from sekron.torch import IntSGD, distill, integerize
 
     model = copy.deepcopy(student)
     if arm.startswith("int"):
         model = integerize(model, int(arm[3:]), seed=args.seed)
+    before = similarity_scores(embed(model, eval_b), ref)  # the integer forward's own start
     for p in model.parameters():
         p.requires_grad_(True)
     for p in model.bert.embeddings.parameters():
@@ -125,7 +132,7 @@ def distill_arm(
         random_state=args.seed,
         progress=True,
     )
-    return model, losses, time.perf_counter() - start
+    return model, before, losses, time.perf_counter() - start
 
 
 def write_results(results: dict[str, Any], out: Path, plot: bool) -> None:
@@ -140,13 +147,13 @@ def write_results(results: dict[str, Any], out: Path, plot: bool) -> None:
         f"{meta['before']['cos_mean']:.3f}, nearest-neighbour agreement "
         f"{meta['before']['nn_agree']:.3f}. Load average {meta['load']}.",
         "",
-        "| arm | lr | cosine after | min cosine | NN agreement | last loss | seconds | s / step |",
-        "|---|---|---|---|---|---|---|---|",
+        "| arm | lr | cosine before | cosine after | min cosine | NN agreement | last loss | seconds | s / step |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["arms"]:
         a = r["after"]
         lines.append(
-            f"| {r['arm']} | {r['lr']:g} | {a['cos_mean']:.3f} | {a['cos_min']:.3f} | "
+            f"| {r['arm']} | {r['lr']:g} | {r['before']['cos_mean']:.3f} | {a['cos_mean']:.3f} | {a['cos_min']:.3f} | "
             f"{a['nn_agree']:.3f} | {r['losses'][-1]:.4f} | {r['seconds']:.0f} | "
             f"{r['seconds'] / max(1, len(r['losses'])):.2f} |"
         )
@@ -215,10 +222,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         load0 = f.read().split()[0]
     arms = []
     for arm in args.arms:
-        model, losses, secs = distill_arm(arm, student, teacher, train_b, args)
+        model, start, losses, secs = distill_arm(arm, student, teacher, train_b, eval_b, ref, args)
         after = similarity_scores(embed(model, eval_b), ref)
         lr = args.lr_adam if arm == "float-adam" else args.lr_sgd
-        arms.append({"arm": arm, "lr": lr, "after": after, "losses": losses, "seconds": secs})
+        arms.append(
+            {
+                "arm": arm,
+                "lr": lr,
+                "before": start,
+                "after": after,
+                "losses": losses,
+                "seconds": secs,
+            }
+        )
         print(f"{arm}: {len(losses)} steps in {secs:.0f} s; after: {after}", flush=True)
     with open("/proc/loadavg") as f:
         load1 = f.read().split()[0]
