@@ -21,7 +21,9 @@ from ._exact import (
     accumulator_bound,
     exact_float_dtype,
     exact_float_matmul,
+    float32_split,
     scaled_to_float,
+    split_digits,
 )
 from ._gemm import GemmPlan, batched_matmul, matmul, plan_gemm
 from ._ops import (
@@ -86,6 +88,8 @@ __all__ = [
     "accumulator_bound",
     "exact_float_dtype",
     "exact_float_matmul",
+    "float32_split",
+    "split_digits",
     "scaled_to_float",
     "GAMMA",
     "M1",

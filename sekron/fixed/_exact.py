@@ -25,7 +25,9 @@ __all__ = [
     "accumulator_bound",
     "exact_float_dtype",
     "exact_float_matmul",
+    "float32_split",
     "scaled_to_float",
+    "split_digits",
 ]
 
 FLOAT32_EXACT = 1 << 24
@@ -140,6 +142,135 @@ def exact_float_matmul(a_q: np.ndarray, b_q: np.ndarray, bound: int) -> np.ndarr
     if ft is None:
         return None
     return np.matmul(a_q.astype(ft, copy=False), b_q.astype(ft, copy=False))
+
+
+def _digit_bounds(m: int, width: int, parts: int) -> list[int]:
+    """Magnitude bounds of the ``parts`` balanced base-``2**width`` digits of ``|q| <= m``."""
+    if parts == 1:
+        return [m]
+    half = 1 << (width - 1)
+    out, rest = [], m
+    for _ in range(parts - 1):
+        out.append(half)
+        rest = (rest + half) >> width  # |hi| <= (|q| + half) / 2**width, an integer
+    return [*out, rest]
+
+
+def _best_digits(m: int, parts: int) -> tuple[int, list[int]]:
+    """The digit width whose largest digit bound is least, for ``parts`` digits of ``|q| <= m``."""
+    if parts == 1:
+        return max(1, m.bit_length()), [m]
+    best: tuple[int, list[int]] | None = None
+    for width in range(1, max(2, m.bit_length() + 1)):
+        b = _digit_bounds(m, width, parts)
+        if best is None or max(b) < max(best[1]):
+            best = (width, b)
+    assert best is not None
+    return best
+
+
+def float32_split(
+    k: int, max_a: int, max_b: int, *, max_products: int = 4
+) -> tuple[int, int, int, int] | None:
+    """Split two operands' mantissas into balanced digits whose products are exact in float32.
+
+    With ``a = sum_i a_i 2**(w_a i)`` and ``b = sum_j b_j 2**(w_b j)`` (see
+    :func:`split_digits`), ``a @ b`` (or a convolution with reduction length ``k``) is
+    ``sum_ij (a_i @ b_j) 2**(w_a i + w_b j)``. Each digit product is exact in float32
+    when ``k * max|a_i| * max|b_j| <= 2**24``, and their combination is exact in float64
+    when ``k * sum_i max|a_i| 2**(w_a i) * sum_j max|b_j| 2**(w_b j) <= 2**53``. This
+    returns the split with the fewest digit products (at most ``max_products``) that
+    satisfies both, or None.
+
+    Parameters
+    ----------
+    k : int
+        Reduction length (>= 0).
+    max_a, max_b : int
+        Bounds on the operands' mantissa magnitudes (>= 0), e.g. ``2**(bits-1) - 1``.
+    max_products : int, keyword-only
+        Largest ``parts_a * parts_b`` considered.
+
+    Returns
+    -------
+    (parts_a, width_a, parts_b, width_b) or None
+        ``parts_a == 1`` means ``a`` is not split (``width_a`` is then its bit length).
+
+    Examples
+    --------
+    >>> from sekron.fixed import float32_split
+    >>> float32_split(288, 127, 127)       # 8 bits: exact as it is
+    (1, 7, 1, 7)
+    >>> float32_split(288, 511, 511)       # 10 bits: split one operand in two
+    (1, 9, 2, 5)
+    >>> float32_split(288, 32767, 32767)   # 16 bits: both, four products
+    (2, 8, 2, 8)
+    """
+    k = as_positive_int(k, "k", minimum=0)
+    max_a = as_positive_int(max_a, "max_a", minimum=0)
+    max_b = as_positive_int(max_b, "max_b", minimum=0)
+    max_products = as_positive_int(max_products, "max_products")
+    best: tuple[int, tuple[int, int, int, int]] | None = None
+    for pa in range(1, max_products + 1):
+        wa, da = _best_digits(max_a, pa)
+        for pb in range(1, max_products // pa + 1):
+            wb, db = _best_digits(max_b, pb)
+            if k * max(da) * max(db) > FLOAT32_EXACT:
+                continue
+            total = k * sum(d << (wa * i) for i, d in enumerate(da))
+            if total * sum(d << (wb * j) for j, d in enumerate(db)) > FLOAT64_EXACT:
+                continue
+            cand = (pa * pb, (pa, wa, pb, wb))
+            if best is None or cand[0] < best[0]:
+                best = cand
+    return None if best is None else best[1]
+
+
+def split_digits(q: np.ndarray, width: int, parts: int) -> list[np.ndarray]:
+    """Balanced base-``2**width`` digits of integer mantissas: ``q == sum_i d[i] * 2**(width * i)``.
+
+    Every digit but the last lies in ``[-2**(width-1), 2**(width-1) - 1]``; the last
+    holds the rest, ``(q - lower digits) / 2**(width * (parts-1))`` exactly. The split is
+    exact integer arithmetic (int64 shifts).
+
+    Parameters
+    ----------
+    q : ndarray of integers
+    width : int
+        Digit width in bits (1..62).
+    parts : int
+        Number of digits (>= 1); one returns ``q`` itself (as int64).
+
+    Returns
+    -------
+    list of ndarray (int64), ``parts`` arrays of ``q``'s shape
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sekron.fixed import split_digits
+    >>> q = np.array([32767, -32767, 1000, -129])
+    >>> lo, hi = split_digits(q, 8, 2)
+    >>> lo, hi
+    (array([ -1,   1, -24, 127]), array([ 128, -128,    4,   -1]))
+    >>> bool(np.array_equal(lo + hi * 256, q))
+    True
+    """
+    if not isinstance(q, np.ndarray) or q.dtype.kind not in "iu":
+        raise DTypeError(f"q: expected an integer numpy array, got {_describe(q)}")
+    width = as_positive_int(width, "width")
+    parts = as_positive_int(parts, "parts")
+    if width > 62:
+        raise ArgumentError(f"width: expected at most 62 bits, got {width}")
+    rest = q.astype(np.int64)
+    out = []
+    half, mask = np.int64(1 << (width - 1)), np.int64((1 << width) - 1)
+    for _ in range(parts - 1):
+        lo = ((rest + half) & mask) - half
+        out.append(lo)
+        rest = (rest - lo) >> width  # exact: rest - lo is a multiple of 2**width
+    out.append(rest)
+    return out
 
 
 def scaled_to_float(acc: np.ndarray, exponent: int, dtype: Any = np.float64) -> np.ndarray:
