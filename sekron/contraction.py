@@ -100,14 +100,30 @@ def _prod(xs: Any) -> int:
 
 @dataclass(frozen=True)
 class ReshapeStep:
-    """Reshape (C order) to ``shape``; an entry of -1 stands for the batch-dependent axis."""
+    """Reshape (C order) to ``shape``; an entry of -1 stands for the batch-dependent axis.
+
+    Examples
+    --------
+    >>> from sekron.contraction import linear_plan
+    >>> plan = linear_plan([(2, 3), (4, 5)], [2], order="inner")
+    >>> plan.steps[0], plan.steps[-1]
+    (ReshapeStep(shape=(1, 3, 5, -1)), ReshapeStep(shape=(8, -1)))
+    """
 
     shape: tuple[int, ...]
 
 
 @dataclass(frozen=True)
 class TransposeStep:
-    """Permute the axes: ``out.shape[i] == x.shape[axes[i]]``."""
+    """Permute the axes: ``out.shape[i] == x.shape[axes[i]]``.
+
+    Examples
+    --------
+    >>> from sekron.contraction import TransposeStep, linear_plan
+    >>> plan = linear_plan([(2, 3), (4, 5)], [2], order="inner")
+    >>> [s for s in plan.steps if isinstance(s, TransposeStep)]
+    [TransposeStep(axes=(0, 2, 1, 3, 4))]
+    """
 
     axes: tuple[int, ...]
 
@@ -120,6 +136,16 @@ class MatmulStep:
     ``weight_perm``, reshaped to ``weight_shape`` and permuted by ``weight_post_perm``
     (``None``: no permutation). ``weight_first``: ``weight @ x``, else ``x @ weight``.
     ``macs`` is the multiply-adds this step issues per column (per row).
+
+    Examples
+    --------
+    >>> from sekron.contraction import MatmulStep, linear_plan
+    >>> plan = linear_plan([(2, 3), (4, 5)], [2], layout="rows", order="inner")
+    >>> mm = [s for s in plan.steps if isinstance(s, MatmulStep)]
+    >>> [(s.factor, s.weight_shape, s.weight_first, s.macs) for s in mm]
+    [(1, (8, 5), False, 120), (0, (2, 6), True, 48)]
+    >>> sum(s.macs for s in mm) == plan.macs
+    True
     """
 
     factor: int
@@ -152,6 +178,15 @@ class LinearPlan:
     steps : tuple of steps
     macs : int
         Multiply-adds per column (per row), the sum over the matmul steps.
+
+    Examples
+    --------
+    >>> from sekron.contraction import linear_plan
+    >>> plan = linear_plan([(2, 3), (4, 5)], [2], layout="rows")
+    >>> plan.order, plan.in_size, plan.out_size, plan.macs, len(plan.steps)
+    ('outer', 15, 8, 140, 9)
+    >>> str(plan).splitlines()[0]
+    'LinearPlan rows outer 15 -> 8, 140 MACs/column'
     """
 
     shapes: tuple[tuple[int, int], ...]
@@ -432,7 +467,23 @@ def _validated_plan(shapes: Any, ranks: Any, layout: Any, transpose: Any, order:
 
 
 class LinearBackend(Protocol):
-    """What :func:`execute_linear` needs from an array library (see the module docstring)."""
+    """What :func:`execute_linear` needs from an array library (see the module docstring).
+
+    Examples
+    --------
+    Any object with the three methods will do, here numpy's with a traced ``matmul``:
+
+    >>> import numpy as np
+    >>> from sekron.contraction import NumpyLinearBackend, execute_linear, linear_plan
+    >>> class Traced(NumpyLinearBackend):
+    ...     def matmul(self, a, b):
+    ...         print("matmul", a.shape, b.shape)
+    ...         return super().matmul(a, b)
+    >>> plan = linear_plan([(2, 3), (4, 5)], [1])
+    >>> y = execute_linear(plan, np.ones((15, 7)), [np.ones((1, 2, 3)), np.ones((1, 4, 5))], Traced())
+    matmul (1, 1, 1, 2, 3) (1, 1, 1, 3, 35)
+    matmul (4, 5) (2, 5, 7)
+    """
 
     def reshape(self, x: Any, shape: tuple[int, ...]) -> Any:
         """Return ``x`` regrouped (C order) to ``shape``."""
@@ -448,7 +499,19 @@ class LinearBackend(Protocol):
 
 
 class NumpyLinearBackend:
-    """numpy arrays: ``reshape``, ``transpose`` (views where possible) and ``np.matmul``."""
+    """numpy arrays: ``reshape``, ``transpose`` (views where possible) and ``np.matmul``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sekron.contraction import NumpyLinearBackend, execute_linear, linear_plan
+    >>> A, B = np.arange(6.0).reshape(1, 2, 3), np.ones((1, 4, 5))
+    >>> plan = linear_plan([(2, 3), (4, 5)], [1], layout="rows")
+    >>> x = np.ones((3, 15))
+    >>> y = execute_linear(plan, x, [A, B], NumpyLinearBackend())
+    >>> np.array_equal(y, x @ np.kron(A[0], B[0]).T)
+    True
+    """
 
     def reshape(self, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         """``x.reshape(shape)`` (a view where possible)."""
@@ -467,7 +530,19 @@ _NUMPY = NumpyLinearBackend()
 
 
 def linear_weight(step: MatmulStep, factor: Any, backend: Any) -> Any:
-    """The weight of a matmul step, built from its factor by reshapes and permutations."""
+    """The weight of a matmul step, built from its factor by reshapes and permutations.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sekron.contraction import NumpyLinearBackend, linear_plan, linear_weight
+    >>> plan = linear_plan([(2, 3), (4, 5)], [2], layout="rows", order="inner")
+    >>> step = plan.steps[1]
+    >>> step.factor, step.weight_shape, step.weight_post_perm
+    (1, (8, 5), (1, 0))
+    >>> linear_weight(step, np.zeros((2, 4, 5)), NumpyLinearBackend()).shape
+    (5, 8)
+    """
     w = backend.reshape(factor, step.weight_pre_shape)
     if step.weight_perm is not None:
         w = backend.transpose(w, step.weight_perm)
