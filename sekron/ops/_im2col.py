@@ -67,6 +67,17 @@ def conv2d_valid(
     returns ``(B, groups*Og, Ho, Wo)`` of dtype ``result_type(x, w)`` with
     ``Ho = (H - dh (kh-1) - 1) // sh + 1``, possibly a view of a wider buffer (not
     C-contiguous). Assumes validated inputs.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sekron.ops import conv2d_valid
+    >>> x = np.arange(16.0).reshape(1, 1, 4, 4)
+    >>> y = conv2d_valid(x, np.ones((1, 1, 3, 3)))
+    >>> y.shape, y[0, 0].tolist()
+    ((1, 1, 2, 2), [[45.0, 54.0], [81.0, 90.0]])
+    >>> conv2d_valid(np.ones((2, 4, 5, 5)), np.ones((6, 2, 3, 3)), stride=(2, 2), groups=2).shape
+    (2, 6, 2, 2)
     """
     return conv2d_regrouped(x, x.shape, w, stride, dilation, groups)
 

@@ -45,7 +45,15 @@ def _prod(xs: Any) -> int:
 
 @dataclass(frozen=True)
 class PadStep:
-    """Zero-pad the last two (spatial) axes by ``pad = (top, bottom, left, right)``."""
+    """Zero-pad the last two (spatial) axes by ``pad = (top, bottom, left, right)``.
+
+    Examples
+    --------
+    >>> import sekron as sk
+    >>> s = sk.Structure([(4, 2, 3, 1), (2, 4, 1, 3)], 1)
+    >>> sk.ops.conv2d_plan(s, (8, 8), padding=(1, 2)).steps[0]
+    PadStep(pad=(1, 1, 2, 2))
+    """
 
     pad: tuple[int, int, int, int]
 
@@ -56,6 +64,15 @@ class ConvStep:
 
     The weight is ``reshape(transpose(reshape(factors[factor], weight_pre_shape),
     weight_perm), weight_shape)``: shape ``(out_channels, in_channels // groups, kh, kw)``.
+
+    Examples
+    --------
+    >>> import sekron as sk
+    >>> from sekron.ops import ConvStep
+    >>> plan = sk.ops.conv2d_plan(sk.Structure([(4, 2, 3, 1), (2, 4, 1, 3)], 2), (8, 8))
+    >>> convs = [s for s in plan.steps if isinstance(s, ConvStep)]
+    >>> [(c.factor, c.weight_pre_shape, c.weight_shape, c.groups) for c in convs]
+    [(1, (4, 4, 1, 3), (4, 4, 1, 3), 1), (0, (1, 2, 4, 2, 3, 1), (4, 4, 3, 1), 1)]
     """
 
     factor: int
@@ -69,7 +86,22 @@ class ConvStep:
 
 @dataclass(frozen=True)
 class SumStep:
-    """Sum over ``axis`` (part of the interface; current plans fold rank sums into convs)."""
+    """Sum over ``axis`` (part of the interface; current plans fold rank sums into convs).
+
+    Examples
+    --------
+    No plan emits one today; a backend runs it all the same:
+
+    >>> import numpy as np
+    >>> import sekron as sk
+    >>> from sekron.ops import NumpyBackend, SumStep
+    >>> plan = sk.ops.conv2d_plan(sk.Structure([(4, 2, 3, 1), (2, 4, 1, 3)], 2), (8, 8))
+    >>> any(isinstance(s, SumStep) for s in plan.steps)
+    False
+    >>> step = SumStep(axis=1)
+    >>> NumpyBackend().sum(np.ones((2, 3, 4)), step.axis).shape
+    (2, 4)
+    """
 
     axis: int
 
@@ -95,6 +127,18 @@ class ConvPlan:
     macs : int
         Multiply-adds per image issued by the conv steps (equals
         ``structure.macs_conv2d(H, W, stride, padding, dilation)["sekron"]``).
+
+    Examples
+    --------
+    >>> import sekron as sk
+    >>> s = sk.Structure([(4, 2, 3, 1), (2, 4, 1, 3)], 1)
+    >>> plan = sk.ops.conv2d_plan(s, (8, 8), padding=1)
+    >>> plan.in_shape, plan.out_shape, plan.macs, len(plan.steps)
+    ((8, 8, 8), (8, 8, 8), 6912, 10)
+    >>> plan.macs == s.macs_conv2d(8, 8, 1, 1, 1)["sekron"]
+    True
+    >>> str(plan).splitlines()[0]
+    'ConvPlan (8, 8, 8) -> (8, 8, 8), 6912 MACs/image'
     """
 
     structure: Structure
@@ -278,7 +322,22 @@ def conv2d_plan(
 
 
 class Backend(Protocol):
-    """What :func:`execute_plan` needs from an array library (see ``sekron.ops``)."""
+    """What :func:`execute_plan` needs from an array library (see ``sekron.ops``).
+
+    Examples
+    --------
+    Any object with the five methods, e.g. :class:`NumpyBackend`, runs a plan:
+
+    >>> import numpy as np
+    >>> import sekron as sk
+    >>> rng = np.random.default_rng(0)
+    >>> k = sk.SeKronTensor([rng.normal(size=(1, 4, 2, 3, 1)), rng.normal(size=(1, 2, 4, 1, 3))])
+    >>> plan = sk.ops.conv2d_plan(k.structure, (8, 8), padding=1)
+    >>> x = rng.normal(size=(2, 8, 8, 8))
+    >>> y = sk.ops.execute_plan(plan, x, k.factors, sk.ops.NumpyBackend())
+    >>> np.allclose(y, sk.conv2d(x, k.to_dense(), padding=1))
+    True
+    """
 
     def pad(self, x: Any, pad: tuple[int, int, int, int]) -> Any: ...
 
@@ -294,7 +353,19 @@ class Backend(Protocol):
 
 
 class NumpyBackend:
-    """numpy arrays; convolutions by im2col + GEMM (:func:`conv2d_valid`)."""
+    """numpy arrays; convolutions by im2col + GEMM (:func:`conv2d_valid`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sekron.ops import NumpyBackend
+    >>> be = NumpyBackend()
+    >>> x = be.pad(np.ones((1, 1, 3, 3)), (1, 1, 1, 1))
+    >>> x.shape
+    (1, 1, 5, 5)
+    >>> be.conv2d(x, np.ones((1, 1, 3, 3)), (1, 1), (1, 1), 1)[0, 0].tolist()
+    [[4.0, 6.0, 4.0], [6.0, 9.0, 6.0], [4.0, 6.0, 4.0]]
+    """
 
     def pad(self, x: np.ndarray, pad: tuple[int, int, int, int]) -> np.ndarray:
         return pad2d(x, pad)
@@ -321,7 +392,20 @@ class NumpyBackend:
 
 
 def conv_weight(step: ConvStep, factor: Any, backend: Any) -> Any:
-    """The weight of a conv step, built from its factor by reshape/transpose/reshape."""
+    """The weight of a conv step, built from its factor by reshape/transpose/reshape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import sekron as sk
+    >>> from sekron.ops import ConvStep, NumpyBackend, conv_weight
+    >>> s = sk.Structure([(4, 2, 3, 1), (2, 4, 1, 3)], 2)
+    >>> step = [t for t in sk.ops.conv2d_plan(s, (8, 8)).steps if isinstance(t, ConvStep)][-1]
+    >>> step.factor, step.weight_pre_shape, step.weight_shape
+    (0, (1, 2, 4, 2, 3, 1), (4, 4, 3, 1))
+    >>> conv_weight(step, np.zeros(s.factor_shapes[0]), NumpyBackend()).shape
+    (4, 4, 3, 1)
+    """
     wt = backend.reshape(factor, step.weight_pre_shape)
     if step.weight_perm != tuple(range(len(step.weight_perm))):
         wt = backend.transpose(wt, step.weight_perm)
