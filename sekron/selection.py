@@ -89,6 +89,17 @@ class Selection:
         Its fit, with the certified ``error_bound``.
     n_candidates : int
         How many structures were fitted to choose it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sekron.selection import select
+    >>> W = np.kron(np.arange(1.0, 9.0).reshape(4, 2), np.ones((8, 8)))  # one Kronecker product
+    >>> sel = select(W, ratio=8, cost=lambda st: st.n_params, dense_cost=W.size)
+    >>> sel.structure.shapes, sel.structure.ranks, sel.n_candidates
+    (((8, 4), (4, 4)), (1,), 6)
+    >>> sel.fit.shape, sel.relative_error < 1e-12
+    ((32, 16), True)
     """
 
     structure: Structure
@@ -734,6 +745,16 @@ class WeightReport:
     plain_data_error : float or None
         The same error for the plain (weight-error) choice under the same budget: what
         calibration gained on this layer.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sekron.selection import budget, compress_weight
+    >>> _, rep = compress_weight(np.ones((64, 64)), budget(ratio=4), name="fc")
+    >>> rep.name, rep.kind, rep.shape, rep.params_before, rep.params_after, rep.ratio
+    ('fc', 'tensor', (64, 64), 4096, 1024, 4.0)
+    >>> rep.structure, rep.relative_error < 1e-12, rep.skipped
+    ('1×64 ⊗ 64×1 @ ranks (8,)', True, None)
     """
 
     name: str

@@ -70,6 +70,17 @@ class GemmPlan(NamedTuple):
         ``K * m_a * m_b``, the largest magnitude any partial sum can reach.
     chunk : int
         Reduction chunk length for the chunked path (else K).
+
+    Examples
+    --------
+    >>> from sekron.fixed import plan_gemm
+    >>> plan = plan_gemm(1024, 8)
+    >>> plan.path, plan.acc_dtype, plan.bound == 1024 * 127 * 127, plan.chunk
+    ('numba-int32', dtype('int32'), True, 1024)
+    >>> plan.for_size(1024**3).path
+    'blas-float32'
+    >>> plan_gemm(1 << 16, 16).path
+    'numba-int64'
     """
 
     path: str

@@ -256,7 +256,18 @@ def mul(
 
 
 class LayerNormCache(NamedTuple):
-    """What :func:`layer_norm_backward` needs from the forward pass."""
+    """What :func:`layer_norm_backward` needs from the forward pass.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sekron.fixed import layer_norm
+    >>> y, cache = layer_norm([[1.0, 2.0, 3.0, 4.0]], np.ones(4), np.zeros(4), 12, rounding="nearest")
+    >>> cache.bits, cache.xhat.shape, cache.rstd.shape
+    (12, (1, 4), (1, 1))
+    >>> np.round(cache.xhat.to_float(), 2)
+    array([[-1.34, -0.45,  0.45,  1.34]])
+    """
 
     xhat: FixedTensor  # normalized input, per-tensor exponent, shape (..., D)
     rstd: np.ndarray  # float64 per-row scale, shape (..., 1), see layer_norm Notes

@@ -33,7 +33,20 @@ _NO_VELOCITY = np.zeros(1, dtype=np.int16)
 
 
 class SGDState(NamedTuple):
-    """Optimizer state of one parameter: the fixed-point velocity and the step count."""
+    """Optimizer state of one parameter: the fixed-point velocity and the step count.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sekron.fixed import sgd_step
+    >>> g = np.array([1.0, -1.0])
+    >>> w, st = sgd_step(np.ones(2), g, lr=0.5, momentum=0.9, bits=8, rounding="nearest")
+    >>> st.step, st.velocity.to_float()
+    (1, array([ 1., -1.]))
+    >>> w, st = sgd_step(w, g, st, lr=0.5, momentum=0.9, bits=8, rounding="nearest")
+    >>> st.step
+    2
+    """
 
     velocity: FixedTensor | None = None
     step: int = 0
