@@ -211,6 +211,12 @@ def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
     A positive ``factor`` that divides ``dimension`` gives ``(factor, dimension // factor)``
     in ascending order; otherwise ``m`` grows through the divisors while ``m + n`` shrinks
     and ``m`` stays at most ``factor`` (``-1``: no limit, so the most balanced split).
+
+    Examples
+    --------
+    >>> from sekron.torch.adapters import factorization
+    >>> factorization(768), factorization(768, 8), factorization(768, 5)
+    ((24, 32), (8, 96), (4, 192))
     """
     if factor > 0 and dimension % factor == 0:
         m, n = factor, dimension // factor
@@ -231,7 +237,16 @@ def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
 def lokr_shapes(
     shape: tuple[int, ...], factor: int = -1
 ) -> tuple[tuple[int, int], tuple[int, ...]]:
-    """Factor shapes ``(a, c)`` and ``(b, d, *k)`` LyCORIS picks for a weight ``shape``."""
+    """Factor shapes ``(a, c)`` and ``(b, d, *k)`` LyCORIS picks for a weight ``shape``.
+
+    Examples
+    --------
+    >>> from sekron.torch.adapters import lokr_shapes
+    >>> lokr_shapes((768, 768), 8)
+    ((8, 8), (96, 96))
+    >>> lokr_shapes((64, 32, 3, 3))
+    ((8, 4), (8, 8, 3, 3))
+    """
     out_l, out_k = factorization(shape[0], factor)
     in_m, in_n = factorization(shape[1], factor)
     return (out_l, in_m), (out_k, in_n, *shape[2:])

@@ -95,6 +95,17 @@ class LayerFit:
         Alternating least-squares sweeps that lowered the error.
     norm : float
         ``||ΔW||_F``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sekron.torch.adapters import extract
+    >>> base = {"fc.weight": np.zeros((4, 4))}
+    >>> fit = extract(base, {"fc.weight": np.kron(np.eye(2), np.ones((2, 2)))}).report[0]
+    >>> fit.name, fit.shape, fit.shape_w1, fit.shape_w2, fit.rank, fit.n_params
+    ('fc', (4, 4), (2, 2), (2, 2), None, 8)
+    >>> round(fit.norm, 4), fit.relative_error < 1e-12
+    (2.8284, True)
     """
 
     name: str
@@ -123,6 +134,18 @@ class Extraction:
     ----------
     adapters : dict of str to LoKr
     report : tuple of LayerFit
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sekron.torch.adapters import extract
+    >>> base = {"fc.weight": np.zeros((4, 4)), "out.weight": np.zeros((2, 4))}
+    >>> tuned = {"fc.weight": np.kron(np.eye(2), np.ones((2, 2))), "out.weight": np.zeros((2, 4))}
+    >>> ex = extract(base, tuned)  # "out" did not change: no adapter
+    >>> list(ex.adapters), [f.name for f in ex.report]
+    (['fc'], ['fc'])
+    >>> np.allclose(ex.adapters["fc"].delta(), tuned["fc.weight"])
+    True
     """
 
     adapters: dict[str, LoKr]

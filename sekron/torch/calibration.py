@@ -57,6 +57,17 @@ class InputGram:
     n_samples : int
         How many rows or patches were summed (``gram / n_samples`` is the second moment).
     kind : {"Linear", "Conv2d"}
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sekron.torch.calibration import calibrate
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    >>> grams = calibrate(net, [torch.ones(5, 2, 4, 4)], progress=False)
+    >>> [(g.kind, g.n_features, g.n_samples) for g in grams.values()]
+    [('Conv2d', 18, 20), ('Linear', 16, 5)]
+    >>> grams["0"].gram.shape, float(grams["0"].gram[0, 0])
+    ((18, 18), 20.0)
     """
 
     gram: np.ndarray

@@ -49,7 +49,20 @@ product, 0 for a dense lookup)."""
 
 
 class CompressionReport(list):
-    """A list of :class:`LayerReport` with totals and a printable table."""
+    """A list of :class:`LayerReport` with totals and a printable table.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sekron.torch import compress
+    >>> _ = torch.manual_seed(0)
+    >>> net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
+    >>> _, report = compress(net, ratio=16, progress=False)
+    >>> len(report), [r.name for r in report.compressed], report.params_before, report.params_after
+    (2, ['0'], 2179, 227)
+    >>> str(report).splitlines()[-1]
+    'total parameters of the layers seen: 2179 -> 227 (9.60x)'
+    """
 
     @property
     def params_before(self) -> int:

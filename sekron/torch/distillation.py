@@ -53,6 +53,17 @@ def attention_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor) -
 
     KroneckerBERT matches the scores before the softmax: they carry the same information
     as the attention map with a better-conditioned gradient.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sekron.torch import attention_loss
+    >>> s = torch.zeros(2, 4, 5, 5, requires_grad=True)  # (batch, heads, L, L) scores
+    >>> t = torch.full((2, 4, 5, 5), 0.5, requires_grad=True)
+    >>> loss = attention_loss(s, t)
+    >>> loss.backward()
+    >>> loss.item(), s.grad is not None, t.grad is None
+    (0.25, True, True)
     """
     return hidden_loss(student_scores, teacher_scores)
 

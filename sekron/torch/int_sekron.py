@@ -334,6 +334,20 @@ class IntTorchBackend(TorchBackend):
     Each call of ``conv2d`` is one stage: it maps its input and weight to ``bits`` bits
     (per-tensor exponents) and runs :func:`sekron.fixed.conv2d` per group, forward and
     backward. ``seed`` keys the call; stage ``s`` uses ``stage_seed(seed, s)``.
+
+    Examples
+    --------
+    >>> import torch, sekron as sk
+    >>> from sekron.torch import IntTorchBackend, TorchBackend
+    >>> s = sk.Structure([(2, 2, 3, 1), (2, 2, 1, 3)], ranks=1)
+    >>> plan = sk.ops.conv2d_plan(s, (5, 5), padding=1)
+    >>> _ = torch.manual_seed(0)
+    >>> fs, x = [torch.randn(f) for f in s.factor_shapes], torch.randn(1, 4, 5, 5)
+    >>> be = IntTorchBackend(bits=16, rounding="nearest", seed=0)
+    >>> y = sk.ops.execute_plan(plan, x, fs, be)
+    >>> ref = sk.ops.execute_plan(plan, x, fs, TorchBackend())
+    >>> be.stage, y.shape, bool((y - ref).abs().max() < 1e-2 * ref.abs().max())
+    (2, torch.Size([1, 4, 5, 5]), True)
     """
 
     name = "torch-int"
