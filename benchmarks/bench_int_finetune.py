@@ -31,12 +31,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def loadavg() -> str:
-    """The 1-minute load average."""
-    with open("/proc/loadavg") as f:
-        return f.read().split()[0]
-
-
 def main(argv: list[str] | None = None) -> dict:
     """Time the steps and print the ratios."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -120,13 +114,13 @@ def main(argv: list[str] | None = None) -> dict:
         for fn in fns.values():
             fn()  # warm-up: numba cache load, BLAS start
         times: dict = {k: [] for k in fns}
-        la0 = loadavg()
+        la0 = f"{os.getloadavg()[0]:.2f}"
         for _ in range(args.rounds):
             for k, fn in fns.items():
                 t = time.perf_counter()
                 fn()
                 times[k].append(time.perf_counter() - t)
-        la1 = loadavg()
+        la1 = f"{os.getloadavg()[0]:.2f}"
         med = {k: float(np.median(v)) for k, v in times.items()}
         print(f"{setting}: every timed step (s): {times}", flush=True)
         for b in args.bits:

@@ -27,12 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def loadavg() -> str:
-    """The 1-minute load average."""
-    with open("/proc/loadavg") as f:
-        return f.read().split()[0]
-
-
 def main(argv: list[str] | None = None) -> dict:
     """Time every model and print its ratio to the float model."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -92,9 +86,9 @@ def main(argv: list[str] | None = None) -> dict:
 
         return run
 
-    la0 = loadavg()
+    la0 = f"{os.getloadavg()[0]:.2f}"
     t = interleaved({k: call(m) for k, m in models.items()}, args.rounds)
-    la1 = loadavg()
+    la1 = f"{os.getloadavg()[0]:.2f}"
     rows = []
     for name, sec in t.items():
         base = "sekron float" if name.startswith("sekron") else "dense float"

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -218,8 +219,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     fit_s = time.perf_counter() - t0
     before = similarity_scores(embed(student, eval_b), ref)
     print(f"compressed {args.ratio:g}x in {fit_s:.0f} s; before: {before}", flush=True)
-    with open("/proc/loadavg") as f:
-        load0 = f.read().split()[0]
+    load0 = f"{os.getloadavg()[0]:.2f}"
     arms = []
     for arm in args.arms:
         model, start, losses, secs = distill_arm(arm, student, teacher, train_b, eval_b, ref, args)
@@ -236,8 +236,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             }
         )
         print(f"{arm}: {len(losses)} steps in {secs:.0f} s; after: {after}", flush=True)
-    with open("/proc/loadavg") as f:
-        load1 = f.read().split()[0]
+    load1 = f"{os.getloadavg()[0]:.2f}"
     results = {
         "meta": {
             "ratio": args.ratio,

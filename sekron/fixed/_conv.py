@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 
 from .._validation import as_pair, as_positive_int, check_bits
-from ..errors import DTypeError, ShapeError
-from ._exact import accumulator_bound, exact_float_dtype
+from ..errors import ShapeError
+from ._exact import accumulator_bound, exact_float_dtype, result_dtype
 from ._gemm import Method, check_operand, gemm_nt, plan_gemm, transposed
 from ._tensor import (
     FixedTensor,
@@ -270,12 +270,7 @@ def conv2d_float(
     array([[[[10., 18.],
              [42., 50.]]]], dtype=float32)
     """
-    try:
-        target = np.dtype(dtype)
-    except TypeError:
-        target = None
-    if target is None or target not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise DTypeError(f"dtype: expected float32 or float64, got {dtype!r}")
+    target = result_dtype(dtype)
     x = check_operand(x, "x", 4)
     weight = check_operand(weight, "weight", 4)
     st, pd, dl = (

@@ -10,6 +10,7 @@ integer result. The engine's ``"blas"`` GEMM path and the adapters' float routes
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Any
 
@@ -206,10 +207,19 @@ def float32_split(
     >>> float32_split(288, 32767, 32767)   # 16 bits: both, four products
     (2, 8, 2, 8)
     """
-    k = as_positive_int(k, "k", minimum=0)
-    max_a = as_positive_int(max_a, "max_a", minimum=0)
-    max_b = as_positive_int(max_b, "max_b", minimum=0)
-    max_products = as_positive_int(max_products, "max_products")
+    return _float32_split(
+        as_positive_int(k, "k", minimum=0),
+        as_positive_int(max_a, "max_a", minimum=0),
+        as_positive_int(max_b, "max_b", minimum=0),
+        as_positive_int(max_products, "max_products"),
+    )
+
+
+# the integer layers ask once per call with the same few (k, bits) pairs: 25 us uncached
+@functools.lru_cache(maxsize=512)
+def _float32_split(
+    k: int, max_a: int, max_b: int, max_products: int
+) -> tuple[int, int, int, int] | None:
     best: tuple[int, tuple[int, int, int, int]] | None = None
     for pa in range(1, max_products + 1):
         wa, da = _best_digits(max_a, pa)
@@ -305,9 +315,7 @@ def scaled_to_float(acc: np.ndarray, exponent: int, dtype: Any = np.float64) -> 
     >>> scaled_to_float(np.array([3.0, -5.0], dtype=np.float32), -2, np.float32)
     array([ 0.75, -1.25], dtype=float32)
     """
-    target = np.dtype(dtype)
-    if target not in _FLOATS:
-        raise DTypeError(f"dtype: expected float32 or float64, got {target}")
+    target = result_dtype(dtype)
     if not isinstance(acc, np.ndarray) or acc.dtype.kind not in "iuf":
         raise DTypeError(f"acc: expected a numeric numpy array, got {_describe(acc)}")
     if isinstance(exponent, (bool, np.bool_)) or not isinstance(exponent, numbers.Integral):
@@ -325,3 +333,14 @@ def scaled_to_float(acc: np.ndarray, exponent: int, dtype: Any = np.float64) -> 
 
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def result_dtype(dtype: Any) -> np.dtype:
+    """``dtype`` as float32 or float64 (numpy's spelling rules), else a DTypeError naming ``dtype``."""
+    try:
+        target = np.dtype(dtype)
+    except TypeError:
+        target = None
+    if target is None or target not in _FLOATS:  # None first: dtype(float64) == None
+        raise DTypeError(f"dtype: expected float32 or float64, got {dtype!r}")
+    return target

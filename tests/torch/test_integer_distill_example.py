@@ -57,11 +57,12 @@ def test_quick_run_float_and_int16(tmp_path):
         assert len(a["losses"]) == 2
         assert -1.0 <= a["after"]["cos_min"] <= a["after"]["cos_mean"] <= 1.0
     f0, i0 = arms["float-sgd"]["losses"][0], arms["int16"]["losses"][0]
-    assert abs(i0 - f0) <= 0.01 * f0, (f0, i0)  # same student, same first batch
+    # same student, same first batch: 16-bit rounding moved it by ~1e-4 relative
+    assert abs(i0 - f0) <= 2e-3 * f0, (f0, i0)
     start = out["meta"]["before"]["cos_mean"]
     assert 0.0 < start < 1.0
     assert arms["float-sgd"]["before"]["cos_mean"] == pytest.approx(start, abs=1e-6)
-    assert arms["int16"]["before"]["cos_mean"] == pytest.approx(start, abs=0.01)
+    assert arms["int16"]["before"]["cos_mean"] == pytest.approx(start, abs=3e-3)
     saved = json.loads((tmp_path / "minilm_int_distill.json").read_text())
     assert [a["arm"] for a in saved["arms"]] == ["float-sgd", "int16"]
     assert (tmp_path / "minilm_int_distill.md").read_text().count("\n| ") == 2 + 1
