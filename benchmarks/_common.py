@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import time
@@ -53,20 +54,33 @@ def interleaved(
     *,
     clock: Callable[[], float] = time.perf_counter,
     reduce: Callable[[list[float]], float] = statistics.median,
+    min_time: float = 0.0,
 ) -> dict[str, float]:
-    """Each function's time over ``rounds`` rounds that call every function once.
+    """Each function's time per call over ``rounds`` rounds that call every function.
 
     One untimed warm-up call each first (JIT, caches, BLAS threads, a cost table's first
     measurement); the order alternates from round to round, so that load changes and
     cache effects hit every variant alike; ``reduce`` (median, or ``min``) summarizes.
+    With ``min_time`` > 0, a round calls each function ``k`` times in a row and times the
+    ``k`` calls together, ``k`` chosen from a second warm-up call so that one timing
+    spans at least ``min_time`` seconds (a single 30 us call is too short to time
+    against clock granularity and interrupts); the time per call is reported.
     """
     for fn in fns.values():
         fn()
+    reps = dict.fromkeys(fns, 1)
+    if min_time > 0:
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            reps[name] = max(1, math.ceil(min_time / max(time.perf_counter() - t0, 1e-7)))
     times: dict[str, list[float]] = {k: [] for k in fns}
     names = list(fns)
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
+            fn, k = fns[name], reps[name]
             t0 = clock()
-            fns[name]()
-            times[name].append(clock() - t0)
+            for _ in range(k):
+                fn()
+            times[name].append((clock() - t0) / k)
     return {k: float(reduce(v)) for k, v in times.items()}

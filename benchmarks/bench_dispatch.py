@@ -6,8 +6,9 @@ the ``nn.Conv2d`` it stands for (``to_dense()``, under ``no_grad``); the ratio
 auto / dense should stay <= 1.05 everywhere (and fall well below 1 where the staged path
 pays). The cost table is the machine's (``sekron.ops.cost_table()``: a geometry not in
 its file is timed on first use, in the warm-up call). Interleaved rounds, minimum per
-case; CPU time of this thread with one thread, wall time with two. Nothing asserts a
-time.
+case, each timing the mean of as many consecutive calls as fill 10 ms (a batch-1 call
+takes 30-100 us); CPU time of this thread with one thread, wall time with two. Nothing
+asserts a time.
 
 Run: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_dispatch.py
      [--threads N] [--quick]
@@ -83,8 +84,9 @@ def run(threads, quick):
                 "torch dense": t_dense,
                 "torch auto": t_auto,
             }
-            rounds = 3 if n >= 1024 else (5 if quick else 9)
-            best = interleaved(fns, rounds, clock=clock, reduce=min)
+            rounds = 3 if n >= 1024 else (7 if quick else 9)
+            # short calls are repeated to 10 ms per timing (see _common.interleaved)
+            best = interleaved(fns, rounds, clock=clock, reduce=min, min_time=0.01)
             r_np = best["np auto"] / best["np dense"]
             r_t = best["torch auto"] / best["torch dense"]
             worst["numpy"], worst["torch"] = max(worst["numpy"], r_np), max(worst["torch"], r_t)

@@ -179,7 +179,39 @@ def _staged_wins(
     geometry: tuple[tuple[int, ...], tuple[int, int], tuple[int, int], tuple[int, int]],
     dtype: np.dtype,
 ) -> bool:
-    """The cost table's choice for this call (timing both paths on a new geometry)."""
+    """The cost table's choice for this call (timing both paths on a new geometry).
+
+    Remembered per kernel and call shape (a repeated call costs one dict lookup and the
+    BLAS thread count, about 1 us, instead of building and hashing the table's key).
+    """
+    shape, st, pd, dl = geometry
+    table, threads = cost_table(), blas_threads()
+    fast = (id(kernel), shape, st, pd, dl, dtype.num, threads, id(table), table.generation)
+    hit = _CHOICES.get(fast)
+    if hit is not None and hit[0] is kernel.factors:
+        return hit[1]
+    wins = _table_choice(kernel, factors, geometry, dtype, table, threads)
+    if len(_CHOICES) >= _CHOICES_MAX:
+        _CHOICES.clear()
+    # keyed by the table's state after the choice (timing a new geometry adds an entry)
+    _CHOICES[(*fast[:-1], table.generation)] = (kernel.factors, wins)
+    return wins
+
+
+# recent choices by (kernel id, call shape, table state); the factor tuple held here
+# detects a reused id, as in _DENSE
+_CHOICES: dict[tuple[Any, ...], tuple[tuple[np.ndarray, ...], bool]] = {}
+_CHOICES_MAX = 64
+
+
+def _table_choice(
+    kernel: SeKronTensor,
+    factors: list[np.ndarray],
+    geometry: tuple[tuple[int, ...], tuple[int, int], tuple[int, int], tuple[int, int]],
+    dtype: np.dtype,
+    table: Any,
+    threads: int | None,
+) -> bool:
     shape, st, pd, dl = geometry
     s = kernel.structure
     key = (
@@ -192,7 +224,7 @@ def _staged_wins(
         pd,
         dl,
         np.dtype(dtype).name,
-        blas_threads(),
+        threads,
     )
 
     def measure() -> PathCost:
@@ -210,7 +242,7 @@ def _staged_wins(
 
         return fit_path_cost(run, (1, big))
 
-    return cost_table().staged_wins(key, int(shape[0]), measure)
+    return bool(table.staged_wins(key, int(shape[0]), measure))
 
 
 def _dense_conv(

@@ -168,6 +168,8 @@ class CostTable:
         self._lock = threading.Lock()
         self._loaded = self.path is None
         self._decisions: dict[tuple[Hashable, int], bool] = {}
+        #: counts :meth:`put` calls; callers that memoise decisions key them by it
+        self.generation = 0
 
     def _load(self) -> None:
         self._loaded = True
@@ -204,6 +206,7 @@ class CostTable:
         """Store ``cost`` for ``key`` (and write the file)."""
         with self._lock:
             self._entries[key] = cost
+            self.generation += 1
             self._decisions = {k: v for k, v in self._decisions.items() if k[0] != key}
             self._save()
 
@@ -273,7 +276,26 @@ def blas_threads() -> int | None:
         except ImportError:
             _BLAS = ()
         else:
-            _BLAS = tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
+            controllers = ThreadpoolController().select(user_api="blas").lib_controllers
+            _BLAS = tuple(_thread_reader(c) for c in controllers)
     if not _BLAS:
         return None
-    return max(int(c.num_threads) for c in _BLAS)
+    return max(int(read()) for read in _BLAS)
+
+
+def _thread_reader(controller: Any) -> Callable[[], Any]:
+    """The C function that reports an OpenBLAS's thread count, else the controller's method.
+
+    threadpoolctl looks the symbol up on every ``num_threads`` read (0.8 us per library);
+    a layer asks on every call, so the function is looked up once here.
+    """
+    if type(controller).__name__ == "OpenBLASController":
+        try:
+            layer = controller.threading_layer
+            name = "omp_get_max_threads" if layer == "openmp" else "openblas_get_num_threads"
+            func = controller._get_symbol(name)
+        except Exception:  # a threadpoolctl without these internals
+            func = None
+        if func is not None:
+            return func  # type: ignore[no-any-return]
+    return controller.get_num_threads  # type: ignore[no-any-return]

@@ -134,3 +134,51 @@ def test_conv2d_path_argument():
     kernel = sk.SeKronTensor([rng.normal(size=(1, 2, 2, 3, 3)), rng.normal(size=(1, 2, 2, 1, 1))])
     with pytest.raises(ValueError, match="path"):
         sk.conv2d(np.zeros((1, 4, 5, 5)), kernel, path="fast")
+
+
+def test_conv2d_choice_memo_follows_the_table(monkeypatch):
+    """The per-kernel memo of the choice is dropped when the table changes (``put``)."""
+    rng = np.random.default_rng(7)
+    struct = sk.Structure([(4, 2, 3, 1), (2, 4, 1, 3)], 2)
+    kernel = sk.SeKronTensor([rng.normal(size=s) for s in struct.factor_shapes])
+    x = rng.normal(size=(2, 8, 9, 9))
+    table = CostTable(entries={})
+    monkeypatch.setattr(dispatch_mod, "_TABLE", table)
+    monkeypatch.setattr(conv_mod, "_CHOICES", {})
+    keys = []
+    real_wins = CostTable.staged_wins
+
+    def measure_dense_wins(self, key, n, measure):
+        keys.append(key)
+        return real_wins(self, key, n, lambda: PathCost((0.0, 1.0), (0.0, 10.0)))
+
+    monkeypatch.setattr(CostTable, "staged_wins", measure_dense_wins)
+    ran = []
+    real_plan, real_dense = conv_mod.run_plan, conv_mod._dense_conv
+    monkeypatch.setattr(conv_mod, "run_plan", lambda *a: ran.append("staged") or real_plan(*a))
+    monkeypatch.setattr(conv_mod, "_dense_conv", lambda *a: ran.append("dense") or real_dense(*a))
+    sk.conv2d(x, kernel, padding=1)
+    sk.conv2d(x, kernel, padding=1)
+    assert ran == ["dense", "dense"] and len(keys) == 1  # the second call hit the memo
+    table.put(keys[0], PathCost((0.0, 1.0), (0.0, 0.1)))  # the staged path now wins
+    sk.conv2d(x, kernel, padding=1)
+    assert ran[-1] == "staged"
+    other = sk.SeKronTensor([f.copy() for f in kernel.factors])  # a new kernel, same values
+    sk.conv2d(x, other, padding=1)
+    assert ran[-1] == "staged" and len(keys) == 3
+
+
+def test_blas_threads_follows_threadpool_limits():
+    """The cached C readers see every change of the BLAS pools (part of each cost key)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from sekron.ops import blas_threads
+
+    def counts():  # threadpoolctl's own reading, written separately
+        return max(
+            i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"
+        )
+
+    for n in (1, 2, 1):
+        with threadpoolctl.threadpool_limits(n, user_api="blas"):
+            assert blas_threads() == counts() == n
+    assert blas_threads() == counts()

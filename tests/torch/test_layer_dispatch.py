@@ -92,3 +92,30 @@ def test_training_steps_keep_the_multiply_add_rule(monkeypatch):
     assert lin.uses_structured_path(3) is True
     with torch.no_grad():
         assert lin.uses_structured_path(3) is False
+
+
+def test_conv_choice_memo_follows_the_table_and_copies(monkeypatch):
+    """The layer's last-call memo is dropped when the table changes, and a layer that has
+    run (memo filled) still deep-copies and pickles."""
+    import copy
+    import pickle
+
+    table = CostTable(entries={})
+    monkeypatch.setattr(dispatch_mod, "_TABLE", table)
+    ran = []
+    real = layers_mod.sekron_conv2d
+    monkeypatch.setattr(layers_mod, "sekron_conv2d", lambda *a: ran.append(1) or real(*a))
+    torch.manual_seed(0)
+    layer = SeKronConv2d(sk.Structure([(4, 2, 3, 1), (2, 4, 1, 3)], 2), padding=1)
+    x = torch.randn(2, 8, 9, 9)
+    monkeypatch.setattr(SeKronConv2d, "_measure", lambda self, hw: PathCost((0, 1.0), (0, 10.0)))
+    with torch.no_grad():
+        layer(x)
+        layer(x)
+        assert not ran  # dense, twice
+        (key,) = table._entries
+        table.put(key, PathCost((0.0, 1.0), (0.0, 0.1)))
+        y = layer(x)
+        assert ran == [1]
+        for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+            torch.testing.assert_close(clone(x), y, rtol=0, atol=0)
