@@ -5,11 +5,13 @@ from __future__ import annotations
 import io
 import json
 import math
+import zipfile
 
 import numpy as np
 import pytest
 
 import sekron as sk
+import sekron.files
 from sekron.cli import main
 from sekron.cli.checkpoint import (
     choose_structure,
@@ -118,6 +120,86 @@ def test_read_weights_rejects_bad_files(tmp_path):
     np.savez(plain, a=np.ones(3))
     with pytest.raises(FormatError):
         load_compressed(plain)
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def test_read_weights_refuses_an_npz_deflate_bomb_unread(tmp_path, monkeypatch):
+    # 1 MiB of zeros deflates about 1000x; with the limits lowered it is a bomb, kept small
+    monkeypatch.setattr(sekron.files, "MAX_INFLATION", 10)
+    monkeypatch.setattr(sekron.files, "INFLATION_SLACK", 0)
+    path = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("ok.npy", _npy_bytes(np.arange(3.0)))
+        z.writestr("zeros.npy", _npy_bytes(np.zeros(1 << 17)))
+    info = zipfile.ZipFile(path).getinfo("zeros.npy")
+    assert info.file_size > 10 * info.compress_size
+    before = path.read_bytes()
+    reads: list[object] = []
+    real_read = np.lib.format.read_array
+    monkeypatch.setattr(
+        np.lib.format, "read_array", lambda *a, **k: reads.append(a) or real_read(*a, **k)
+    )
+    with pytest.raises(FormatError, match=r"^path: .*zeros\.npy.*inflation") as exc:
+        read_weights(path)
+    assert "bomb.npz" in str(exc.value)
+    assert reads == []  # refused from the zip directory: no member's data was read
+    assert path.read_bytes() == before
+
+
+def test_read_weights_npz_round_trips_exactly(tmp_path):
+    arrays = {
+        "fc.weight": np.random.default_rng(0).normal(size=(5, 7)).astype(np.float32),
+        "steps": np.array(7, dtype=np.int64),
+        "idx": np.arange(-3, 9, dtype=np.int16).reshape(3, 4),
+        "fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+    }
+    for save in (np.savez, np.savez_compressed):
+        path = tmp_path / f"{save.__name__}.npz"
+        save(path, **arrays)
+        before = path.read_bytes()
+        back = read_weights(path)
+        assert list(back) == list(arrays)
+        for k, v in arrays.items():
+            assert back[k].dtype == v.dtype and back[k].shape == v.shape
+            assert np.array_equal(back[k], v)
+        assert path.read_bytes() == before
+
+
+def test_read_weights_npy_is_bounded_and_checked(tmp_path):
+    good = tmp_path / "w.npy"
+    np.save(good, np.arange(12, dtype=np.int32).reshape(3, 4))
+    back = read_weights(good)
+    assert list(back) == ["w"] and back["w"].dtype == np.int32
+    assert np.array_equal(back["w"], np.arange(12).reshape(3, 4))
+    raw = good.read_bytes()
+    short = tmp_path / "short.npy"
+    short.write_bytes(raw[:-5])
+    with pytest.raises(FormatError, match=r"^path: .*short\.npy.*truncated"):
+        read_weights(short)
+    assert short.read_bytes() == raw[:-5]
+    # a tiny file whose header declares 8 TB: refused from the header, nothing allocated
+    liar = tmp_path / "liar.npy"
+    header = b"{'descr': '<f8', 'fortran_order': False, 'shape': (1000000000000,), }"
+    liar.write_bytes(
+        b"\x93NUMPY\x01\x00" + len(header + b"\n").to_bytes(2, "little") + header + b"\n"
+    )
+    with pytest.raises(FormatError, match=r"^path: .*liar\.npy.*truncated"):
+        read_weights(liar)
+    # a header past sekron.files.MAX_HEADER_BYTES (numpy's limit) is refused
+    big = b"{'descr': '<f8', 'fortran_order': False, 'shape': (1,), }".ljust(20_000) + b"\n"
+    huge = tmp_path / "huge.npy"
+    huge.write_bytes(b"\x93NUMPY\x01\x00" + len(big).to_bytes(2, "little") + big + bytes(8))
+    with pytest.raises(FormatError, match=r"^path: .*huge\.npy.*large"):
+        read_weights(huge)
+    truncated_header = tmp_path / "head.npy"
+    truncated_header.write_bytes(raw[:20])
+    with pytest.raises(FormatError, match=r"^path: .*head\.npy"):
+        read_weights(truncated_header)
 
 
 def test_torch_checkpoint_is_read_with_weights_only(tmp_path):

@@ -26,7 +26,7 @@ import numpy as np
 
 from .._validation import as_path, check_exactly_one, check_ratio
 from ..errors import ArgumentError, FormatError, SekronError
-from ..files import NpzReader, check_output_path, save_npz
+from ..files import MAX_HEADER_BYTES, NpzReader, check_output_path, save_npz
 from ..selection import WeightReport, budget, compress_weight
 from ..tensor import SeKronTensor, read_tensor
 
@@ -68,7 +68,10 @@ def read_weights(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 
     Raises
     ------
-    FileNotFoundError, FormatError
+    FileNotFoundError
+    FormatError
+        Also for an ``.npz`` member :class:`sekron.files.NpzReader` refuses unread (a
+        deflate bomb, an object dtype) and an ``.npy`` shorter than its header declares.
 
     Examples
     --------
@@ -85,10 +88,11 @@ def read_weights(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     suffix = p.suffix.lower()
     try:
         if suffix == ".npz":
-            with np.load(p, allow_pickle=False) as data:
-                return {k: np.asarray(data[k]) for k in data.files}
+            # every member's header and inflation checked before any data is inflated
+            with NpzReader(p, name="path") as z:
+                return {k: z.read(k) for k in z.members}
         if suffix == ".npy":
-            return {p.stem: np.load(p, allow_pickle=False)}
+            return {p.stem: _read_npy(p)}
         if suffix == ".safetensors":
             try:
                 from safetensors.numpy import load_file
@@ -108,6 +112,33 @@ def read_weights(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     raise FormatError(
         f"path: expected .npz, .npy, .safetensors, .pt, .pth or .bin, got {os.fspath(path)!r}"
     )
+
+
+def _read_npy(p: Path) -> np.ndarray:
+    """Read one ``.npy``, its header bounded and checked against the file's size first.
+
+    A header declaring more data than the file holds is refused before the data is
+    allocated (numpy would allocate all it declares, then find the file short).
+    """
+    with open(p, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh, MAX_HEADER_BYTES)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fh, MAX_HEADER_BYTES)
+        else:
+            raise FormatError(
+                f"path: {os.fspath(p)!r}: expected .npy format 1.0 or 2.0, got {version}"
+            )
+        nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        held = os.fstat(fh.fileno()).st_size - fh.tell()
+        if held < nbytes:
+            raise FormatError(
+                f"path: {os.fspath(p)!r}: header declares shape {shape} of {dtype} "
+                f"({nbytes} data bytes) but the file holds {held}; truncated?"
+            )
+        fh.seek(0)
+        return np.lib.format.read_array(fh, allow_pickle=False, max_header_size=MAX_HEADER_BYTES)
 
 
 def _read_torch(p: Path) -> dict[str, np.ndarray]:
