@@ -9,6 +9,7 @@ logits at a temperature. :class:`Capture` records module outputs with forward ho
 
 from __future__ import annotations
 
+import difflib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -119,6 +120,14 @@ class Capture:
         Qualified module names (``model.named_modules()``); a tuple output keeps its first
         tensor (as the hidden state of a transformer block).
 
+    Raises
+    ------
+    ArgumentTypeError
+        If ``model`` is not a module, or ``names`` is a bare string or not a sequence of
+        strings.
+    ArgumentError
+        If a name is not a module of ``model`` (the message suggests close names).
+
     Examples
     --------
     >>> import torch
@@ -131,10 +140,28 @@ class Capture:
     """
 
     def __init__(self, model: nn.Module, names: Sequence[str]):
+        check_instance(model, "model", nn.Module, "a torch.nn.Module")
+        # a bare string would be taken character by character: Capture(model, "0")
+        if isinstance(names, (str, bytes)) or not isinstance(names, Iterable):
+            raise ArgumentTypeError(
+                f"names: expected a list of module names, got {type(names).__name__} "
+                f"{names!r}" + (f" (did you mean [{names!r}]?)" if isinstance(names, str) else "")
+            )
+        names = list(names)
+        for n in names:
+            if not isinstance(n, str):
+                raise ArgumentTypeError(
+                    f"names: expected module names (str), got {type(n).__name__} {n!r}"
+                )
         modules = dict(model.named_modules())
         missing = [n for n in names if n not in modules]
         if missing:
-            raise KeyError(f"names: no module called {missing[0]!r} in the model")
+            close = difflib.get_close_matches(missing[0], [k for k in modules if k], n=3)
+            hint = f"; close names: {', '.join(map(repr, close))}" if close else ""
+            raise ArgumentError(
+                f"names: expected module names of the model (model.named_modules()), got "
+                f"{missing[0]!r}, which it lacks{hint}"
+            )
         self._modules = [(n, modules[n]) for n in names]
         self.outputs: dict[str, torch.Tensor] = {}
         self._handles: list[Any] = []

@@ -9,6 +9,7 @@ torch = pytest.importorskip("torch")
 
 from torch import nn  # noqa: E402
 
+from sekron.errors import ArgumentError, ArgumentTypeError  # noqa: E402
 from sekron.torch import Capture, attention_loss, compress, distill, hidden_loss, logit_loss  # noqa: E402
 
 
@@ -49,11 +50,45 @@ def test_capture_and_distill_recover_compressed_student():
     with Capture(teacher, ["1"]) as cap:
         teacher(x[:2])
     assert cap.outputs["1"].shape == (2, 64)
-    with pytest.raises(KeyError):
+    with pytest.raises(ArgumentError, match="names"):
         Capture(teacher, ["nope"])
     with pytest.raises(ValueError, match="at least one"):
         distill(student, teacher, data, logits=False)
     assert len(distill(student, teacher, data, logits=False, hidden={"1": "1"}, max_steps=3)) == 3
+
+
+def _no_hooks(model: nn.Module) -> bool:
+    return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_capture_refuses_bad_names_clearly_and_leaves_no_hooks():
+    model = nn.Sequential()
+    model.add_module("encoder", nn.Sequential(nn.Linear(3, 4), nn.Tanh()))
+    model.add_module("head", nn.Linear(4, 2))
+    with pytest.raises(ArgumentError) as info:
+        Capture(model, ["head", "encoder.O"])  # a letter O for the digit 0
+    msg = str(info.value)
+    assert not isinstance(info.value, KeyError)
+    assert msg.startswith("names:") and "'encoder.O'" in msg
+    assert "'encoder.0'" in msg  # the close match is suggested
+    assert _no_hooks(model)
+    with pytest.raises(ArgumentError, match=r"^names: .*'nowhere'") as info:
+        Capture(model, ["nowhere"])
+    assert "close names" not in str(info.value)
+    assert _no_hooks(model)
+    # a bare string would be iterated character by character
+    for bad in ("head", b"head", 0, None, ["head", 1]):
+        with pytest.raises(ArgumentTypeError, match=r"^names:"):
+            Capture(model, bad)
+        assert _no_hooks(model)
+    with pytest.raises(ArgumentTypeError, match=r"^model:"):
+        Capture("not a model", ["head"])
+    # good names still work, from any iterable, and the hooks go when the block ends
+    with Capture(model, (n for n in ["encoder.0", "head"])) as cap:
+        assert not _no_hooks(model)
+        model(torch.ones(5, 3))
+    assert cap.outputs["encoder.0"].shape == (5, 4) and cap.outputs["head"].shape == (5, 2)
+    assert _no_hooks(model)
 
 
 class _Recorder(nn.Module):
