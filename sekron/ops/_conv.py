@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -296,8 +297,9 @@ def run_plan(plan: ConvPlan, x: np.ndarray, factors: Any) -> np.ndarray:
     return out
 
 
+@functools.lru_cache(maxsize=256)
 def _peak_elements(plan: ConvPlan) -> int:
-    """Elements per image of the largest array a plan's stages read or write."""
+    """Elements per image of the largest array a plan's stages read or write (memoised)."""
     _, h, w = plan.in_shape
     _, stages = conv_stages(
         plan.structure.shapes, plan.structure.ranks, h, w, plan.stride, plan.padding, plan.dilation
@@ -390,6 +392,29 @@ def _dest_view(layout: Any, dest: np.ndarray) -> np.ndarray | None:
     ``dest``; the first step, if a reshape, is left to the regrouping. None when some
     step has no such inverse view.
     """
+    key = (tuple(layout), dest.shape, dest.strides, dest.dtype.itemsize)
+    if key in _DEST_RECIPES:
+        recipe = _DEST_RECIPES[key]
+    else:
+        recipe = _dest_recipe(layout, dest)
+        if len(_DEST_RECIPES) >= 256:
+            _DEST_RECIPES.clear()
+        _DEST_RECIPES[key] = recipe
+    if recipe is None:
+        return None
+    v = dest
+    for kind, arg in recipe:
+        v = np.transpose(v, arg) if kind == "t" else np.reshape(v, arg)
+    return v
+
+
+# the transposes and reshapes that _dest_view applies, per (layout, dest shape and
+# strides): working them out took 15-30 us per call, a tenth of a batch-1 plan
+_DEST_RECIPES: dict[Any, list[tuple[str, tuple[int, ...]]] | None] = {}
+
+
+def _dest_recipe(layout: Any, dest: np.ndarray) -> list[tuple[str, tuple[int, ...]]] | None:
+    """The steps of :func:`_dest_view` for this layout and ``dest`` geometry, or None."""
     if not all(isinstance(s, (ReshapeStep, TransposeStep)) for s in layout):
         return None
     if not layout or not isinstance(layout[-1], ReshapeStep):
@@ -407,16 +432,20 @@ def _dest_view(layout: Any, dest: np.ndarray) -> np.ndarray | None:
             shape = tuple(shape[a] for a in s.axes)
         shapes.append(shape)
     v = dest
+    recipe: list[tuple[str, tuple[int, ...]]] = []
     for k in range(len(layout) - 1, start - 1, -1):
         s = layout[k]
         before = shapes[k - 1] if k > 0 else None
         if isinstance(s, TransposeStep):
-            v = np.transpose(v, np.argsort(s.axes))
+            perm = tuple(int(a) for a in np.argsort(s.axes))
+            v = np.transpose(v, perm)
+            recipe.append(("t", perm))
         elif before is not None:
             v = np.reshape(v, before)
             if not np.may_share_memory(v, dest):
                 return None
-    return v
+            recipe.append(("r", before))
+    return recipe
 
 
 def _reshape_padded(
@@ -461,6 +490,10 @@ def _reshape(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     An array whose rows lie in a wider buffer is reshaped with the whole rows (long
     contiguous copies) and cut back to its width afterwards.
     """
+    try:  # a view when one exists (numpy >= 2.1): no copy, and no byte bounds to check
+        return x.reshape(shape, copy=False)
+    except (ValueError, TypeError):  # TypeError: numpy < 2.1 has no ``copy``
+        pass
     if x.ndim >= 2 and tuple(shape[-2:]) == x.shape[-2:] and x.size:
         it = x.itemsize
         s_h, s_w = x.strides[-2:]

@@ -270,3 +270,27 @@ def test_errors():
         conv2d(rng.normal(size=(1, 4, 2, 2)), kernel)
     with pytest.raises(TypeError, match="Structure"):
         conv2d_plan((4, 4, 3, 3), (6, 6))
+
+
+def test_memoised_offsets_follow_the_input_layout():
+    """The thin-stage kernel's offsets are memoised per geometry: inputs of one shape laid
+    out differently (contiguous, rows in a wider buffer, channels or images strided, a
+    transposed batch/channel view), in any order and repeated, all equal the reference."""
+    from sekron.ops import conv2d_valid
+
+    rng = np.random.default_rng(11)
+    w = rng.normal(size=(4, 6, 3, 1)).astype(np.float32)
+    big = rng.normal(size=(6, 12, 9, 13)).astype(np.float32)
+    layouts = [
+        np.ascontiguousarray(big[:3, :6, :, :7]),
+        big[:3, :6, :, :7],  # rows 13 apart
+        big[:3, ::2, :, 3:10],  # channels two planes apart
+        big[::2, 6:, :, :7],  # images two apart
+        np.ascontiguousarray(big[:6, :3, :, :7]).transpose(1, 0, 2, 3),  # (3, 6): transposed
+    ]
+    for _ in range(2):
+        for x in layouts:
+            assert x.shape == (3, 6, 9, 7)
+            got = conv2d_valid(x, w)
+            want = direct_conv(x.astype(np.float64), w.astype(np.float64), (1, 1), (0, 0), (1, 1))
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
