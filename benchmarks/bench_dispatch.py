@@ -93,7 +93,8 @@ def run(threads, quick):
             geometry = (x.shape, (1, 1), (1, 1), (1, 1))
             staged = sk.ops._conv._staged_wins(kernel, list(kernel.factors), geometry, x.dtype)
             p_np = "staged" if staged else "dense"
-            p_t = "staged" if layer.uses_structured_path((hw, hw), n) else "dense"
+            with torch.no_grad():  # the choice of the timed calls (with gradients: MAC rule)
+                p_t = "staged" if layer.uses_structured_path((hw, hw), n) else "dense"
             ratio = macs["dense"] / macs["sekron"]
             print(
                 f"{label:18s} {ratio:5.1f} {n:5d} | {r_np:16.2f} {p_np:6s} | {r_t:16.2f} {p_t:6s}"

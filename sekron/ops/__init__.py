@@ -63,7 +63,16 @@ True
 from __future__ import annotations
 
 from ._conv import conv2d, execute_plan
-from ._dispatch import MARGIN, CostTable, PathCost, blas_threads, cost_table, fit_path_cost
+from ._dispatch import (
+    CONFIRM,
+    MARGIN,
+    CostTable,
+    PathCost,
+    blas_threads,
+    cost_table,
+    fit_path_cost,
+    time_paths,
+)
 from ._im2col import conv2d_valid
 from ._matmul import matmul, rmatmul
 from ._plan import (
@@ -81,6 +90,7 @@ from ._plan import (
 )
 
 __all__ = [
+    "CONFIRM",
     "MARGIN",
     "Backend",
     "CostTable",
@@ -88,6 +98,7 @@ __all__ = [
     "blas_threads",
     "cost_table",
     "fit_path_cost",
+    "time_paths",
     "ConvPlan",
     "ConvStep",
     "NumpyBackend",

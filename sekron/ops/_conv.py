@@ -13,7 +13,7 @@ from .._cost import as_pair, conv_stages
 from .._validation import as_float_array
 from ..errors import ShapeError
 from ..tensor import SeKronTensor
-from ._dispatch import PathCost, blas_threads, cost_table, fit_path_cost
+from ._dispatch import PathCost, blas_threads, cost_table, fit_path_cost, time_paths
 from ._im2col import conv2d_regrouped, conv2d_valid, pad2d
 from ._plan import (
     ConvPlan,
@@ -228,22 +228,26 @@ def _table_choice(
         threads,
     )
 
+    C, H, W = shape[1:]
+    plan = conv2d_plan(s, (H, W), st, pd, dl)
+
+    xs: dict[int, np.ndarray] = {}  # inputs by batch size, made in the untimed warm-up
+
+    def run(which: str, n: int) -> None:
+        x = xs.get(n)
+        if x is None:
+            x = xs[n] = np.zeros((n, C, H, W), dtype=dtype)
+        if which == "staged":
+            run_plan(plan, x, factors)
+        else:
+            _dense_conv(x, _dense_kernel(kernel, dtype), st, pd, dl)
+
     def measure() -> PathCost:
-        C, H, W = shape[1:]
-        plan = conv2d_plan(s, (H, W), st, pd, dl)
         per_image = max(C * H * W, _peak_elements(plan)) * np.dtype(dtype).itemsize
         big = int(min(256, max(4, _CALIBRATION_BYTES // per_image)))
-        xs = {n: np.zeros((n, C, H, W), dtype=dtype) for n in (1, big)}
-
-        def run(which: str, n: int) -> None:
-            if which == "staged":
-                run_plan(plan, xs[n], factors)
-            else:
-                _dense_conv(xs[n], _dense_kernel(kernel, dtype), st, pd, dl)
-
         return fit_path_cost(run, (1, big))
 
-    return bool(table.staged_wins(key, int(shape[0]), measure))
+    return bool(table.staged_wins(key, int(shape[0]), measure, lambda n: time_paths(run, n)))
 
 
 def _dense_conv(

@@ -31,18 +31,29 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "CONFIRM",
     "MARGIN",
     "CostTable",
     "PathCost",
     "blas_threads",
     "cost_table",
     "fit_path_cost",
+    "time_paths",
 ]
 
 #: The staged path runs only when its predicted time is at most this fraction of the
 #: dense one (a 10 % noise allowance: the chosen path stays within 1.05x of dense even
 #: when one calibration run was 15 % off)
 MARGIN = 0.9
+
+#: A staged win predicted narrower than this (staged/dense above it, at most
+#: :data:`MARGIN`) is timed again at the call's own batch size before it is taken: the
+#: two-point line extrapolates, and near break-even a 10-20 % error picks a slower path
+CONFIRM = 0.75
+
+#: ...only while the dense path is predicted to take at most this many seconds (timing
+#: both paths a few times at the call's batch must stay cheap)
+CONFIRM_MAX_SECONDS = 0.05
 
 _OFF = ("off", "0", "none", "")
 
@@ -113,21 +124,32 @@ def fit_path_cost(
     >>> cost.staged_wins(1000)
     True
     """
-    best: dict[tuple[str, int], float] = {}
-    for n in sizes:
-        for path in ("dense", "staged"):
-            run(path, n)  # warm-up (and first-call allocations)
-        for r in range(max(1, repeats)):
-            for path in ("dense", "staged") if r % 2 == 0 else ("staged", "dense"):
-                t = time.perf_counter()
-                run(path, n)
-                t = time.perf_counter() - t
-                best[path, n] = min(best.get((path, n), math.inf), t)
     n1, n2 = sizes
-    return PathCost(
-        dense=_line(n1, best["dense", n1], n2, best["dense", n2]),
-        staged=_line(n1, best["staged", n1], n2, best["staged", n2]),
-    )
+    (d1, s1), (d2, s2) = (time_paths(run, n, repeats) for n in sizes)
+    return PathCost(dense=_line(n1, d1, n2, d2), staged=_line(n1, s1, n2, s2))
+
+
+def time_paths(run: Callable[[str, int], Any], n: int, repeats: int = 3) -> tuple[float, float]:
+    """Seconds of ``(dense, staged)`` on a batch of ``n``: the minimum of ``repeats`` runs.
+
+    One warm-up run each first; the runs of the two paths alternate.
+
+    Examples
+    --------
+    >>> from sekron.ops import time_paths
+    >>> dense, staged = time_paths(lambda path, n: sum(range(n * (100 if path == "dense" else 1))), 50)
+    >>> staged < dense
+    True
+    """
+    best = {"dense": math.inf, "staged": math.inf}
+    for path in ("dense", "staged"):
+        run(path, n)  # warm-up (and first-call allocations)
+    for r in range(max(1, repeats)):
+        for path in ("dense", "staged") if r % 2 == 0 else ("staged", "dense"):
+            t = time.perf_counter()
+            run(path, n)
+            best[path] = min(best[path], time.perf_counter() - t)
+    return best["dense"], best["staged"]
 
 
 def _default_path() -> Path | None:
@@ -210,11 +232,22 @@ class CostTable:
             self._decisions = {k: v for k, v in self._decisions.items() if k[0] != key}
             self._save()
 
-    def staged_wins(self, key: Hashable, n: int, measure: Callable[[], PathCost] | None) -> bool:
+    def staged_wins(
+        self,
+        key: Hashable,
+        n: int,
+        measure: Callable[[], PathCost] | None,
+        confirm: Callable[[int], tuple[float, float]] | None = None,
+    ) -> bool:
         """Whether a batch of ``n`` of geometry ``key`` runs the staged path.
 
         An unknown ``key`` is measured with ``measure()`` and stored; with ``measure``
-        None it runs the dense path. Decisions are memoised per ``(key, n)``.
+        None it runs the dense path. A narrow predicted win (staged/dense between
+        :data:`CONFIRM` and :data:`MARGIN`, dense predicted under
+        :data:`CONFIRM_MAX_SECONDS`) is re-timed with ``confirm(n)`` (``(dense, staged)``
+        seconds at this batch, see :func:`time_paths`) when given, and taken only if the
+        staged path is then faster by :data:`MARGIN`. Decisions are memoised per
+        ``(key, n)``, in memory.
         """
         hit = self._decisions.get((key, n))
         if hit is not None:
@@ -226,6 +259,11 @@ class CostTable:
             cost = measure()
             self.put(key, cost)
         wins = cost.staged_wins(n)
+        if wins and confirm is not None:
+            dense, staged = cost.predict(n)
+            if staged > CONFIRM * dense and dense <= CONFIRM_MAX_SECONDS:
+                dense, staged = confirm(n)
+                wins = staged <= MARGIN * dense
         if len(self._decisions) > 4096:
             self._decisions.clear()
         self._decisions[key, n] = wins

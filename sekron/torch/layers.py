@@ -18,7 +18,7 @@ from torch import nn
 
 from .._validation import as_pair, check_has_data
 from ..errors import ArgumentError, ArgumentTypeError, ShapeError
-from ..ops import PathCost, cost_table, fit_path_cost
+from ..ops import PathCost, cost_table, fit_path_cost, time_paths
 from ..selection import Selection, select
 from ..structure import Structure
 from ..tensor import SeKronTensor
@@ -336,29 +336,44 @@ class SeKronLinear(_SeKronModule):
             return bool(_traced_linear_choice(self.structure, int(n_rows), w.dtype, w.device))
         table, threads = cost_table(), torch.get_num_threads()
         memo = self.__dict__.setdefault("_path_memo", {})
-        small = (int(n_rows), w.dtype, w.device, threads, id(table))
+        small = (int(n_rows), w.dtype, w.device, threads, id(table), table.generation)
         hit = memo.get(small)
         if hit is None:
             key = (*_linear_key(self.structure, w.dtype, w.device), threads)
-            hit = table.staged_wins(key, int(n_rows), self._measure)
+            run = self._runner()
+            hit = table.staged_wins(
+                key, int(n_rows), lambda: self._measure(run), lambda n: time_paths(run, n)
+            )
             if len(memo) > 1024:
                 memo.clear()
             memo[small] = hit
         return hit
 
-    def _measure(self) -> PathCost:
-        """Time the structured and the dense product on this machine (two batch sizes)."""
-        w = self.factors[0]
-        big = int(min(1024, max(8, _CALIBRATION_BYTES // (self.in_features * w.element_size()))))
-        xs = {n: torch.zeros(n, self.in_features, dtype=w.dtype, device=w.device) for n in (1, big)}
+    def _runner(self) -> Any:
+        """``run(path, n)``: one structured or dense product of ``n`` zero rows.
+
+        The inputs are made on first use, in the untimed warm-up.
+        """
+        w = self._params()[0]
+        xs: dict[int, torch.Tensor] = {}
+        factors = list(self._params())
 
         def run(path: str, n: int) -> None:
+            x = xs.get(n)
+            if x is None:
+                x = xs[n] = torch.zeros(n, self.in_features, dtype=w.dtype, device=w.device)
             if path == "staged":
-                sekron_linear(xs[n], list(self.factors), self.structure)
+                sekron_linear(x, factors, self.structure)
             else:
-                F.linear(xs[n], self._forward_weight())
+                F.linear(x, self._forward_weight())
 
-        return fit_path_cost(_timed(run, w.device), (1, big))
+        return _timed(run, w.device)
+
+    def _measure(self, run: Any = None) -> PathCost:
+        """Time the structured and the dense product on this machine (two batch sizes)."""
+        w = self._params()[0]
+        big = int(min(1024, max(8, _CALIBRATION_BYTES // (self.in_features * w.element_size()))))
+        return fit_path_cost(self._runner() if run is None else run, (1, big))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the layer to ``x`` (last axis ``in_features``)."""
@@ -645,32 +660,42 @@ class SeKronConv2d(_SeKronModule):
                 ),
                 threads,
             )
-            hit = table.staged_wins(key, batch, lambda: self._measure(hw))
+            run = self._runner(hw)
+            hit = table.staged_wins(
+                key, batch, lambda: self._measure(hw, run), lambda n: time_paths(run, n)
+            )
             if len(memo) > 1024:
                 memo.clear()
             memo[small] = hit
         return hit
 
-    def _measure(self, hw: tuple[int, int]) -> PathCost:
-        """Time the staged and the dense convolution on this machine (two batch sizes)."""
-        w = self.factors[0]
-        per_image = self.in_channels * (hw[0] + 2) * (hw[1] + 2) * w.element_size()
-        big = int(min(256, max(4, _CALIBRATION_BYTES // per_image)))
+    def _runner(self, hw: tuple[int, int]) -> Any:
+        """``run(path, n)``: one staged or dense convolution of ``n`` zero images of ``hw``.
+
+        The inputs are made on first use, in the untimed warm-up.
+        """
+        w = self._params()[0]
         shape = (self.in_channels, *hw)
-        xs = {n: torch.zeros(n, *shape, dtype=w.dtype, device=w.device) for n in (1, big)}
-        factors = list(self.factors)
+        xs: dict[int, torch.Tensor] = {}
+        factors = list(self._params())
 
         def run(path: str, n: int) -> None:
+            x = xs.get(n)
+            if x is None:
+                x = xs[n] = torch.zeros(n, *shape, dtype=w.dtype, device=w.device)
             if path == "staged":
-                sekron_conv2d(
-                    xs[n], factors, self.structure, self.stride, self._pads, self.dilation
-                )
+                sekron_conv2d(x, factors, self.structure, self.stride, self._pads, self.dilation)
             else:
-                F.conv2d(
-                    xs[n], self._forward_weight(), None, self.stride, self.padding, self.dilation
-                )
+                F.conv2d(x, self._forward_weight(), None, self.stride, self.padding, self.dilation)
 
-        return fit_path_cost(_timed(run, w.device), (1, big))
+        return _timed(run, w.device)
+
+    def _measure(self, hw: tuple[int, int], run: Any = None) -> PathCost:
+        """Time the staged and the dense convolution on this machine (two batch sizes)."""
+        w = self._params()[0]
+        per_image = self.in_channels * (hw[0] + 2) * (hw[1] + 2) * w.element_size()
+        big = int(min(256, max(4, _CALIBRATION_BYTES // per_image)))
+        return fit_path_cost(self._runner(hw) if run is None else run, (1, big))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the layer to ``x`` of shape ``(n, in_channels, H, W)``."""

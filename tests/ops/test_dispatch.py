@@ -148,9 +148,9 @@ def test_conv2d_choice_memo_follows_the_table(monkeypatch):
     keys = []
     real_wins = CostTable.staged_wins
 
-    def measure_dense_wins(self, key, n, measure):
+    def measure_dense_wins(self, key, n, measure, confirm=None):
         keys.append(key)
-        return real_wins(self, key, n, lambda: PathCost((0.0, 1.0), (0.0, 10.0)))
+        return real_wins(self, key, n, lambda: PathCost((0.0, 1.0), (0.0, 10.0)), confirm)
 
     monkeypatch.setattr(CostTable, "staged_wins", measure_dense_wins)
     ran = []
@@ -182,3 +182,60 @@ def test_blas_threads_follows_threadpool_limits():
         with threadpoolctl.threadpool_limits(n, user_api="blas"):
             assert blas_threads() == counts() == n
     assert blas_threads() == counts()
+
+
+@pytest.mark.parametrize(
+    ("staged_per_image", "confirmed", "calls", "wins"),
+    [
+        (0.5, (1.0, 0.1), 0, True),  # a clear win is taken as predicted
+        (0.85, (1.0, 1.2), 1, False),  # narrow: re-timed at n, and the re-timing says dense
+        (0.85, (1.0, 0.5), 1, True),  # narrow: re-timed, and staged holds
+        (0.95, (1.0, 0.1), 0, False),  # no predicted win: never re-timed
+    ],
+)
+def test_narrow_wins_are_confirmed_at_the_call_s_batch(staged_per_image, confirmed, calls, wins):
+    from sekron.ops import CONFIRM, MARGIN
+
+    assert CONFIRM < 0.85 < MARGIN < 0.95
+    table = CostTable(
+        entries={"k": PathCost(dense=(0.0, 1e-3), staged=(0.0, staged_per_image * 1e-3))}
+    )
+    seen = []
+
+    def confirm(n):
+        seen.append(n)
+        return confirmed
+
+    assert table.staged_wins("k", 8, None, confirm) is wins
+    assert table.staged_wins("k", 8, None, confirm) is wins  # memoised: timed at most once
+    assert seen == [8] * calls
+
+
+def test_long_calls_are_not_re_timed():
+    from sekron.ops._dispatch import CONFIRM_MAX_SECONDS
+
+    table = CostTable(entries={"k": PathCost(dense=(0.0, 1.0), staged=(0.0, 0.85))})
+    n = int(CONFIRM_MAX_SECONDS / 1.0) + 1  # the dense path predicted above the cap
+    assert table.staged_wins("k", n, None, lambda n: pytest.fail("re-timed")) is True
+
+
+def test_time_paths_alternates_and_keeps_the_minimum():
+    from sekron.ops import time_paths
+
+    clock = [0.0]
+    order = []
+    durations = {"dense": iter([9.0, 3.0, 1.0, 2.0]), "staged": iter([9.0, 5.0, 4.0, 6.0])}
+
+    def run(path, n):
+        order.append(path)
+        clock[0] += next(durations[path])
+
+    import time as time_mod
+
+    real = time_mod.perf_counter
+    time_mod.perf_counter = lambda: clock[0]
+    try:
+        assert time_paths(run, 4) == (1.0, 4.0)  # warm-ups (9, 9) are not counted
+    finally:
+        time_mod.perf_counter = real
+    assert order == ["dense", "staged", "dense", "staged", "staged", "dense", "dense", "staged"]

@@ -69,7 +69,7 @@ def test_unknown_geometry_is_timed_once(monkeypatch):
     layer = SeKronConv2d(sk.Structure([(4, 4, 3, 1), (4, 4, 1, 3)], ranks=1), padding=1)
     calls = []
     real = layer._measure
-    monkeypatch.setattr(layer, "_measure", lambda hw: calls.append(hw) or real(hw))
+    monkeypatch.setattr(layer, "_measure", lambda hw, run=None: calls.append(hw) or real(hw, run))
     with torch.no_grad():
         for n in (1, 2, 1):
             layer(torch.randn(n, 16, 10, 10))
@@ -108,7 +108,9 @@ def test_conv_choice_memo_follows_the_table_and_copies(monkeypatch):
     torch.manual_seed(0)
     layer = SeKronConv2d(sk.Structure([(4, 2, 3, 1), (2, 4, 1, 3)], 2), padding=1)
     x = torch.randn(2, 8, 9, 9)
-    monkeypatch.setattr(SeKronConv2d, "_measure", lambda self, hw: PathCost((0, 1.0), (0, 10.0)))
+    monkeypatch.setattr(
+        SeKronConv2d, "_measure", lambda self, hw, run=None: PathCost((0, 1.0), (0, 10.0))
+    )
     with torch.no_grad():
         layer(x)
         layer(x)
