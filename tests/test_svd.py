@@ -193,3 +193,33 @@ def test_certified_stop_is_within_half_a_percent_of_eckart_young(seed):
         U_, s, Vt = truncated_svd(Md, rank, method="randomized", random_state=seed)
         err = float(np.sum((Md.astype(np.float64) - (U_ * s).astype(np.float64) @ Vt) ** 2))
         assert err <= 1.005**2 * optimal + 64 * float(np.finfo(dtype).eps) * float(np.sum(M**2))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(0, 40),
+    st.integers(1, 30),
+    st.sampled_from(["float32", "float64", "float16"]),
+    st.sampled_from(["C", "F", "T", "slice"]),
+    st.sampled_from([1, 7, 64, 1 << 18]),
+    st.integers(0, 2**32 - 1),
+)
+def test_squared_norm_equals_an_exact_sum(m, n, dtype, layout, chunk, seed):
+    """float64 squared norm of any layout and dtype, through chunks of any size, against
+    math.fsum of the float64 squares (an exactly rounded sum)."""
+    import math
+
+    from sekron import svd as svd_mod
+
+    rng = np.random.default_rng(seed)
+    A = (rng.standard_normal((m, n)) * 10.0 ** rng.integers(-3, 4)).astype(dtype)
+    A = {"C": A, "F": np.asfortranarray(A), "T": A.T, "slice": A[:, ::2]}[layout]
+    want = math.fsum(float(v) ** 2 for v in A.astype(np.float64).ravel())
+    saved = svd_mod._NORM_CHUNK
+    svd_mod._NORM_CHUNK = chunk
+    try:
+        got = svd_mod._squared_norm(A)
+    finally:
+        svd_mod._NORM_CHUNK = saved
+    # a float64 sum of k squares: relative error at most k eps (any summation order)
+    assert abs(got - want) <= A.size * np.finfo(np.float64).eps * want
