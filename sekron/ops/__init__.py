@@ -71,6 +71,7 @@ from ._dispatch import (
     blas_threads,
     cost_table,
     fit_path_cost,
+    limit_blas_threads,
     time_paths,
 )
 from ._im2col import conv2d_valid
@@ -98,6 +99,7 @@ __all__ = [
     "blas_threads",
     "cost_table",
     "fit_path_cost",
+    "limit_blas_threads",
     "time_paths",
     "ConvPlan",
     "ConvStep",

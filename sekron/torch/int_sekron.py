@@ -25,7 +25,7 @@ from ..fixed import STREAM_INPUT, STREAM_WEIGHT
 from ..ops import conv2d_plan, execute_plan
 from ..structure import Structure
 from ._conv import TorchBackend
-from ._int_base import IntModule, exact_conv2d, numpy_view, quantize, scaled
+from ._int_base import IntModule, exact_conv2d, numpy_view, quantize, scaled, serial_blas
 from .layers import SeKronConv2d, SeKronLinear
 
 __all__ = [
@@ -50,6 +50,7 @@ class _BmmFn(torch.autograd.Function):
     """``a @ b`` for ``a`` (P, M, K), ``b`` (P, K, N): slice p is ``fixed.matmul`` of slices."""
 
     @staticmethod
+    @serial_blas
     def forward(
         ctx: Any, a: torch.Tensor, b: torch.Tensor, bits: int, rounding: Any, seed: int
     ) -> torch.Tensor:  # type: ignore[override]
@@ -66,6 +67,7 @@ class _BmmFn(torch.autograd.Function):
         return scaled(acc, int(aq.exponent) + int(bq.exponent), a)  # type: ignore[call-overload]
 
     @staticmethod
+    @serial_blas
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         aq, bq, bits, rounding, bwd = ctx.saved
         gn = numpy_view(g.contiguous())
@@ -242,6 +244,7 @@ class _GroupConvFn(torch.autograd.Function):
     """
 
     @staticmethod
+    @serial_blas
     def forward(
         ctx: Any,
         x: torch.Tensor,
@@ -259,6 +262,7 @@ class _GroupConvFn(torch.autograd.Function):
         return exact_conv2d(xq, wq, stride, 0, dilation, groups, x)
 
     @staticmethod
+    @serial_blas
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         xq, wq, bits, rounding, bwd, (stride, dilation, groups) = ctx.saved
         gn = np.ascontiguousarray(numpy_view(g))

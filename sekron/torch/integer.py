@@ -24,7 +24,15 @@ from .._validation import check_bits, check_instance
 from ..errors import ArgumentError, ShapeError
 from ..fixed import STREAM_BIAS, STREAM_INPUT, STREAM_WEIGHT
 from ._convert import to_numpy, to_torch
-from ._int_base import IntModule, dequant, exact_conv2d, numpy_view, quantize, scaled
+from ._int_base import (
+    IntModule,
+    dequant,
+    exact_conv2d,
+    numpy_view,
+    quantize,
+    scaled,
+    serial_blas,
+)
 
 __all__ = [
     "IntConv2d",
@@ -88,6 +96,7 @@ def int_linear_backward(
 
 class _LinearFn(torch.autograd.Function):
     @staticmethod
+    @serial_blas
     def forward(
         ctx: Any,
         x: torch.Tensor,
@@ -103,6 +112,7 @@ class _LinearFn(torch.autograd.Function):
         return y
 
     @staticmethod
+    @serial_blas
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         xq, wq, bits, rounding, bwd, has_b = ctx.saved
         dx, dw, db = int_linear_backward(g.contiguous(), xq, wq, bits, rounding, bwd)
@@ -195,6 +205,7 @@ class IntLinear(IntModule):
 
 class _Conv2dFn(torch.autograd.Function):
     @staticmethod
+    @serial_blas
     def forward(
         ctx: Any,
         x: torch.Tensor,
@@ -212,6 +223,7 @@ class _Conv2dFn(torch.autograd.Function):
         return exact_conv2d(xq, wq, *geo, 1, x)
 
     @staticmethod
+    @serial_blas
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         xq, wq, bits, rounding, bwd, geo = ctx.saved
         stride, padding, dilation = geo
@@ -337,6 +349,7 @@ class IntConv2d(IntModule):
 
 class _LayerNormFn(torch.autograd.Function):
     @staticmethod
+    @serial_blas
     def forward(
         ctx: Any,
         x: torch.Tensor,
@@ -361,6 +374,7 @@ class _LayerNormFn(torch.autograd.Function):
         return to_torch(y.to_float(), like=x, copy=False)
 
     @staticmethod
+    @serial_blas
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         cache, rounding, bwd = ctx.saved
         dx, dgamma, dbeta = fixed.layer_norm_backward(
@@ -443,6 +457,7 @@ class IntLayerNorm(IntModule):
 
 class _EmbeddingFn(torch.autograd.Function):
     @staticmethod
+    @serial_blas
     def forward(
         ctx: Any, ids: torch.Tensor, table: torch.Tensor, bits: int, rounding: Any, seed: int
     ) -> torch.Tensor:  # type: ignore[override]
@@ -454,6 +469,7 @@ class _EmbeddingFn(torch.autograd.Function):
         return to_torch(y.to_float(), like=table, copy=False)
 
     @staticmethod
+    @serial_blas
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         ids_np, v, bits, rounding, bwd = ctx.saved
         dt = fixed.embedding_backward(
@@ -569,6 +585,7 @@ def int_matmul_backward(
 
 class _MatmulFn(torch.autograd.Function):
     @staticmethod
+    @serial_blas
     def forward(
         ctx: Any, a: torch.Tensor, b: torch.Tensor, bits: int, rounding: Any, seed: int
     ) -> torch.Tensor:  # type: ignore[override]
@@ -578,6 +595,7 @@ class _MatmulFn(torch.autograd.Function):
         return y
 
     @staticmethod
+    @serial_blas
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         aq, bq, bits, rounding, bwd = ctx.saved
         da, db = int_matmul_backward(g.contiguous(), aq, bq, bits, rounding, bwd)

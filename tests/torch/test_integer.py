@@ -213,3 +213,47 @@ def test_int_linear_integer_route_equals_float_route(monkeypatch, rounding):
         )
     for f, s in zip(*out, strict=True):
         assert torch.equal(f, s)
+
+
+def test_integer_layers_run_numpy_blas_and_numba_serially_beside_torch_threads():
+    """While torch's pool has several threads, an integer layer's forward and backward run
+    numpy's BLAS and numba at one thread (their spinning workers slowed torch's own ops 2x),
+    and the previous counts come back afterwards, also after an error."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import numba
+
+    from sekron.ops import blas_threads
+    from sekron.torch import _int_base
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has a single thread here")
+    seen = []
+
+    @_int_base.serial_blas
+    def probe(fail=False):
+        seen.append((blas_threads(), numba.get_num_threads()))
+        if fail:
+            raise RuntimeError("inside")
+
+    torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
+    try:
+        with threadpoolctl.threadpool_limits(2, user_api="blas"):
+            numba.set_num_threads(2)
+            torch.set_num_threads(2)
+            probe()
+            with pytest.raises(RuntimeError, match="inside"):
+                probe(fail=True)
+            after = (blas_threads(), numba.get_num_threads())
+            torch.set_num_threads(1)
+            probe()  # torch single-threaded: nothing is capped
+        assert seen == [(1, 1), (1, 1), (2, 2)]
+        assert after == (2, 2)
+    finally:
+        torch.set_num_threads(torch_threads)
+        numba.set_num_threads(numba_threads)
+
+    # the layers' autograd functions are wrapped
+    from sekron.torch import int_sekron, integer
+
+    for fn in (integer._LinearFn, integer._Conv2dFn, int_sekron._GroupConvFn, int_sekron._BmmFn):
+        assert fn.forward.__wrapped__ and fn.backward.__wrapped__
