@@ -713,7 +713,7 @@ class SeKronConv2d(_SeKronModule):
         if self.path == "auto" and inference:
             # the last call's shape and choice, checked first (one tuple comparison)
             table = cost_table()
-            now = (x.shape, x.dtype, torch.get_num_threads(), id(table), table.generation)
+            now = (x.shape, x.dtype, x.device, torch.get_num_threads(), id(table), table.generation)
             last = self.__dict__.get("_last_choice")
             if last is not None and last[0] == now:
                 staged = last[1]
