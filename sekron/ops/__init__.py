@@ -66,6 +66,7 @@ from ._conv import conv2d, execute_plan
 from ._dispatch import (
     CONFIRM,
     MARGIN,
+    STALE_LOAD,
     CostTable,
     PathCost,
     blas_threads,
@@ -93,6 +94,7 @@ from ._plan import (
 __all__ = [
     "CONFIRM",
     "MARGIN",
+    "STALE_LOAD",
     "Backend",
     "CostTable",
     "PathCost",

@@ -33,6 +33,7 @@ from typing import Any
 __all__ = [
     "CONFIRM",
     "MARGIN",
+    "STALE_LOAD",
     "CostTable",
     "PathCost",
     "blas_threads",
@@ -67,6 +68,8 @@ class PathCost:
     ----------
     dense, staged : pair of floats
         ``(t0, t1)`` of each path.
+    load : float or None, default None
+        The one-minute load average while they were timed (None: unknown).
 
     Examples
     --------
@@ -78,6 +81,7 @@ class PathCost:
 
     dense: tuple[float, float]
     staged: tuple[float, float]
+    load: float | None = None
 
     def predict(self, n: int) -> tuple[float, float]:
         """Predicted ``(dense, staged)`` seconds for a batch of ``n``."""
@@ -126,8 +130,27 @@ def fit_path_cost(
     True
     """
     n1, n2 = sizes
+    before = _load()
     (d1, s1), (d2, s2) = (time_paths(run, n, repeats) for n in sizes)
-    return PathCost(dense=_line(n1, d1, n2, d2), staged=_line(n1, s1, n2, s2))
+    after = _load()
+    load = None if before is None or after is None else max(before, after)
+    return PathCost(dense=_line(n1, d1, n2, d2), staged=_line(n1, s1, n2, s2), load=load)
+
+
+def _load() -> float | None:
+    """The one-minute load average, or None where the platform has none."""
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        return None
+
+
+#: An entry timed while the load average exceeded this many times the CPU count is
+#: timed again (once per process) when the load has fallen below half of that: a machine
+#: that was oversubscribed at calibration measures both paths wrongly, and the table
+#: file would otherwise keep those decisions (a near-dense torch layer calibrated at
+#: load 11 on 2 cores ran staged at 2.3-4.7x the dense time)
+STALE_LOAD = 1.5
 
 
 def time_paths(run: Callable[[str, int], Any], n: int, repeats: int = 3) -> tuple[float, float]:
@@ -193,6 +216,7 @@ class CostTable:
         self._decisions: dict[tuple[Hashable, int], bool] = {}
         #: counts :meth:`put` calls; callers that memoise decisions key them by it
         self.generation = 0
+        self._retimed: set[Hashable] = set()
 
     def _load(self) -> None:
         self._loaded = True
@@ -201,7 +225,9 @@ class CostTable:
         try:
             raw = json.loads(self.path.read_text())
             for k, v in raw.items():
-                self._entries.setdefault(_parse_key(k), PathCost(tuple(v[0]), tuple(v[1])))  # type: ignore[arg-type]
+                load = float(v[2]) if len(v) > 2 and v[2] is not None else None
+                cost = PathCost(tuple(v[0]), tuple(v[1]), load)  # type: ignore[arg-type]
+                self._entries.setdefault(_parse_key(k), cost)
         except (OSError, ValueError, TypeError, IndexError, SyntaxError):
             pass
 
@@ -210,7 +236,9 @@ class CostTable:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            data = {repr(k): [list(c.dense), list(c.staged)] for k, c in self._entries.items()}
+            data = {
+                repr(k): [list(c.dense), list(c.staged), c.load] for k, c in self._entries.items()
+            }
             tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(data, indent=0, sort_keys=True))
             os.replace(tmp, self.path)
@@ -233,6 +261,20 @@ class CostTable:
             self._decisions = {k: v for k, v in self._decisions.items() if k[0] != key}
             self._save()
 
+    def _stale(self, key: Hashable, cost: PathCost) -> bool:
+        """Whether ``cost`` was timed on an oversubscribed machine that is quieter now.
+
+        True at most once per key and table (a re-timed entry is not re-timed again).
+        """
+        cpus = os.cpu_count() or 1
+        if cost.load is None or cost.load <= STALE_LOAD * cpus or key in self._retimed:
+            return False
+        now = _load()
+        if now is None or now >= 0.5 * STALE_LOAD * cpus:
+            return False
+        self._retimed.add(key)
+        return True
+
     def staged_wins(
         self,
         key: Hashable,
@@ -243,7 +285,9 @@ class CostTable:
         """Whether a batch of ``n`` of geometry ``key`` runs the staged path.
 
         An unknown ``key`` is measured with ``measure()`` and stored; with ``measure``
-        None it runs the dense path. A narrow predicted win (staged/dense between
+        None it runs the dense path. A stored cost timed at a load average above
+        :data:`STALE_LOAD` times the CPU count is measured again, once, when the load has
+        fallen below half of that. A narrow predicted win (staged/dense between
         :data:`CONFIRM` and :data:`MARGIN`, dense predicted under
         :data:`CONFIRM_MAX_SECONDS`) is re-timed with ``confirm(n)`` (``(dense, staged)``
         seconds at this batch, see :func:`time_paths`) when given, and taken only if the
@@ -254,7 +298,7 @@ class CostTable:
         if hit is not None:
             return hit
         cost = self.get(key)
-        if cost is None:
+        if cost is None or (measure is not None and self._stale(key, cost)):
             if measure is None:
                 return False
             cost = measure()

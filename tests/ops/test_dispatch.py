@@ -239,3 +239,55 @@ def test_time_paths_alternates_and_keeps_the_minimum():
     finally:
         time_mod.perf_counter = real
     assert order == ["dense", "staged", "dense", "staged", "staged", "dense", "dense", "staged"]
+
+
+def test_cost_file_keeps_the_load_and_reads_old_files(tmp_path):
+    path = tmp_path / "costs.json"
+    with_load = PathCost(dense=(1e-4, 2e-3), staged=(3e-4, 5e-4), load=7.25)
+    without = PathCost(dense=(1e-4, 2e-3), staged=(3e-4, 5e-4))
+    table = CostTable(path)
+    table.put("a", with_load)
+    table.put("b", without)
+    again = CostTable(path)
+    assert again.get("a") == with_load and again.get("b") == without
+    # a file written before the load was recorded: two lists per entry
+    path.write_text(json.dumps({repr("c"): [[1e-4, 2e-3], [3e-4, 5e-4]]}))
+    assert CostTable(path).get("c") == without
+
+
+def test_fit_records_the_load(monkeypatch):
+    loads = iter([3.0, 5.0])
+    monkeypatch.setattr(dispatch_mod, "_load", lambda: next(loads))
+    cost = fit_path_cost(lambda path, n: None, (1, 2), repeats=1)
+    assert cost.load == 5.0  # the larger of before and after
+
+
+@pytest.mark.parametrize(
+    ("calibrated", "now", "retimed"),
+    [
+        (None, 0.1, False),  # load unknown: kept
+        (1.0, 0.1, False),  # calibrated on a quiet machine: kept
+        (100.0, 0.1, True),  # calibrated oversubscribed, quiet now: timed again, once
+        (100.0, 50.0, False),  # still loaded: kept (timing now would be as wrong)
+        (100.0, None, False),  # no load average on this platform: kept
+    ],
+)
+def test_costs_timed_under_load_are_retimed_once_when_quiet(monkeypatch, calibrated, now, retimed):
+    from sekron.ops import STALE_LOAD
+
+    cpus = __import__("os").cpu_count() or 1
+    assert calibrated is None or calibrated == 1.0 or calibrated > STALE_LOAD * cpus
+    monkeypatch.setattr(dispatch_mod, "_load", lambda: now)
+    stale = PathCost(dense=(0.0, 1.0), staged=(0.0, 0.1), load=calibrated)  # staged wins
+    fresh = PathCost(dense=(0.0, 1.0), staged=(0.0, 10.0), load=now)  # dense wins
+    table = CostTable(entries={"k": stale})
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return fresh
+
+    assert table.staged_wins("k", 4, measure) is (not retimed)
+    assert table.staged_wins("k", 8, measure) is (not retimed)  # a new n: no second re-timing
+    assert len(calls) == (1 if retimed else 0)
+    assert table.get("k") == (fresh if retimed else stale)
