@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 import sekron as sk
 from sekron import _validation as v
 from sekron.errors import (
+    ArgumentError,
+    ArgumentTypeError,
     DTypeError,
     FormatError,
     NonFiniteError,
@@ -358,3 +360,38 @@ def test_svd_method_rejects_unknown_solvers_and_the_svd_module_agrees():
         v.svd_method("lapack", (4, 4), 1)
     for shape, rank in [((513, 600), 51), ((513, 600), 52), ((512, 4096), 1), ((600, 600), 60)]:
         assert choose_method(shape, rank) == v.svd_method("auto", shape, rank)
+
+
+@given(
+    st.one_of(
+        st.integers(-3, 5),
+        st.booleans(),
+        st.tuples(st.integers(-3, 5), st.integers(-3, 5)),
+        st.tuples(st.integers(0, 5), st.booleans()),
+        st.tuples(st.integers(0, 5)),
+        st.lists(st.integers(0, 5), min_size=2, max_size=2),
+        st.integers(0, 5).map(np.int64),
+    ),
+    st.integers(0, 2),
+)
+def test_as_pair_fast_path_agrees_with_the_checks(x, minimum):
+    """Plain ints and int pairs take a shortcut; every input gets what the full checks give."""
+    from sekron._validation import as_pair
+
+    items = [x, x] if isinstance(x, (int, np.integer)) and not isinstance(x, bool) else x
+    values = list(items) if isinstance(items, (tuple, list)) else None
+    wrong_type = (
+        values is None
+        or len(values) != 2
+        or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in values)
+    )
+    if wrong_type:
+        with pytest.raises(ArgumentTypeError, match="stride"):
+            as_pair(x, "stride", minimum=minimum)
+    elif min(values) < minimum:
+        with pytest.raises(ArgumentError, match="stride"):
+            as_pair(x, "stride", minimum=minimum)
+    else:
+        got = as_pair(x, "stride", minimum=minimum)
+        assert got == (int(values[0]), int(values[1]))
+        assert all(type(v) is int for v in got)
