@@ -21,6 +21,7 @@ SCRIPTS = [
     "bench_conv2d.py",
     "bench_fixed.py",
     "bench_torch.py",
+    "bench_thread_cap.py",
 ]
 
 
