@@ -646,33 +646,32 @@ def _buffer(slot: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray | 
     return buf[:nbytes].view(dtype).reshape(shape)
 
 
-def _execute_numpy(plan: LinearPlan, x: np.ndarray, factors: Sequence[np.ndarray]) -> np.ndarray:
-    """:func:`execute_linear` on numpy, every level but the last written into the workspace.
+class _WorkspaceBackend(NumpyLinearBackend):
+    """numpy for one run of ``plan``: every matmul but the last writes into the workspace.
 
     The result never shares memory with the workspace: the last matmul writes a fresh
     array, and every later step is a view or a copy of it.
     """
-    if plan.transpose:
-        factors = [np.swapaxes(f, -1, -2) for f in factors]
-    steps = plan.steps
-    last = max(i for i, s in enumerate(steps) if isinstance(s, MatmulStep))
-    slot = 0
-    for i, step in enumerate(steps):
-        if isinstance(step, ReshapeStep):
-            x = x.reshape(step.shape)
-        elif isinstance(step, TransposeStep):
-            x = x.transpose(step.axes)
-        else:
-            assert isinstance(step, MatmulStep)
-            w = linear_weight(step, factors[step.factor], _NUMPY)
-            a, b = (w, x) if step.weight_first else (x, w)
-            out = None
-            if i < last:
-                batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-                out = _buffer(slot, (*batch, a.shape[-2], b.shape[-1]), x.dtype)
-                slot ^= 1
-            x = np.matmul(a, b) if out is None else np.matmul(a, b, out=out)
-    return x
+
+    def __init__(self, plan: LinearPlan):
+        self._left = sum(isinstance(s, MatmulStep) for s in plan.steps)
+        self._slot = 0
+
+    def matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``np.matmul(a, b)``, into this thread's next buffer unless it is the last."""
+        self._left -= 1
+        if self._left > 0:
+            batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+            out = _buffer(self._slot, (*batch, a.shape[-2], b.shape[-1]), np.result_type(a, b))
+            self._slot ^= 1
+            if out is not None:
+                return np.matmul(a, b, out=out)
+        return np.matmul(a, b)
+
+
+def _execute_numpy(plan: LinearPlan, x: np.ndarray, factors: Sequence[np.ndarray]) -> np.ndarray:
+    """:func:`execute_linear` on numpy with the intermediates in the workspace."""
+    return execute_linear(plan, x, factors, _WorkspaceBackend(plan))  # type: ignore[no-any-return]
 
 
 def _run_numpy(factors: Sequence[np.ndarray], X: np.ndarray, plan: LinearPlan) -> np.ndarray:

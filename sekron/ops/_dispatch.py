@@ -339,7 +339,21 @@ def cost_table() -> CostTable:
     return _TABLE
 
 
-_BLAS: Any = None
+_CONTROLLERS: Any = None
+_READERS: Any = None
+
+
+def _controllers() -> tuple[Any, ...]:
+    """The loaded BLAS libraries' threadpoolctl controllers, looked up once (none without it)."""
+    global _CONTROLLERS
+    if _CONTROLLERS is None:
+        try:
+            from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped]
+        except ImportError:
+            _CONTROLLERS = ()
+        else:
+            _CONTROLLERS = tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
+    return _CONTROLLERS  # type: ignore[no-any-return]
 
 
 def blas_threads() -> int | None:
@@ -352,18 +366,12 @@ def blas_threads() -> int | None:
     >>> n is None or n >= 1
     True
     """
-    global _BLAS
-    if _BLAS is None:
-        try:
-            from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped]
-        except ImportError:
-            _BLAS = ()
-        else:
-            controllers = ThreadpoolController().select(user_api="blas").lib_controllers
-            _BLAS = tuple(_thread_reader(c) for c in controllers)
-    if not _BLAS:
+    global _READERS
+    if _READERS is None:
+        _READERS = tuple(_thread_reader(c) for c in _controllers())
+    if not _READERS:
         return None
-    return max(int(read()) for read in _BLAS)
+    return max(int(read()) for read in _READERS)
 
 
 def _thread_reader(controller: Any) -> Callable[[], Any]:
@@ -403,21 +411,6 @@ class _BlasLimit:
         for c, old in self._saved:
             c.set_num_threads(old)
         self._saved.clear()
-
-
-_CONTROLLERS: Any = None
-
-
-def _controllers() -> tuple[Any, ...]:
-    global _CONTROLLERS
-    if _CONTROLLERS is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:
-            _CONTROLLERS = ()
-        else:
-            _CONTROLLERS = tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
-    return _CONTROLLERS  # type: ignore[no-any-return]
 
 
 def limit_blas_threads(n: int = 1) -> _BlasLimit:

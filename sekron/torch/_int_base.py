@@ -149,6 +149,8 @@ class IntModule(nn.Module):
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
+#: Whether :func:`serial_blas` also runs numba at one thread (benchmarks/bench_thread_cap.py
+#: switches the whole cap off through this and ``limit_blas_threads`` for its A/B)
 SERIAL_NUMBA = True
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -219,7 +220,7 @@ def test_long_calls_are_not_re_timed():
     assert table.staged_wins("k", n, None, lambda n: pytest.fail("re-timed")) is True
 
 
-def test_time_paths_alternates_and_keeps_the_minimum():
+def test_time_paths_alternates_and_keeps_the_minimum(monkeypatch):
     from sekron.ops import time_paths
 
     clock = [0.0]
@@ -230,14 +231,8 @@ def test_time_paths_alternates_and_keeps_the_minimum():
         order.append(path)
         clock[0] += next(durations[path])
 
-    import time as time_mod
-
-    real = time_mod.perf_counter
-    time_mod.perf_counter = lambda: clock[0]
-    try:
-        assert time_paths(run, 4) == (1.0, 4.0)  # warm-ups (9, 9) are not counted
-    finally:
-        time_mod.perf_counter = real
+    monkeypatch.setattr(dispatch_mod.time, "perf_counter", lambda: clock[0])
+    assert time_paths(run, 4) == (1.0, 4.0)  # warm-ups (9, 9) are not counted
     assert order == ["dense", "staged", "dense", "staged", "staged", "dense", "dense", "staged"]
 
 
@@ -275,7 +270,7 @@ def test_fit_records_the_load(monkeypatch):
 def test_costs_timed_under_load_are_retimed_once_when_quiet(monkeypatch, calibrated, now, retimed):
     from sekron.ops import STALE_LOAD
 
-    cpus = __import__("os").cpu_count() or 1
+    cpus = os.cpu_count() or 1
     assert calibrated is None or calibrated == 1.0 or calibrated > STALE_LOAD * cpus
     monkeypatch.setattr(dispatch_mod, "_load", lambda: now)
     stale = PathCost(dense=(0.0, 1.0), staged=(0.0, 0.1), load=calibrated)  # staged wins
