@@ -75,6 +75,7 @@ from ._dispatch import (
     limit_blas_threads,
     time_paths,
 )
+from ._fused import ENGINE as STAGED_ENGINE
 from ._im2col import conv2d_valid
 from ._matmul import matmul, rmatmul
 from ._plan import (
@@ -95,6 +96,7 @@ __all__ = [
     "CONFIRM",
     "MARGIN",
     "STALE_LOAD",
+    "STAGED_ENGINE",
     "Backend",
     "CostTable",
     "PathCost",

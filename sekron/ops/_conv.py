@@ -13,6 +13,7 @@ from .._cost import as_pair, conv_stages
 from .._validation import as_float_array
 from ..errors import ShapeError
 from ..tensor import SeKronTensor
+from . import _fused
 from ._dispatch import PathCost, blas_threads, cost_table, fit_path_cost, time_paths
 from ._im2col import conv2d_regrouped, conv2d_valid, pad2d
 from ._plan import (
@@ -226,6 +227,7 @@ def _table_choice(
         dl,
         np.dtype(dtype).name,
         threads,
+        _fused.ENGINE,
     )
 
     C, H, W = shape[1:]
@@ -278,10 +280,17 @@ def _dense_conv(
     return out
 
 
+# the dtypes the fused kernel is compiled for (others run the chunked steps)
+_FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def run_plan(plan: ConvPlan, x: np.ndarray, factors: Any) -> np.ndarray:
     """The numpy executor of a plan: same steps and primitive as ``NumpyBackend``, faster.
 
-    Runs the plan on chunks of the batch (every plan is batch-agnostic and acts on each
+    A stride-1 plan runs as its fused program (``sekron.ops._fused``): every stage of
+    one image at a time in cache-resident buffers, the layout steps folded into the
+    stages' offsets, images (or bands of rows) shared among the BLAS thread count. Other
+    plans run on chunks of the batch (every plan is batch-agnostic and acts on each
     image alone), so that a chunk's intermediates stay in cache; builds each conv weight
     once; lets views of wide rows (the stride-1 conv outputs) flow through reshapes, so
     layout copies move whole planes; writes the last layout step straight into the
@@ -295,6 +304,10 @@ def run_plan(plan: ConvPlan, x: np.ndarray, factors: Any) -> np.ndarray:
     }
     N = x.shape[0]
     out = np.empty((N, *plan.out_shape), dtype=np.result_type(x, *weights.values()))
+    if N and _fused.ENABLED and out.dtype in _FUSED_DTYPES:
+        ws = [weights[i] for i in sorted(weights)]
+        if _fused.run_fused(plan, x.astype(out.dtype, copy=False), ws, out, blas_threads() or 1):
+            return out
     nb = max(1, _BATCH_BYTES // (_peak_elements(plan) * out.itemsize))
     for b0 in range(0, N, nb):
         _run_steps(plan, x[b0 : b0 + nb], weights, out[b0 : b0 + nb])

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["conv_flat", "conv_flat_reference"]
+__all__ = ["conv_flat", "conv_flat_reference", "run_program", "run_program_reference"]
 
 _TILE = 1024  # positions per tile: 4 output rows × 1024 × 8 bytes stay in the L1 cache (48 KiB);
 # 1024-2048 measured 20-30 % faster than 128-512 (fewer loop set-ups per multiply-add)
@@ -136,3 +136,107 @@ def conv_flat_reference(
         y = w[(q0 + q) % G] @ cols[q]
         for o in range(Og):
             out[ooff[q * Og + o] : ooff[q * Og + o] + n_pos] = y[o]
+
+
+# --- the whole plan per image ---------------------------------------------------------
+#
+# A stride-1 plan is a chain of flat stages whose layout steps only permute planes, so
+# every layout step can be folded into the next stage's input offsets (``koff``) and the
+# whole plan run one image at a time through per-thread buffers that stay in the L2
+# cache (``sekron.ops._fused`` builds the program). Stage ``s`` is the row
+# ``meta[s] = (src, dst, n_planes, K, G, Og, n_pos, koff_start, ooff_start, w_start)``:
+# it reads buffer ``src`` (0 = the padded image, 1 or 2 the ping-pong buffers) and
+# writes buffer ``dst``; its offsets and weight are the slices of the flat ``koff``,
+# ``ooff`` and ``w`` that start there. ``final[f]`` is where output channel ``f``'s plane
+# lies in the last stage's buffer, its rows ``row`` apart.
+
+
+def _pick(k, b0, b1, b2):  # pragma: no cover - compiled
+    if k == 0:
+        return b0
+    if k == 1:
+        return b1
+    return b2
+
+
+def _run_program(
+    x, out, n0, n1, rows, meta, koff, ooff, w, final, top, left, row, b0, b1, b2
+):  # pragma: no cover - compiled
+    """``out[n] = plan(x[n])`` for ``n0 <= n < n1``; ``b0``'s borders must hold zeros.
+
+    ``rows = (x_row0, n_in, out_row0, n_out)``: the program reads input rows ``x_row0 +
+    i`` for ``i < n_in`` (rows outside ``x`` are zeros, left so in ``b0``) and writes
+    output rows ``out_row0 + i`` for ``i < n_out`` (a band of the image, or all of it).
+    """
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    F, Wo = out.shape[1], out.shape[3]
+    x0, n_in, o0, Ho = rows[0], rows[1], rows[2], rows[3]
+    plane = b0.shape[0] // C
+    last = meta[meta.shape[0] - 1, 1]
+    for n in range(n0, n1):
+        for c in range(C):
+            for i in range(n_in):
+                r = x0 + i
+                if 0 <= r < H:
+                    base = c * plane + (i + top) * row + left
+                    for j in range(W):
+                        b0[base + j] = x[n, c, r, j]
+        for s in range(meta.shape[0]):
+            src = _pick(meta[s, 0], b0, b1, b2)
+            dst = _pick(meta[s, 1], b0, b1, b2)
+            n_planes, K, G, Og, n_pos = meta[s, 2], meta[s, 3], meta[s, 4], meta[s, 5], meta[s, 6]
+            ks, os, ws = meta[s, 7], meta[s, 8], meta[s, 9]
+            ko = koff[ks : ks + n_planes * K].reshape((n_planes, K))
+            wt = w[ws : ws + G * Og * K].reshape((G, Og, K))
+            conv_flat(src, ko, wt, dst, ooff[os : os + n_planes * Og], n_pos, 0)
+        res = _pick(last, b0, b1, b2)
+        for f in range(F):
+            for i in range(Ho):
+                base = final[f] + i * row
+                for j in range(Wo):
+                    out[n, f, o0 + i, j] = res[base + j]
+
+
+_pick = njit(cache=True, inline="always")(_pick)
+run_program = njit(cache=True, fastmath=True, boundscheck=False, nogil=True)(_run_program)
+
+
+def run_program_reference(
+    x: np.ndarray,
+    out: np.ndarray,
+    n0: int,
+    n1: int,
+    rows: np.ndarray,
+    meta: np.ndarray,
+    koff: np.ndarray,
+    ooff: np.ndarray,
+    w: np.ndarray,
+    final: np.ndarray,
+    top: int,
+    left: int,
+    row: int,
+    b0: np.ndarray,
+    b1: np.ndarray,
+    b2: np.ndarray,
+) -> None:
+    """The numpy twin of :data:`run_program`: the same buffers, one GEMM per plane."""
+    C, H, W = x.shape[1:]
+    Wo = out.shape[3]
+    x0, n_in, o0, Ho = (int(v) for v in rows)
+    lo, hi = max(0, x0), min(H, x0 + n_in)  # the input rows that exist
+    bufs = (b0, b1, b2)
+    for n in range(n0, n1):
+        img = b0.reshape(C, -1, row)
+        img[:, top + lo - x0 : top + hi - x0, left : left + W] = x[n, :, lo:hi]
+        for src, dst, n_planes, K, G, Og, n_pos, ks, os, ws in meta.tolist():
+            conv_flat_reference(
+                bufs[src],
+                koff[ks : ks + n_planes * K].reshape(n_planes, K),
+                w[ws : ws + G * Og * K].reshape(G, Og, K),
+                bufs[dst],
+                ooff[os : os + n_planes * Og],
+                n_pos,
+            )
+        res = bufs[int(meta[-1, 1])]
+        starts = final[:, None] + np.arange(Ho) * row  # (F, Ho) row starts
+        out[n, :, o0 : o0 + Ho] = res[starts[:, :, None] + np.arange(Wo)]

@@ -18,7 +18,7 @@ from torch import nn
 
 from .._validation import as_pair, check_has_data
 from ..errors import ArgumentError, ArgumentTypeError, ShapeError
-from ..ops import PathCost, cost_table, fit_path_cost, time_paths
+from ..ops import STAGED_ENGINE, PathCost, cost_table, fit_path_cost, time_paths
 from ..selection import Selection, select
 from ..structure import Structure
 from ..tensor import SeKronTensor
@@ -56,7 +56,17 @@ def _conv_key(
     device: Any,
 ) -> tuple[Any, ...]:
     geom = (chw, stride, pads, dilation)  # tuples of ints (the layer's normalized settings)
-    return ("conv2d", "torch", structure.shapes, structure.ranks, geom, str(dtype), str(device))
+    engine = STAGED_ENGINE  # costs timed on an earlier staged executor are not reused
+    return (
+        "conv2d",
+        "torch",
+        structure.shapes,
+        structure.ranks,
+        geom,
+        str(dtype),
+        str(device),
+        engine,
+    )
 
 
 def _mac_rule_conv(

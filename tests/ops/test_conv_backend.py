@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import sekron as sk
 from sekron.ops import NumpyBackend, conv2d_plan, conv2d_valid, execute_plan
 from sekron.ops import _conv as conv_mod
+from sekron.ops import _fused as fused_mod
 from sekron.ops import _im2col as im2col_mod
 from sekron.ops._conv import run_plan
 from sekron.ops._im2col import _split_axes, conv2d_regrouped, pad2d
@@ -187,9 +188,10 @@ def kernel_structures(draw):
     dilation=st.integers(1, 2),
     seed=st.integers(0, 2**32 - 1),
     small=st.booleans(),
+    fused=st.booleans(),
 )
 def test_run_plan_equals_generic_backend(
-    struct, n, stride, padding, dilation, seed, small, monkeypatch_module
+    struct, n, stride, padding, dilation, seed, small, fused, monkeypatch_module
 ):
     _F, C, Kh, Kw = struct.shape
     h = w = 9
@@ -199,6 +201,8 @@ def test_run_plan_equals_generic_backend(
     kernel = sk.SeKronTensor([rng.normal(size=s) for s in struct.factor_shapes])
     x = rng.normal(size=(n, C, h, w))
     plan = conv2d_plan(struct, (h, w), stride, padding, dilation)
+    # stride-1 plans run as a fused program unless it is switched off (chunked steps)
+    monkeypatch_module.setattr(fused_mod, "ENABLED", fused)
     if small:  # force several batch chunks and several column chunks per stage
         monkeypatch_module.setattr(conv_mod, "_BATCH_BYTES", 64)
         monkeypatch_module.setattr(im2col_mod, "_CHUNK_BYTES", 64)
@@ -241,3 +245,84 @@ def test_public_conv2d_is_contiguous_and_leaves_inputs_alone():
         y = sk.conv2d(x, k, padding=1)
         assert y.flags.c_contiguous and y.dtype == np.float32 and y.shape == (3, 8, 7, 7)
     assert np.array_equal(x, x0)
+
+
+def _plan_weights(plan, kernel):
+    from sekron.ops import ConvStep, conv_weight
+
+    be = NumpyBackend()
+    return [
+        np.ascontiguousarray(conv_weight(s, kernel.factors[s.factor], be))
+        for s in plan.steps
+        if isinstance(s, ConvStep)
+    ]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    struct=kernel_structures(),
+    n=st.integers(1, 4),
+    hw=st.tuples(st.integers(4, 12), st.integers(4, 12)),
+    padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    threads=st.integers(1, 3),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_fused_program_equals_its_twin_and_direct_conv(
+    struct, n, hw, padding, dilation, threads, dtype, seed
+):
+    _F, C, Kh, Kw = struct.shape
+    (h, w), (ph, pw), (dh, dw) = hw, padding, dilation
+    if h + 2 * ph < dh * (Kh - 1) + 1 or w + 2 * pw < dw * (Kw - 1) + 1:
+        return
+    rng = np.random.default_rng(seed)
+    kernel = sk.SeKronTensor([rng.normal(size=s).astype(dtype) for s in struct.factor_shapes])
+    x = rng.normal(size=(n, C, h, w)).astype(dtype)
+    x_before = x.copy()
+    plan = conv2d_plan(struct, (h, w), 1, padding, dilation)
+    assert fused_mod.fused_program(plan) is not None  # every stride-1 plan has one
+    weights = _plan_weights(plan, kernel)
+    got = np.full((n, *plan.out_shape), np.nan, dtype=dtype)
+    twin = np.full_like(got, np.nan)
+    # fewer images than threads: bands of rows, each with its halo
+    assert fused_mod.run_fused(plan, x, weights, got, threads)
+    assert fused_mod.run_fused(plan, x, weights, twin, 1, reference=True)
+    assert np.array_equal(x, x_before)
+    Wabs = sk.SeKronTensor([np.abs(f).astype(np.float64) for f in kernel.factors]).to_dense()
+    pads = (ph, ph, pw, pw)
+    scale = direct_conv(pad2d(np.abs(x).astype(np.float64), pads), Wabs, (1, 1), dilation, 1)
+    ref = direct_conv(pad2d(x.astype(np.float64), pads), kernel.to_dense(), (1, 1), dilation, 1)
+    K = C * Kh * Kw * math.prod(struct.ranks)
+    assert_close(got, twin, scale, dtype, K)
+    assert_close(got, ref, scale, dtype, K)
+    assert_close(twin, ref, scale, dtype, K)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 5])
+@pytest.mark.parametrize("n", [1, 2])
+def test_fused_bands_match_torch_conv2d(threads, n):
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as tF
+
+    rng = np.random.default_rng(threads)
+    struct = sk.Structure([(4, 4, 3, 1), (4, 4, 1, 3)], 2)
+    kernel = sk.SeKronTensor([rng.normal(size=s) for s in struct.factor_shapes])
+    x = rng.normal(size=(n, 16, 13, 11))
+    plan = conv2d_plan(struct, (13, 11), 1, (1, 2), (2, 1))
+    got = np.empty((n, *plan.out_shape))
+    assert fused_mod.run_fused(plan, x, _plan_weights(plan, kernel), got, threads)
+    want = tF.conv2d(
+        torch.from_numpy(x), torch.from_numpy(kernel.to_dense()), padding=(1, 2), dilation=(2, 1)
+    ).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("stride", [(2, 1), (1, 2), (2, 2)])
+def test_strided_plans_have_no_fused_program(stride):
+    struct = sk.Structure([(2, 2, 3, 1), (2, 2, 1, 3)], 1)
+    plan = conv2d_plan(struct, (9, 9), stride, 1)
+    assert fused_mod.fused_program(plan) is None
+    x = np.random.default_rng(0).normal(size=(1, 4, 9, 9))
+    out = np.empty((1, *plan.out_shape))
+    assert not fused_mod.run_fused(plan, x, [], out)
