@@ -142,59 +142,41 @@ def conv_flat_reference(
 #
 # A stride-1 plan is a chain of flat stages whose layout steps only permute planes, so
 # every layout step can be folded into the next stage's input offsets (``koff``) and the
-# whole plan run one image at a time through per-thread buffers that stay in the L2
-# cache (``sekron.ops._fused`` builds the program). Stage ``s`` is the row
-# ``meta[s] = (src, dst, n_planes, K, G, Og, n_pos, koff_start, ooff_start, w_start)``:
-# it reads buffer ``src`` (0 = the padded image, 1 or 2 the ping-pong buffers) and
-# writes buffer ``dst``; its offsets and weight are the slices of the flat ``koff``,
-# ``ooff`` and ``w`` that start there. ``final[f]`` is where output channel ``f``'s plane
-# lies in the last stage's buffer, its rows ``row`` apart.
+# whole plan run one image at a time through buffers that stay in the L2 cache
+# (``sekron.ops._fused`` builds the program and does the copies in and out, which numpy
+# does at memory speed and a numba loop, unsure whether the arrays overlap, did not).
+# Stage ``s`` is the row ``meta[s] = (src, dst, n_planes, K, G, Og, n_pos, koff_start,
+# ooff_start, w_start)``: it reads buffer ``src`` and writes buffer ``dst`` (0 = the
+# image's padded input, 1 and 2 the ping-pong buffers, 3 the image's result); its
+# offsets and weight are the slices of the flat ``koff``, ``ooff`` and ``w`` that start
+# there.
 
 
-def _pick(k, b0, b1, b2):  # pragma: no cover - compiled
+def _pick(k, b0, b1, b2, b3):  # pragma: no cover - compiled
     if k == 0:
         return b0
     if k == 1:
         return b1
-    return b2
+    if k == 2:
+        return b2
+    return b3
 
 
-def _run_program(
-    x, out, n0, n1, rows, meta, koff, ooff, w, final, top, left, row, b0, b1, b2
-):  # pragma: no cover - compiled
-    """``out[n] = plan(x[n])`` for ``n0 <= n < n1``; ``b0``'s borders must hold zeros.
-
-    ``rows = (x_row0, n_in, out_row0, n_out)``: the program reads input rows ``x_row0 +
-    i`` for ``i < n_in`` (rows outside ``x`` are zeros, left so in ``b0``) and writes
-    output rows ``out_row0 + i`` for ``i < n_out`` (a band of the image, or all of it).
-    """
-    C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    F, Wo = out.shape[1], out.shape[3]
-    x0, n_in, o0, Ho = rows[0], rows[1], rows[2], rows[3]
-    plane = b0.shape[0] // C
-    last = meta[meta.shape[0] - 1, 1]
-    for n in range(n0, n1):
-        for c in range(C):
-            for i in range(n_in):
-                r = x0 + i
-                if 0 <= r < H:
-                    base = c * plane + (i + top) * row + left
-                    for j in range(W):
-                        b0[base + j] = x[n, c, r, j]
+def _run_program(xp, yp, n_img, meta, koff, ooff, w, b1, b2):  # pragma: no cover - compiled
+    """Run the program on ``n_img`` images: inputs ``xp``, results ``yp`` (flat, one after the other)."""
+    L0 = xp.shape[0] // n_img
+    L3 = yp.shape[0] // n_img
+    for i in range(n_img):
+        b0 = xp[i * L0 : (i + 1) * L0]
+        b3 = yp[i * L3 : (i + 1) * L3]
         for s in range(meta.shape[0]):
-            src = _pick(meta[s, 0], b0, b1, b2)
-            dst = _pick(meta[s, 1], b0, b1, b2)
+            src = _pick(meta[s, 0], b0, b1, b2, b3)
+            dst = _pick(meta[s, 1], b0, b1, b2, b3)
             n_planes, K, G, Og, n_pos = meta[s, 2], meta[s, 3], meta[s, 4], meta[s, 5], meta[s, 6]
             ks, os, ws = meta[s, 7], meta[s, 8], meta[s, 9]
             ko = koff[ks : ks + n_planes * K].reshape((n_planes, K))
             wt = w[ws : ws + G * Og * K].reshape((G, Og, K))
             conv_flat(src, ko, wt, dst, ooff[os : os + n_planes * Og], n_pos, 0)
-        res = _pick(last, b0, b1, b2)
-        for f in range(F):
-            for i in range(Ho):
-                base = final[f] + i * row
-                for j in range(Wo):
-                    out[n, f, o0 + i, j] = res[base + j]
 
 
 _pick = njit(cache=True, inline="always")(_pick)
@@ -202,32 +184,20 @@ run_program = njit(cache=True, fastmath=True, boundscheck=False, nogil=True)(_ru
 
 
 def run_program_reference(
-    x: np.ndarray,
-    out: np.ndarray,
-    n0: int,
-    n1: int,
-    rows: np.ndarray,
+    xp: np.ndarray,
+    yp: np.ndarray,
+    n_img: int,
     meta: np.ndarray,
     koff: np.ndarray,
     ooff: np.ndarray,
     w: np.ndarray,
-    final: np.ndarray,
-    top: int,
-    left: int,
-    row: int,
-    b0: np.ndarray,
     b1: np.ndarray,
     b2: np.ndarray,
 ) -> None:
     """The numpy twin of :data:`run_program`: the same buffers, one GEMM per plane."""
-    C, H, W = x.shape[1:]
-    Wo = out.shape[3]
-    x0, n_in, o0, Ho = (int(v) for v in rows)
-    lo, hi = max(0, x0), min(H, x0 + n_in)  # the input rows that exist
-    bufs = (b0, b1, b2)
-    for n in range(n0, n1):
-        img = b0.reshape(C, -1, row)
-        img[:, top + lo - x0 : top + hi - x0, left : left + W] = x[n, :, lo:hi]
+    L0, L3 = xp.shape[0] // n_img, yp.shape[0] // n_img
+    for i in range(n_img):
+        bufs = (xp[i * L0 : (i + 1) * L0], b1, b2, yp[i * L3 : (i + 1) * L3])
         for src, dst, n_planes, K, G, Og, n_pos, ks, os, ws in meta.tolist():
             conv_flat_reference(
                 bufs[src],
@@ -237,6 +207,3 @@ def run_program_reference(
                 ooff[os : os + n_planes * Og],
                 n_pos,
             )
-        res = bufs[int(meta[-1, 1])]
-        starts = final[:, None] + np.arange(Ho) * row  # (F, Ho) row starts
-        out[n, :, o0 : o0 + Ho] = res[starts[:, :, None] + np.arange(Wo)]

@@ -45,19 +45,20 @@ class FusedProgram:
     """A stride-1 plan as flat stages over per-image buffers (see the module docstring).
 
     ``meta[s] = (src, dst, n_planes, K, G, Og, n_pos, koff_start, ooff_start,
-    w_start)``; ``lengths`` are the three buffers' sizes in elements (the padded image,
-    then the two ping-pong buffers); ``convs`` the plan's conv steps, whose weights
-    ``(G, Og, K)`` lie one after the other in the flat weight array.
+    w_start)``; buffer 0 is the padded image ``(C, rows, row)`` (its first image row at
+    ``top``, column at ``left``), 3 the result ``(F, Ho, row)`` in output channel order,
+    1 and 2 the ping-pong buffers between; ``lengths`` are their sizes in elements.
+    ``convs`` are the plan's conv steps, whose weights ``(G, Og, K)`` lie one after the
+    other in the flat weight array.
     """
 
     meta: np.ndarray
     koff: np.ndarray
     ooff: np.ndarray
-    final: np.ndarray
     top: int
     left: int
     row: int
-    lengths: tuple[int, int, int]
+    lengths: tuple[int, int, int, int]
     convs: tuple[int, ...]
     macs: int
 
@@ -77,8 +78,12 @@ def fused_program(plan: ConvPlan) -> FusedProgram | None:
     row = w
     off = (np.arange(C, dtype=np.int64) * (h * row)).reshape(1, C)  # plane offsets
     buf = 0
-    lengths = [C * h * row, 0, 0]
-    meta, koffs, ooffs, convs = [], [], [], []
+    lengths = [C * h * row, 0, 0, 0]
+    meta: list[list[int]] = []
+    koffs: list[np.ndarray] = []
+    ooffs: list[np.ndarray] = []
+    convs: list[int] = []
+    sizes: list[int] = []  # each stage's output, in elements
     k_at = o_at = w_at = macs = 0
     for k in range(i, len(steps)):
         step = steps[k]
@@ -105,12 +110,11 @@ def fused_program(plan: ConvPlan) -> FusedProgram | None:
                 + np.arange(kw, dtype=np.int64)[None, :] * dw
             ).reshape(-1)
             koff = (planes[:, :, :, None] + taps).reshape(n_img * g, Cg * kh * kw)
-            Og = n_out // g
-            n_pos = (ho - 1) * row + wo
             dst = 2 if buf == 1 else 1
             ooff = np.arange(n_img * n_out, dtype=np.int64) * (ho * row)
-            lengths[dst] = max(lengths[dst], n_img * n_out * ho * row)
-            meta.append((buf, dst, n_img * g, Cg * kh * kw, g, Og, n_pos, k_at, o_at, w_at))
+            sizes.append(n_img * n_out * ho * row)
+            n_pos = (ho - 1) * row + wo
+            meta.append([buf, dst, n_img * g, Cg * kh * kw, g, n_out // g, n_pos, k_at, o_at, w_at])
             koffs.append(koff.reshape(-1))
             ooffs.append(ooff)
             convs.append(k)
@@ -119,13 +123,28 @@ def fused_program(plan: ConvPlan) -> FusedProgram | None:
             off, buf, h, w = ooff.reshape(n_img, n_out), dst, ho, wo
         else:
             return None
-    if not convs or off.shape != (1, plan.out_shape[0]) or (h, w) != plan.out_shape[1:]:
+    F = plan.out_shape[0]
+    if not convs or off.shape != (1, F) or (h, w) != plan.out_shape[1:]:
         return None
+    # the last stage writes buffer 3 in output channel order: output channel f is the
+    # plane the last stage wrote at final[f]
+    spacing = h * row
+    final = off.reshape(-1)
+    last = np.empty(F, dtype=np.int64)
+    last[final // spacing] = np.arange(F, dtype=np.int64) * spacing
+    ooffs[-1] = last
+    meta[-1][1] = 3
+    lengths[3] = F * spacing
+    lengths[1] = max(
+        [size for m, size in zip(meta[:-1], sizes, strict=False) if m[1] == 1], default=0
+    )
+    lengths[2] = max(
+        [size for m, size in zip(meta[:-1], sizes, strict=False) if m[1] == 2], default=0
+    )
     arrays = {
         "meta": np.array(meta, dtype=np.int64),
         "koff": np.concatenate(koffs),
         "ooff": np.concatenate(ooffs),
-        "final": np.ascontiguousarray(off.reshape(-1)),
     }
     for a in arrays.values():
         a.flags.writeable = False
@@ -134,10 +153,24 @@ def fused_program(plan: ConvPlan) -> FusedProgram | None:
         top=top,
         left=left,
         row=row,
-        lengths=(lengths[0], lengths[1], lengths[2]),
+        lengths=(lengths[0], lengths[1], lengths[2], lengths[3]),
         convs=tuple(convs),
         macs=macs,
     )
+
+
+# the images a work item holds: their padded inputs fill about this many bytes (the
+# buffers then stay in the core's L2 cache between numpy's copy in and the kernel)
+_ITEM_BYTES = 1 << 19
+
+#: Below this many multiply-adds per worker the work runs on the calling thread alone.
+#: Measured on the 2-core VM: a no-op round trip through the thread pool took 51 us,
+#: two 0.4 ms images on two threads took as long as one after the other (the idle
+#: vCPU wakes late), two 2 ms jobs 1.7x less time; bands of a batch-1 image on two
+#: threads ran 0.5-0.9x the one-thread program at 6-8 M multiply-adds.
+THREAD_MACS = 1 << 24
+
+Item = tuple[FusedProgram, int, int, tuple[int, int, int, int]]
 
 
 def run_fused(
@@ -152,10 +185,10 @@ def run_fused(
     """Write ``plan`` applied to ``x`` (``(N, C, H, W)``) into ``out``; False if it has no program.
 
     ``weights`` are the plan's conv weights ``(n_out, Cg, kh, kw)`` in step order.
-    ``threads`` workers take whole images (the kernel releases the GIL); with fewer
-    images than threads, each worker takes a band of output rows of every image, its
-    input rows with the halo the kernel's height needs (a few rows computed twice).
-    ``reference`` runs the numpy twin of the kernel instead (tests).
+    ``threads`` workers take a few whole images at a time (the kernel releases the GIL);
+    with fewer images than threads, each worker takes a band of output rows of every
+    image, with the halo of input rows the kernel's height needs (a few rows computed
+    twice). ``reference`` runs the numpy twin of the kernel instead (tests).
     """
     from . import _conv_kernels as kern
     from ._im2col import _pool
@@ -166,46 +199,43 @@ def run_fused(
     dtype = out.dtype
     w = np.concatenate([wt.reshape(-1) for wt in weights]).astype(dtype, copy=False)
     fn = kern.run_program_reference if reference else kern.run_program
-    x = np.ascontiguousarray(x)
-    N, H = x.shape[0], x.shape[2]
-    Ho = plan.out_shape[1]
+    C, H, W = plan.in_shape
+    F, Ho, Wo = plan.out_shape
+    N = x.shape[0]
     threads = max(1, threads)
-    Item = tuple[FusedProgram, int, int, tuple[int, int, int, int]]
+    if program.macs * N < threads * THREAD_MACS:
+        threads = 1  # a worker would start its share after the calling thread is done
     if N >= threads or Ho < threads:
         # whole images, a few per work item, taken by whichever worker is free: a core
         # shared with another pool's spinning thread (OpenBLAS's wait for up to ~0.1 s
         # after each GEMM) then slows only its own worker's share
-        per = max(1, N // (8 * threads))
+        fit = max(1, _ITEM_BYTES // (program.lengths[0] * dtype.itemsize))
+        per = max(1, min(N // (4 * threads), fit))
         items: list[Item] = [(program, a, min(N, a + per), (0, H, 0, Ho)) for a in range(0, N, per)]
         shared = True
-    else:  # one band of rows per worker (a band's buffers hold its own zero rows)
-        items, shared = _bands(plan, N, threads), False
+    else:  # one band of rows per worker (its input buffer holds the band's zero rows)
+        items, shared, per = _bands(plan, N, threads), False, N
 
-    def run(item: Item, bufs: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-        prog, n0, n1, rows = item
-        fn(
-            x,
-            out,
-            n0,
-            n1,
-            np.array(rows, dtype=np.int64),
-            prog.meta,
-            prog.koff,
-            prog.ooff,
-            w,
-            prog.final,
-            prog.top,
-            prog.left,
-            prog.row,
-            *bufs,
-        )
-
-    def buffers(prog: FusedProgram) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def buffers(prog: FusedProgram) -> tuple[np.ndarray, ...]:
+        L0, L1, L2, L3 = prog.lengths
         return (
-            np.zeros(prog.lengths[0], dtype=dtype),
-            np.empty(max(1, prog.lengths[1]), dtype=dtype),
-            np.empty(max(1, prog.lengths[2]), dtype=dtype),
+            np.zeros(per * L0, dtype=dtype),
+            np.empty(per * L3, dtype=dtype),
+            np.empty(max(1, L1), dtype=dtype),
+            np.empty(max(1, L2), dtype=dtype),
         )
+
+    def run(item: Item, bufs: tuple[np.ndarray, ...]) -> None:
+        prog, n0, n1, (x0, n_in, o0, n_out) = item
+        xp, yp, b1, b2 = bufs
+        m = n1 - n0
+        L0, _, _, L3 = prog.lengths
+        xv = xp[: m * L0].reshape(m, C, L0 // (C * prog.row), prog.row)
+        lo, hi = max(0, x0), min(H, x0 + n_in)  # the band's rows that lie in the image
+        top, left = prog.top + lo - x0, prog.left
+        xv[:, :, top : top + hi - lo, left : left + W] = x[n0:n1, :, lo:hi]
+        fn(xp[: m * L0], yp[: m * L3], m, prog.meta, prog.koff, prog.ooff, w, b1, b2)
+        out[n0:n1, :, o0 : o0 + n_out] = yp[: m * L3].reshape(m, F, n_out, prog.row)[..., :Wo]
 
     if threads == 1 or len(items) == 1:
         bufs = buffers(program)
@@ -236,9 +266,7 @@ def run_fused(
     return True
 
 
-def _bands(
-    plan: ConvPlan, N: int, bands: int
-) -> list[tuple[FusedProgram, int, int, tuple[int, int, int, int]]]:
+def _bands(plan: ConvPlan, N: int, bands: int) -> list[Item]:
     """Work items computing ``bands`` bands of output rows of all ``N`` images.
 
     Band ``b``'s output rows ``[o0, o1)`` need the padded input rows ``[o0, o1 + e - 1)``

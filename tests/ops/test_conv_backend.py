@@ -270,7 +270,7 @@ def _plan_weights(plan, kernel):
     seed=st.integers(0, 2**32 - 1),
 )
 def test_fused_program_equals_its_twin_and_direct_conv(
-    struct, n, hw, padding, dilation, threads, dtype, seed
+    struct, n, hw, padding, dilation, threads, dtype, seed, monkeypatch_module
 ):
     _F, C, Kh, Kw = struct.shape
     (h, w), (ph, pw), (dh, dw) = hw, padding, dilation
@@ -285,8 +285,13 @@ def test_fused_program_equals_its_twin_and_direct_conv(
     weights = _plan_weights(plan, kernel)
     got = np.full((n, *plan.out_shape), np.nan, dtype=dtype)
     twin = np.full_like(got, np.nan)
-    # fewer images than threads: bands of rows, each with its halo
-    assert fused_mod.run_fused(plan, x, weights, got, threads)
+    # fewer images than threads: bands of rows, each with its halo (the threshold that
+    # keeps small work on one thread is lifted)
+    monkeypatch_module.setattr(fused_mod, "THREAD_MACS", 0)
+    try:
+        assert fused_mod.run_fused(plan, x, weights, got, threads)
+    finally:
+        monkeypatch_module.undo()
     assert fused_mod.run_fused(plan, x, weights, twin, 1, reference=True)
     assert np.array_equal(x, x_before)
     Wabs = sk.SeKronTensor([np.abs(f).astype(np.float64) for f in kernel.factors]).to_dense()
@@ -301,9 +306,11 @@ def test_fused_program_equals_its_twin_and_direct_conv(
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 5])
 @pytest.mark.parametrize("n", [1, 2])
-def test_fused_bands_match_torch_conv2d(threads, n):
+def test_fused_bands_match_torch_conv2d(threads, n, monkeypatch):
     torch = pytest.importorskip("torch")
     import torch.nn.functional as tF
+
+    monkeypatch.setattr(fused_mod, "THREAD_MACS", 0)  # small work shared all the same
 
     rng = np.random.default_rng(threads)
     struct = sk.Structure([(4, 4, 3, 1), (4, 4, 1, 3)], 2)
