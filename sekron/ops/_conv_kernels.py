@@ -50,10 +50,11 @@ def _conv_flat(xbuf, koff, w, out, ooff, n_pos, q0):  # pragma: no cover - compi
                 a1 = out[ooff[r + 1] + p0 : ooff[r + 1] + p0 + n]
                 a2 = out[ooff[r + 2] + p0 : ooff[r + 2] + p0 + n]
                 a3 = out[ooff[r + 3] + p0 : ooff[r + 3] + p0 + n]
-                a0[:] = 0
-                a1[:] = 0
-                a2[:] = 0
-                a3[:] = 0
+                if K4 == 0:
+                    a0[:] = 0
+                    a1[:] = 0
+                    a2[:] = 0
+                    a3[:] = 0
                 for k in range(0, K4, 4):
                     x0 = xbuf[ko[k] + p0 : ko[k] + p0 + n]
                     x1 = xbuf[ko[k + 1] + p0 : ko[k + 1] + p0 + n]
@@ -78,6 +79,14 @@ def _conv_flat(xbuf, koff, w, out, ooff, n_pos, q0):  # pragma: no cover - compi
                         w[g, o + 3, k + 2],
                         w[g, o + 3, k + 3],
                     )
+                    if k == 0:  # the first reductions write the tile (no zeroing pass)
+                        for p in range(n):
+                            v0, v1, v2, v3 = x0[p], x1[p], x2[p], x3[p]
+                            a0[p] = w00 * v0 + w01 * v1 + w02 * v2 + w03 * v3
+                            a1[p] = w10 * v0 + w11 * v1 + w12 * v2 + w13 * v3
+                            a2[p] = w20 * v0 + w21 * v1 + w22 * v2 + w23 * v3
+                            a3[p] = w30 * v0 + w31 * v1 + w32 * v2 + w33 * v3
+                        continue
                     for p in range(n):
                         v0, v1, v2, v3 = x0[p], x1[p], x2[p], x3[p]
                         a0[p] += w00 * v0 + w01 * v1 + w02 * v2 + w03 * v3
@@ -96,13 +105,18 @@ def _conv_flat(xbuf, koff, w, out, ooff, n_pos, q0):  # pragma: no cover - compi
             for o in range(Og4, Og):
                 r = q * Og + o
                 a0 = out[ooff[r] + p0 : ooff[r] + p0 + n]
-                a0[:] = 0
+                if K4 == 0:
+                    a0[:] = 0
                 for k in range(0, K4, 4):
                     x0 = xbuf[ko[k] + p0 : ko[k] + p0 + n]
                     x1 = xbuf[ko[k + 1] + p0 : ko[k + 1] + p0 + n]
                     x2 = xbuf[ko[k + 2] + p0 : ko[k + 2] + p0 + n]
                     x3 = xbuf[ko[k + 3] + p0 : ko[k + 3] + p0 + n]
                     w00, w01, w02, w03 = w[g, o, k], w[g, o, k + 1], w[g, o, k + 2], w[g, o, k + 3]
+                    if k == 0:
+                        for p in range(n):
+                            a0[p] = w00 * x0[p] + w01 * x1[p] + w02 * x2[p] + w03 * x3[p]
+                        continue
                     for p in range(n):
                         a0[p] += w00 * x0[p] + w01 * x1[p] + w02 * x2[p] + w03 * x3[p]
                 for k in range(K4, K):
