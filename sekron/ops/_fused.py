@@ -48,8 +48,8 @@ class FusedProgram:
     w_start)``; buffer 0 is the padded image ``(C, rows, row)`` (its first image row at
     ``top``, column at ``left``), 3 the result ``(F, Ho, row)`` in output channel order,
     1 and 2 the ping-pong buffers between; ``lengths`` are their sizes in elements.
-    ``convs`` are the plan's conv steps, whose weights ``(G, Og, K)`` lie one after the
-    other in the flat weight array.
+    The stages' weights ``(G, Og, K)`` lie one after the other in the flat weight array,
+    in the order of the plan's conv steps.
     """
 
     meta: np.ndarray
@@ -59,7 +59,6 @@ class FusedProgram:
     left: int
     row: int
     lengths: tuple[int, int, int, int]
-    convs: tuple[int, ...]
     macs: int
 
 
@@ -82,11 +81,9 @@ def fused_program(plan: ConvPlan) -> FusedProgram | None:
     meta: list[list[int]] = []
     koffs: list[np.ndarray] = []
     ooffs: list[np.ndarray] = []
-    convs: list[int] = []
     sizes: list[int] = []  # each stage's output, in elements
     k_at = o_at = w_at = macs = 0
-    for k in range(i, len(steps)):
-        step = steps[k]
+    for step in steps[i:]:
         if isinstance(step, ReshapeStep):
             if tuple(step.shape[-2:]) != (h, w):
                 return None
@@ -117,14 +114,13 @@ def fused_program(plan: ConvPlan) -> FusedProgram | None:
             meta.append([buf, dst, n_img * g, Cg * kh * kw, g, n_out // g, n_pos, k_at, o_at, w_at])
             koffs.append(koff.reshape(-1))
             ooffs.append(ooff)
-            convs.append(k)
             k_at, o_at, w_at = k_at + koff.size, o_at + ooff.size, w_at + n_out * Cg * kh * kw
             macs += n_img * n_out * Cg * kh * kw * ho * wo
             off, buf, h, w = ooff.reshape(n_img, n_out), dst, ho, wo
         else:
             return None
     F = plan.out_shape[0]
-    if not convs or off.shape != (1, F) or (h, w) != plan.out_shape[1:]:
+    if not meta or off.shape != (1, F) or (h, w) != plan.out_shape[1:]:
         return None
     # the last stage writes buffer 3 in output channel order: output channel f is the
     # plane the last stage wrote at final[f]
@@ -135,12 +131,8 @@ def fused_program(plan: ConvPlan) -> FusedProgram | None:
     ooffs[-1] = last
     meta[-1][1] = 3
     lengths[3] = F * spacing
-    lengths[1] = max(
-        [size for m, size in zip(meta[:-1], sizes, strict=False) if m[1] == 1], default=0
-    )
-    lengths[2] = max(
-        [size for m, size in zip(meta[:-1], sizes, strict=False) if m[1] == 2], default=0
-    )
+    for m, size in zip(meta[:-1], sizes, strict=False):  # the ping-pong buffers
+        lengths[m[1]] = max(lengths[m[1]], size)
     arrays = {
         "meta": np.array(meta, dtype=np.int64),
         "koff": np.concatenate(koffs),
@@ -154,7 +146,6 @@ def fused_program(plan: ConvPlan) -> FusedProgram | None:
         left=left,
         row=row,
         lengths=(lengths[0], lengths[1], lengths[2], lengths[3]),
-        convs=tuple(convs),
         macs=macs,
     )
 
