@@ -44,7 +44,10 @@ def blas_report() -> str:
                 f"{info.get('internal_api')} {info.get('version')} "
                 f"({info.get('architecture')}, {info.get('num_threads')} threads)"
             )
-    env = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    # OPENBLAS_THREAD_TIMEOUT (read when OpenBLAS loads): how long its idle workers spin
+    # after a call, holding the other core that a two-thread staged convolution needs
+    keys = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY")
+    env = {k: os.environ.get(k) for k in keys}
     return "BLAS: " + "; ".join(parts) + f"; env {env}"
 
 

@@ -23,6 +23,11 @@ time. Runs with 1 then 2 threads (BLAS, numba and torch) unless ``--threads N``;
 ``--quick`` runs fewer rounds.
 
 Run: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_conv2d.py
+
+With two threads, OpenBLAS's idle workers spin on the second core after every dense call
+and keep the staged program's second worker from running. Prefix
+``OPENBLAS_THREAD_TIMEOUT=4`` (read when OpenBLAS loads) to measure a process whose BLAS
+workers sleep at once (docs/compute.md). The value is printed with the results.
 """
 
 from __future__ import annotations
@@ -91,6 +96,8 @@ def run(threads, rounds):
     torch.set_num_threads(threads)
     print(f"\n=== {threads} thread(s) ===")
     print("threadpools:", threads_summary(), f"; torch threads={torch.get_num_threads()}")
+    keys = ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY")  # idle workers' spin (see docs)
+    print("env:", {k: os.environ.get(k) for k in keys})
     print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     clock = time.thread_time if threads == 1 else time.perf_counter
     rng = np.random.default_rng(0)
