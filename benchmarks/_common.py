@@ -44,11 +44,18 @@ def blas_report() -> str:
                 f"{info.get('internal_api')} {info.get('version')} "
                 f"({info.get('architecture')}, {info.get('num_threads')} threads)"
             )
-    # OPENBLAS_THREAD_TIMEOUT (read when OpenBLAS loads): how long its idle workers spin
-    # after a call, holding the other core that a two-thread staged convolution needs
-    keys = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY")
-    env = {k: os.environ.get(k) for k in keys}
-    return "BLAS: " + "; ".join(parts) + f"; env {env}"
+    return "BLAS: " + "; ".join(parts) + f"; env {env_report()}"
+
+
+# the variables that change what the benchmarks measure: the OpenBLAS kernel choice, and
+# how long idle BLAS / OpenMP workers spin after a call (OPENBLAS_THREAD_TIMEOUT, read
+# when OpenBLAS loads), holding the other core that a two-thread staged convolution needs
+ENV_KEYS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY")
+
+
+def env_report() -> dict[str, str | None]:
+    """The values of :data:`ENV_KEYS` in this process (None where unset)."""
+    return {k: os.environ.get(k) for k in ENV_KEYS}
 
 
 def interleaved(

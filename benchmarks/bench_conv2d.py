@@ -39,7 +39,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import interleaved
+from _common import env_report, interleaved
 
 import sekron as sk
 from sekron.ops import _fused as fused_mod
@@ -96,8 +96,7 @@ def run(threads, rounds):
     torch.set_num_threads(threads)
     print(f"\n=== {threads} thread(s) ===")
     print("threadpools:", threads_summary(), f"; torch threads={torch.get_num_threads()}")
-    keys = ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY")  # idle workers' spin (see docs)
-    print("env:", {k: os.environ.get(k) for k in keys})
+    print("env:", env_report())
     print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     clock = time.thread_time if threads == 1 else time.perf_counter
     rng = np.random.default_rng(0)
